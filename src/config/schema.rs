@@ -1,0 +1,432 @@
+//! The config file's schema: typed definitions and how each is read from the YAML tree.
+//!
+//! Values are parsed into their real types here (durations, sizes, addresses, methods, header
+//! names, regexes) so nothing past this module ever parses configuration text. A field that
+//! fails to decode is reported and replaced by its default, so one mistake does not hide others.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Method};
+use regex::Regex;
+
+use super::decode::{decode_string_map, item_path, parse_str, ByteSize, Decode, Dur, Fields, Located, Problems};
+use super::node::{Node, Value};
+
+pub const DEFAULT_MAX_REQUEST_BODY: u64 = 10 << 20;
+pub const DEFAULT_MAX_HEADER_BYTES: u64 = 32 << 10;
+
+#[derive(Debug)]
+pub struct Config {
+    pub listeners: Vec<ListenerDef>,
+    pub admin: Option<AdminDef>,
+    /// Upstreams by name, in file order; `None` where the definition itself was unreadable
+    /// (already reported), so references to it are not reported a second time.
+    pub upstreams: Vec<(Located<String>, Option<UpstreamDef>)>,
+    pub routes: Vec<RouteDef>,
+    pub limits: Limits,
+    pub access_log: AccessLogDef,
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug)]
+pub struct ListenerDef {
+    pub name: Located<String>,
+    pub address: Located<SocketAddr>,
+}
+
+#[derive(Debug)]
+pub struct AdminDef {
+    pub address: Located<SocketAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamDef {
+    pub targets: Vec<TargetDef>,
+    pub timeouts: Timeouts,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TargetDef {
+    /// `host:port`, where host is an IP address or a DNS name.
+    pub address: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub response_header: Duration,
+    pub idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(1),
+            response_header: Duration::from_secs(30),
+            idle: Duration::from_secs(90),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct RouteDef {
+    pub name: Located<String>,
+    pub matcher: MatchDef,
+    pub upstream: Located<String>,
+    pub strip_prefix: Option<Located<bool>>,
+    pub host_header: HostHeader,
+    pub limits: RouteLimits,
+}
+
+#[derive(Debug)]
+pub struct MatchDef {
+    pub path: Located<PathSpec>,
+    pub host: Option<Located<HostPattern>>,
+    pub methods: Option<Vec<Method>>,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+#[derive(Debug, Clone)]
+pub enum PathSpec {
+    Exact(String),
+    Prefix(String),
+    Regex(Regex),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum HostPattern {
+    /// `api.example.com`: this host only (lower-cased).
+    Exact(String),
+    /// `*.example.com`: any name ending in `.example.com` (stored as the suffix with its dot).
+    Wildcard(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum HostHeader {
+    /// The client's Host (or HTTP/2 :authority) goes upstream unchanged.
+    Preserve,
+    /// The target's `host:port`.
+    Upstream,
+    Literal(HeaderValue),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    pub max_request_body: u64,
+    pub max_header_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RouteLimits {
+    pub max_request_body: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum AccessLogDef {
+    Off,
+    Stdout,
+    Stderr,
+    File(std::path::PathBuf),
+}
+
+fn first_error<T>(r: Option<T>, default: T) -> T {
+    r.unwrap_or(default)
+}
+
+pub fn decode_config(node: &Node, p: &mut Problems) -> Config {
+    const KEYS: &[&str] = &["listeners", "admin", "upstreams", "routes", "limits", "access_log", "shutdown_timeout"];
+    let empty = Config {
+        listeners: Vec::new(),
+        admin: None,
+        upstreams: Vec::new(),
+        routes: Vec::new(),
+        limits: Limits { max_request_body: DEFAULT_MAX_REQUEST_BODY, max_header_bytes: DEFAULT_MAX_HEADER_BYTES },
+        access_log: AccessLogDef::Stdout,
+        shutdown_timeout: Duration::from_secs(30),
+    };
+    let Some(f) = Fields::new(node, "", KEYS, p) else { return empty };
+    let listeners = if f.has("listeners") { lenient_list(&f, "listeners", p, decode_listener) } else {
+        p.add(f.pos(), "", "missing required key `listeners` (at least one listener such as `- { name: public, address: 127.0.0.1:8080 }`)");
+        Vec::new()
+    };
+    let upstreams = match f.node("upstreams") {
+        Some(n) => decode_upstreams(n, "upstreams", p),
+        None => Vec::new(),
+    };
+    Config {
+        listeners,
+        admin: f.opt("admin", p),
+        upstreams,
+        routes: lenient_list(&f, "routes", p, decode_route),
+        limits: f.opt("limits", p).unwrap_or(empty.limits),
+        access_log: f.opt("access_log", p).unwrap_or(AccessLogDef::Stdout),
+        shutdown_timeout: f.opt::<Dur>("shutdown_timeout", p).map_or(empty.shutdown_timeout, |d| d.0),
+    }
+}
+
+/// A list whose readable items are kept even when others are not, so later checks still run.
+fn lenient_list<T>(f: &Fields, key: &str, p: &mut Problems, item: impl Fn(&Node, &str, &mut Problems) -> Option<T>) -> Vec<T> {
+    let Some(node) = f.node(key) else { return Vec::new() };
+    let path = super::decode::child_path(f.path(), key);
+    match &node.value {
+        Value::Seq(items) => items.iter().enumerate().filter_map(|(i, n)| item(n, &item_path(&path, i), p)).collect(),
+        Value::Null => Vec::new(),
+        _ => {
+            p.add(node.pos, &path, format!("expected a list, found {}", node.kind()));
+            Vec::new()
+        }
+    }
+}
+
+fn decode_listener(node: &Node, path: &str, p: &mut Problems) -> Option<ListenerDef> {
+    let f = Fields::new(node, path, &["name", "address"], p)?;
+    Some(ListenerDef { name: f.req("name", p)?, address: f.req("address", p)? })
+}
+
+impl Decode for AdminDef {
+    fn decode(node: &Node, path: &str, p: &mut Problems) -> Option<Self> {
+        let f = Fields::new(node, path, &["address"], p)?;
+        Some(AdminDef { address: f.req("address", p)? })
+    }
+}
+
+impl Decode for SocketAddr {
+    fn decode(node: &Node, path: &str, p: &mut Problems) -> Option<Self> {
+        parse_str(node, path, p, "an IP address and port such as 127.0.0.1:8080 or [::1]:8080", |s| {
+            s.parse::<SocketAddr>().map_err(|_| format!("invalid address {s:?}"))
+        })
+    }
+}
+
+fn decode_upstreams(node: &Node, path: &str, p: &mut Problems) -> Vec<(Located<String>, Option<UpstreamDef>)> {
+    let Some(entries) = Vec::<(Located<String>, Node)>::decode(node, path, p) else { return Vec::new() };
+    entries
+        .into_iter()
+        .map(|(name, n)| {
+            let def = decode_upstream(&n, &name.path, p);
+            (name, def)
+        })
+        .collect()
+}
+
+impl Decode for Node {
+    fn decode(node: &Node, _: &str, _: &mut Problems) -> Option<Self> {
+        Some(node.clone())
+    }
+}
+
+fn decode_upstream(node: &Node, path: &str, p: &mut Problems) -> Option<UpstreamDef> {
+    let f = Fields::new(node, path, &["targets", "timeouts"], p)?;
+    let before = p.0.len();
+    let targets = lenient_list(&f, "targets", p, decode_target);
+    if !f.has("targets") {
+        p.add(f.pos(), path, "missing required key `targets` (a list such as `- address: 127.0.0.1:9001`)");
+    } else if targets.is_empty() && p.0.len() == before {
+        p.add(f.pos(), path, "an upstream needs at least one target");
+    }
+    Some(UpstreamDef { targets, timeouts: first_error(f.opt("timeouts", p), Timeouts::default()) })
+}
+
+fn decode_target(node: &Node, path: &str, p: &mut Problems) -> Option<TargetDef> {
+    let f = Fields::new(node, path, &["address"], p)?;
+    let address: Located<String> = f.req("address", p)?;
+    match check_host_port(&address.value) {
+        Ok(()) => Some(TargetDef { address: address.value }),
+        Err(why) => {
+            p.add(address.pos, &address.path, format!("{why}; expected host:port such as 127.0.0.1:9001 or backend.internal:8080"));
+            None
+        }
+    }
+}
+
+fn check_host_port(s: &str) -> Result<(), String> {
+    if s.parse::<SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let (host, port) = s.rsplit_once(':').ok_or_else(|| format!("{s:?} has no port"))?;
+    port.parse::<u16>().map_err(|_| format!("invalid port in {s:?}"))?;
+    let valid_name = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+    if valid_name { Ok(()) } else { Err(format!("invalid host in {s:?}")) }
+}
+
+impl Decode for Timeouts {
+    fn decode(node: &Node, path: &str, p: &mut Problems) -> Option<Self> {
+        let f = Fields::new(node, path, &["connect", "response_header", "idle"], p)?;
+        let d = Timeouts::default();
+        Some(Timeouts {
+            connect: f.opt::<Dur>("connect", p).map_or(d.connect, |v| v.0),
+            response_header: f.opt::<Dur>("response_header", p).map_or(d.response_header, |v| v.0),
+            idle: f.opt::<Dur>("idle", p).map_or(d.idle, |v| v.0),
+        })
+    }
+}
+
+fn decode_route(node: &Node, path: &str, p: &mut Problems) -> Option<RouteDef> {
+    const KEYS: &[&str] = &["name", "match", "upstream", "strip_prefix", "host_header", "limits"];
+    let f = Fields::new(node, path, KEYS, p)?;
+    let name = f.req("name", p);
+    let matcher = f.req("match", p);
+    let upstream = f.req("upstream", p);
+    let strip_prefix = f.opt("strip_prefix", p);
+    let host_header = f.opt("host_header", p).unwrap_or(HostHeader::Preserve);
+    let limits = f.opt("limits", p).unwrap_or_default();
+    Some(RouteDef { name: name?, matcher: matcher?, upstream: upstream?, strip_prefix, host_header, limits })
+}
+
+impl Decode for MatchDef {
+    fn decode(node: &Node, path: &str, p: &mut Problems) -> Option<Self> {
+        const PATH_KEYS: [&str; 3] = ["path", "path_prefix", "path_regex"];
+        let f = Fields::new(node, path, &["path", "path_prefix", "path_regex", "host", "methods", "headers"], p)?;
+        let given: Vec<&str> = PATH_KEYS.into_iter().filter(|k| f.has(k)).collect();
+        if given.len() > 1 {
+            p.add(f.pos(), path, format!("give only one of path, path_prefix, path_regex (found {})", given.join(" and ")));
+        }
+        let spec = match given.first().copied() {
+            Some(key) => {
+                let text: Located<String> = f.req(key, p)?;
+                let spec = match key {
+                    "path" => check_route_path(&text, p).map(PathSpec::Exact),
+                    "path_prefix" => check_route_path(&text, p).map(PathSpec::Prefix),
+                    _ => match regex::RegexBuilder::new(&text.value).size_limit(1 << 20).build() {
+                        Ok(re) => Some(PathSpec::Regex(re)),
+                        Err(e) => {
+                            p.add(text.pos, &text.path, format!("invalid regular expression: {e}"));
+                            None
+                        }
+                    },
+                }?;
+                Located { value: spec, pos: text.pos, path: text.path }
+            }
+            // No path predicate: the route matches every path.
+            None => Located { value: PathSpec::Prefix("/".into()), pos: f.pos(), path: path.to_owned() },
+        };
+        let host = f.opt::<Located<String>>("host", p).and_then(|h| {
+            let pattern = parse_host_pattern(&h.value);
+            if pattern.is_none() {
+                p.add(h.pos, &h.path, format!("invalid host {:?}; expected a host name such as api.example.com or *.example.com", h.value));
+            }
+            pattern.map(|value| Located { value, pos: h.pos, path: h.path })
+        });
+        let methods = f.opt::<Vec<Located<String>>>("methods", p).map(|ms| {
+            ms.into_iter()
+                .filter_map(|m| match Method::from_bytes(m.value.to_ascii_uppercase().as_bytes()) {
+                    Ok(method) => Some(method),
+                    Err(_) => {
+                        p.add(m.pos, &m.path, format!("invalid HTTP method {:?}", m.value));
+                        None
+                    }
+                })
+                .collect()
+        });
+        let headers = f
+            .node("headers")
+            .and_then(|n| decode_string_map(n, &super::decode::child_path(path, "headers"), p))
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(name, value)| {
+                let n = HeaderName::from_bytes(name.as_bytes());
+                let v = HeaderValue::from_str(&value.value);
+                match (n, v) {
+                    (Ok(n), Ok(v)) => Some((n, v)),
+                    (Err(_), _) => {
+                        p.add(value.pos, &value.path, format!("invalid header name {name:?}"));
+                        None
+                    }
+                    (_, Err(_)) => {
+                        p.add(value.pos, &value.path, "invalid header value (visible ASCII expected)");
+                        None
+                    }
+                }
+            })
+            .collect();
+        Some(MatchDef { path: spec, host, methods, headers })
+    }
+}
+
+/// Route paths must already be in normal form, or no request could ever match them.
+fn check_route_path(text: &Located<String>, p: &mut Problems) -> Option<String> {
+    match crate::routing::normalize_path(text.value.as_bytes()) {
+        Ok(normal) if normal == text.value => Some(normal.into_owned()),
+        Ok(normal) => {
+            p.add(text.pos, &text.path, format!("path {:?} is not in normal form; did you mean {normal:?}?", text.value));
+            None
+        }
+        Err(e) => {
+            p.add(text.pos, &text.path, format!("invalid path {:?}: {e}; expected an absolute path such as /api/users", text.value));
+            None
+        }
+    }
+}
+
+fn parse_host_pattern(s: &str) -> Option<HostPattern> {
+    let s = s.to_ascii_lowercase();
+    let (wild, name) = match s.strip_prefix("*.") {
+        Some(rest) => (true, rest),
+        None => (false, s.as_str()),
+    };
+    let ok = !name.is_empty()
+        && name.split('.').all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+    match (ok, wild) {
+        (false, _) => None,
+        (true, true) => Some(HostPattern::Wildcard(format!(".{name}"))),
+        (true, false) => Some(HostPattern::Exact(name.to_owned())),
+    }
+}
+
+impl Decode for HostHeader {
+    fn decode(node: &Node, path: &str, p: &mut Problems) -> Option<Self> {
+        let s = String::decode(node, path, p)?;
+        match s.as_str() {
+            "preserve" => Some(HostHeader::Preserve),
+            "upstream" => Some(HostHeader::Upstream),
+            literal => match HeaderValue::from_str(literal) {
+                Ok(v) if !literal.is_empty() => Some(HostHeader::Literal(v)),
+                _ => {
+                    p.add(node.pos, path, format!("invalid host_header {s:?}; expected preserve, upstream, or a host name"));
+                    None
+                }
+            },
+        }
+    }
+}
+
+impl Decode for Limits {
+    fn decode(node: &Node, path: &str, p: &mut Problems) -> Option<Self> {
+        let f = Fields::new(node, path, &["max_request_body", "max_header_bytes"], p)?;
+        let max_header_bytes = f.opt::<Located<ByteSize>>("max_header_bytes", p).and_then(|b| {
+            if b.value.0 < 1024 || b.value.0 > (1 << 20) {
+                p.add(b.pos, &b.path, "max_header_bytes must be between 1KiB and 1MiB");
+                None
+            } else {
+                Some(b.value.0)
+            }
+        });
+        Some(Limits {
+            max_request_body: f.opt::<ByteSize>("max_request_body", p).map_or(DEFAULT_MAX_REQUEST_BODY, |b| b.0),
+            max_header_bytes: max_header_bytes.unwrap_or(DEFAULT_MAX_HEADER_BYTES),
+        })
+    }
+}
+
+impl Decode for RouteLimits {
+    fn decode(node: &Node, path: &str, p: &mut Problems) -> Option<Self> {
+        let f = Fields::new(node, path, &["max_request_body"], p)?;
+        Some(RouteLimits { max_request_body: f.opt::<ByteSize>("max_request_body", p).map(|b| b.0) })
+    }
+}
+
+impl Decode for AccessLogDef {
+    fn decode(node: &Node, path: &str, p: &mut Problems) -> Option<Self> {
+        let f = Fields::new(node, path, &["output"], p)?;
+        let out: Option<String> = f.opt("output", p);
+        Some(match out.as_deref() {
+            None | Some("stdout") => AccessLogDef::Stdout,
+            Some("stderr") => AccessLogDef::Stderr,
+            Some("off") => AccessLogDef::Off,
+            Some(file) => AccessLogDef::File(file.into()),
+        })
+    }
+}
