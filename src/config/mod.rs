@@ -60,3 +60,6 @@ pub fn load_str(text: &str, file: &Path, env: HashMap<String, String>) -> Result
         Err(fail(list))
     }
 }
+
+#[cfg(test)]
+mod tests;

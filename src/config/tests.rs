@@ -1,0 +1,160 @@
+use std::path::Path;
+
+use super::*;
+
+fn check(yaml: &str) -> Result<Config, ConfigError> {
+    load_str(yaml, Path::new("gw.yaml"), [("PORT".to_string(), "9001".to_string())].into_iter().collect())
+}
+
+fn problems(yaml: &str) -> Vec<String> {
+    match check(yaml) {
+        Ok(_) => panic!("config should be rejected"),
+        Err(e) => e.problems.iter().map(|p| p.to_string()).collect(),
+    }
+}
+
+const VALID: &str = "\
+listeners:
+  - name: public
+    address: 127.0.0.1:8080
+admin:
+  address: 127.0.0.1:9901
+upstreams:
+  users:
+    targets:
+      - address: 127.0.0.1:${PORT}
+      - address: backend.internal:9002
+    timeouts: { connect: 250ms, response_header: 30s, idle: 90s }
+routes:
+  - name: users
+    match:
+      path_prefix: /api/users
+      host: api.example.com
+      methods: [GET, post]
+      headers: { x-canary: \"true\" }
+    upstream: users
+    strip_prefix: true
+    host_header: upstream
+limits:
+  max_request_body: 10MiB
+  max_header_bytes: 32KiB
+";
+
+#[test]
+fn the_documented_example_is_valid() {
+    let c = check(VALID).expect("valid");
+    assert_eq!(c.listeners[0].address.value.port(), 8080);
+    let (name, def) = &c.upstreams[0];
+    assert_eq!(name.value, "users");
+    let def = def.as_ref().expect("upstream decoded");
+    assert_eq!(def.targets[0].address, "127.0.0.1:9001");
+    assert_eq!(def.timeouts.connect, std::time::Duration::from_millis(250));
+    let r = &c.routes[0];
+    assert_eq!(r.matcher.methods.as_deref(), Some(&[http::Method::GET, http::Method::POST][..]));
+    assert_eq!(r.matcher.host.as_ref().map(|h| &h.value), Some(&HostPattern::Exact("api.example.com".into())));
+    assert_eq!(r.host_header, HostHeader::Upstream);
+    assert_eq!(c.limits.max_header_bytes, 32 << 10);
+}
+
+#[test]
+fn every_problem_is_reported_with_line_column_and_path() {
+    let yaml = "\
+listeners:
+  - name: public
+    address: 127.0.0.1:8080
+upstreams:
+  users:
+    targets: [{ address: 127.0.0.1:9001 }]
+    timeouts: { connect: fast }
+routes:
+  - name: users
+    match: { path_prefix: /api }
+    upstream: userz
+    strip_prefx: true
+";
+    let p = problems(yaml);
+    assert_eq!(p.len(), 3, "{p:#?}");
+    assert_eq!(p[0], "7:26: upstreams.users.timeouts.connect: invalid duration \"fast\" (expected number at 0); expected a duration such as 250ms, 5s or 2m");
+    assert_eq!(p[1], "11:15: routes[0].upstream: unknown upstream \"userz\"; did you mean \"users\"?");
+    assert_eq!(p[2], "12:5: routes[0].strip_prefx: unknown key `strip_prefx`; did you mean `strip_prefix`?");
+}
+
+#[test]
+fn rendered_error_names_the_file() {
+    let e = check("listeners: []\nroutes: 5\n").expect_err("invalid");
+    let text = e.to_string();
+    assert!(text.starts_with("gw.yaml: 1 problem\n"), "{text}");
+    assert!(text.contains("gw.yaml:2:9: routes: expected a list, found an integer"), "{text}");
+}
+
+#[test]
+fn yaml_syntax_errors_have_a_position() {
+    let e = check("listeners: [\n").expect_err("invalid");
+    assert!(e.problems[0].pos.line >= 1, "{e}");
+}
+
+#[test]
+fn missing_keys_and_bad_values_are_explained() {
+    let yaml = "\
+listeners:
+  - name: a
+    address: nowhere
+  - address: 127.0.0.1:1
+upstreams:
+  u:
+    targets: [{ address: 'bad host:80' }]
+routes:
+  - name: r
+    match: { path: /a/../b }
+    upstream: u
+";
+    let p = problems(yaml);
+    assert!(p.iter().any(|m| m.starts_with("3:14: listeners[0].address: invalid address \"nowhere\"")), "{p:#?}");
+    assert!(p.iter().any(|m| m.starts_with("4:5: listeners[1]: missing required key `name`")), "{p:#?}");
+    assert!(p.iter().any(|m| m.contains("upstreams.u.targets[0].address: invalid host")), "{p:#?}");
+    assert!(p.iter().any(|m| m.contains("not in normal form; did you mean \"/b\"?")), "{p:#?}");
+}
+
+#[test]
+fn ambiguous_routes_are_rejected() {
+    let yaml = "\
+listeners: [{ name: a, address: 127.0.0.1:1 }]
+upstreams: { u: { targets: [{ address: 127.0.0.1:2 }] } }
+routes:
+  - { name: one, match: { path_prefix: /api, methods: [GET] }, upstream: u }
+  - { name: two, match: { path_prefix: /api/, methods: [GET, PUT] }, upstream: u }
+  - { name: three, match: { path_prefix: /api, methods: [POST] }, upstream: u }
+";
+    let p = problems(yaml);
+    assert_eq!(p.len(), 1, "{p:#?}");
+    assert!(p[0].contains("route \"two\" matches exactly the same requests as route \"one\" (line 4)"), "{p:#?}");
+}
+
+#[test]
+fn duplicates_and_misplaced_strip_prefix_are_rejected() {
+    let yaml = "\
+listeners:
+  - { name: a, address: 127.0.0.1:1 }
+  - { name: a, address: 127.0.0.1:1 }
+upstreams: { u: { targets: [{ address: 127.0.0.1:2 }] } }
+routes:
+  - { name: r, match: { path: /x }, upstream: u, strip_prefix: true }
+  - { name: r, match: { path: /y }, upstream: u }
+";
+    let p = problems(yaml);
+    assert!(p.iter().any(|m| m.contains("duplicate listener name \"a\"")), "{p:#?}");
+    assert!(p.iter().any(|m| m.contains("address 127.0.0.1:1 is already used")), "{p:#?}");
+    assert!(p.iter().any(|m| m.contains("strip_prefix needs a `path_prefix` match")), "{p:#?}");
+    assert!(p.iter().any(|m| m.contains("duplicate route name \"r\"")), "{p:#?}");
+}
+
+#[test]
+fn an_unreadable_upstream_does_not_cause_a_second_unknown_upstream_error() {
+    let yaml = "\
+listeners: [{ name: a, address: 127.0.0.1:1 }]
+upstreams: { u: { targetz: [] } }
+routes: [{ name: r, match: { path: /x }, upstream: u }]
+";
+    let p = problems(yaml);
+    assert!(!p.iter().any(|m| m.contains("unknown upstream")), "{p:#?}");
+}
