@@ -1,2 +1,13 @@
+//! Ferroway: an API gateway and reverse proxy.
+//!
+//! The library holds everything; `main.rs` is only the command line. See DESIGN.md in the
+//! shared folder for how a request travels through these modules.
+
 pub mod config;
+pub mod demo;
+pub mod observe;
+pub mod proxy;
 pub mod routing;
+pub mod server;
+pub mod snapshot;
+pub mod upstream;

@@ -1,1 +1,129 @@
-fn main() {}
+//! The `ferroway` command line: `run`, `check` and `demo`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use ferroway::config::{self, Config};
+use ferroway::{demo, server, snapshot};
+
+#[derive(Parser)]
+#[command(name = "ferroway", version, about = "An API gateway and reverse proxy")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway from a config file.
+    Run {
+        /// The YAML config file.
+        #[arg(long, short, env = "FERROWAY_CONFIG")]
+        config: PathBuf,
+    },
+    /// Check a config file without binding anything; lists every problem found.
+    Check {
+        /// The YAML config file.
+        config: PathBuf,
+    },
+    /// Start sample backends and the gateway in front of them (examples/demo.yaml).
+    Demo {
+        /// Use this config instead of the built-in copy of examples/demo.yaml.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+const DEMO_YAML: &str = include_str!("../examples/demo.yaml");
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Run { config } => exit(run_config(&config, false)),
+        Command::Demo { config } => exit(match config {
+            Some(path) => run_config(&path, true),
+            None => config::load_str(DEMO_YAML, Path::new("examples/demo.yaml"), std::env::vars().collect())
+                .map_err(anyhow::Error::from)
+                .and_then(|c| serve(c, true)),
+        }),
+    }
+}
+
+fn exit(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ferroway: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(path: &Path) -> ExitCode {
+    match config::load(path) {
+        Ok(c) => match snapshot::compile(&c, &Default::default()) {
+            Ok(_) => {
+                println!("{}: ok: {}", path.display(), snapshot::summary(&c));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{}: {e}", path.display());
+                ExitCode::FAILURE
+            }
+        },
+        Err(e) => {
+            eprint!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_config(path: &Path, demo: bool) -> anyhow::Result<()> {
+    let config = config::load(path)?;
+    serve(config, demo)
+}
+
+fn serve(config: Config, demo: bool) -> anyhow::Result<()> {
+    init_logging();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    runtime.block_on(async move {
+        if demo {
+            for (name, addr) in demo::BACKENDS {
+                let addr = addr.parse().context("demo backend address")?;
+                demo::start_backend(name, addr).await.with_context(|| format!("starting demo backend {name} on {addr}"))?;
+            }
+        }
+        let running = server::start(&config).await?;
+        tracing::info!("ferroway running: {}", snapshot::summary(&config));
+        if demo {
+            println!("{}", demo::CURL_LINES);
+        }
+        wait_for_stop_signal().await?;
+        tracing::info!("shutting down: draining in-flight requests");
+        let cut = running.shutdown().await;
+        if cut > 0 {
+            tracing::warn!(connections = cut, "shutdown timeout reached; cut open connections");
+        }
+        Ok(())
+    })
+}
+
+async fn wait_for_stop_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}

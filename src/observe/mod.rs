@@ -1,0 +1,3 @@
+//! Observability: the access log now; metrics and tracing join it here.
+
+pub mod access_log;

@@ -1,0 +1,158 @@
+//! Streaming bodies in both directions, never collected.
+//!
+//! `RequestBody` forwards the client's body frame by frame and fails the moment it passes the
+//! route's size limit; `ResponseBody` forwards the upstream's body (or carries a gateway answer)
+//! and writes the access-log line once the body has ended, failed, or been abandoned.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use crate::observe::access_log::Entry;
+
+/// Why a request body stopped before its end.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestBodyError {
+    #[error("request body exceeds the limit of {0} bytes")]
+    TooLarge(u64),
+    #[error("reading the client's request body failed: {0}")]
+    Client(#[source] hyper::Error),
+}
+
+/// Counters shared by a request's two bodies and its access-log entry.
+#[derive(Default)]
+pub struct Exchange {
+    pub bytes_in: AtomicU64,
+}
+
+pub struct RequestBody {
+    inner: Incoming,
+    limit: u64,
+    seen: u64,
+    exchange: Arc<Exchange>,
+}
+
+impl RequestBody {
+    pub fn new(inner: Incoming, limit: u64, exchange: Arc<Exchange>) -> Self {
+        RequestBody { inner, limit, seen: 0, exchange }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = RequestBodyError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.seen += data.len() as u64;
+                    this.exchange.bytes_in.store(this.seen, Ordering::Relaxed);
+                    if this.seen > this.limit {
+                        return Poll::Ready(Some(Err(RequestBodyError::TooLarge(this.limit))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(RequestBodyError::Client(e)))),
+            other => other.map(|_| None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+enum Source {
+    Upstream(Incoming),
+    Fixed(Option<Bytes>),
+}
+
+/// The body the client receives.
+pub struct ResponseBody {
+    source: Source,
+    sent: u64,
+    ended: bool,
+    log: Option<Entry>,
+}
+
+impl ResponseBody {
+    pub fn upstream(body: Incoming, log: Option<Entry>) -> Self {
+        ResponseBody { source: Source::Upstream(body), sent: 0, ended: false, log }
+    }
+
+    pub fn fixed(bytes: Bytes, log: Option<Entry>) -> Self {
+        ResponseBody { source: Source::Fixed(Some(bytes)), sent: 0, ended: false, log }
+    }
+
+    pub fn empty() -> Self {
+        ResponseBody { source: Source::Fixed(None), sent: 0, ended: true, log: None }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        let polled = match &mut this.source {
+            Source::Fixed(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Source::Upstream(body) => Pin::new(body).poll_frame(cx),
+        };
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.sent += data.len() as u64;
+                }
+            }
+            Poll::Ready(None) => this.ended = true,
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(log) = &mut this.log {
+                    log.error.get_or_insert("upstream_body_error");
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.source {
+            Source::Fixed(b) => b.is_none(),
+            Source::Upstream(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.source {
+            Source::Fixed(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            Source::Fixed(None) => SizeHint::with_exact(0),
+            Source::Upstream(body) => body.size_hint(),
+        }
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        if let Some(mut entry) = self.log.take() {
+            let complete = self.ended || self.is_end_stream();
+            if !complete && entry.error.is_none() {
+                entry.error = Some("client_aborted");
+            }
+            entry.bytes_out = self.sent;
+            entry.write();
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! The gateway's own answers: one kind per cause, and the one place that maps a kind to its
+//! status, metric/log label and message. The match has no wildcard arm on purpose, so a new
+//! kind cannot silently become a 500.
+
+use http::StatusCode;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    BadRequest,
+    BadPath,
+    HeadersTooLarge,
+    BodyTooLarge,
+    ClientBodyError,
+    NoRoute,
+    UpstreamConnectRefused,
+    UpstreamConnectTimeout,
+    UpstreamResponseTimeout,
+    UpstreamReset,
+    UpstreamBadResponse,
+}
+
+impl ErrorKind {
+    pub fn status(self) -> StatusCode {
+        match self {
+            ErrorKind::BadRequest | ErrorKind::BadPath | ErrorKind::ClientBodyError => StatusCode::BAD_REQUEST,
+            ErrorKind::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ErrorKind::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::NoRoute => StatusCode::NOT_FOUND,
+            ErrorKind::UpstreamConnectRefused | ErrorKind::UpstreamReset | ErrorKind::UpstreamBadResponse => {
+                StatusCode::BAD_GATEWAY
+            }
+            ErrorKind::UpstreamConnectTimeout | ErrorKind::UpstreamResponseTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// Stable label for logs and metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            ErrorKind::BadRequest => "bad_request",
+            ErrorKind::BadPath => "bad_path",
+            ErrorKind::HeadersTooLarge => "headers_too_large",
+            ErrorKind::BodyTooLarge => "body_too_large",
+            ErrorKind::ClientBodyError => "client_body_error",
+            ErrorKind::NoRoute => "no_route",
+            ErrorKind::UpstreamConnectRefused => "upstream_connect_failed",
+            ErrorKind::UpstreamConnectTimeout => "upstream_connect_timeout",
+            ErrorKind::UpstreamResponseTimeout => "upstream_response_timeout",
+            ErrorKind::UpstreamReset => "upstream_reset",
+            ErrorKind::UpstreamBadResponse => "upstream_bad_response",
+        }
+    }
+
+    /// What the client is told, in its JSON body's `error` field.
+    pub fn message(self) -> &'static str {
+        match self {
+            ErrorKind::BadRequest => "malformed request",
+            ErrorKind::BadPath => "request path is malformed or ambiguous",
+            ErrorKind::HeadersTooLarge => "request headers too large",
+            ErrorKind::BodyTooLarge => "request body too large",
+            ErrorKind::ClientBodyError => "request body could not be read",
+            ErrorKind::NoRoute => "no route matches this request",
+            ErrorKind::UpstreamConnectRefused => "upstream connection failed",
+            ErrorKind::UpstreamConnectTimeout => "upstream connect timed out",
+            ErrorKind::UpstreamResponseTimeout => "upstream response timed out",
+            ErrorKind::UpstreamReset => "upstream closed the connection",
+            ErrorKind::UpstreamBadResponse => "upstream sent an invalid response",
+        }
+    }
+}
+
+/// `{"error": "...", "request_id": "..."}`. Messages are fixed ASCII; the request id may come
+/// from the client (any visible ASCII, quotes included), so it goes through a JSON encoder.
+pub fn json_body(kind: ErrorKind, request_id: &str) -> bytes::Bytes {
+    let mut s = String::with_capacity(64 + request_id.len());
+    s.push_str("{\"error\":\"");
+    s.push_str(kind.message());
+    s.push_str("\",\"request_id\":");
+    s.push_str(&serde_json::Value::from(request_id).to_string());
+    s.push_str("}\n");
+    bytes::Bytes::from(s)
+}

@@ -1,0 +1,165 @@
+//! Header rules for forwarding: what is hop-by-hop, and what the gateway adds on the way.
+//!
+//! RFC 9110 §7.6.1: Connection and the fields it lists, plus the classic hop-by-hop fields,
+//! belong to one connection and are never forwarded. `X-Forwarded-For` is appended to,
+//! `X-Forwarded-Proto`/`-Host` are set, `Forwarded` (RFC 7239) and `Via` (RFC 9110 §7.6.3) are
+//! appended.
+
+use std::net::SocketAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::Version;
+
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
+];
+
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Removes hop-by-hop fields. Returns whether the sender accepts trailers (`TE: trailers`),
+/// the one hop-by-hop signal a proxy passes on, since it holds for the whole chain.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
+    if headers.contains_key(header::CONNECTION) {
+        let listed: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect();
+        for name in listed {
+            headers.remove(name);
+        }
+    }
+    let te_trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers"))));
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    te_trailers
+}
+
+/// Size of the header section as a client sent it, for `max_header_bytes`.
+pub fn header_bytes(headers: &HeaderMap) -> u64 {
+    // name ": " value CRLF
+    headers.iter().map(|(n, v)| (n.as_str().len() + v.len() + 4) as u64).sum()
+}
+
+pub fn via_value(version: Version) -> HeaderValue {
+    HeaderValue::from_static(match version {
+        Version::HTTP_2 => "2 ferroway",
+        Version::HTTP_10 => "1.0 ferroway",
+        _ => "1.1 ferroway",
+    })
+}
+
+/// Per-connection forwarding facts, computed once when the connection is accepted.
+pub struct Peer {
+    pub addr: SocketAddr,
+    /// The client IP as an `X-Forwarded-For` element.
+    pub ip_value: HeaderValue,
+    /// `for=…;proto=…`, the fixed part of this connection's `Forwarded` element.
+    pub forwarded_for: String,
+    pub proto: &'static str,
+}
+
+impl Peer {
+    pub fn new(addr: SocketAddr, tls: bool) -> Peer {
+        let proto = if tls { "https" } else { "http" };
+        let ip = addr.ip();
+        // RFC 7239 §6: IPv6 nodes are bracketed and quoted.
+        let forwarded_for = match ip {
+            std::net::IpAddr::V4(v4) => format!("for={v4};proto={proto}"),
+            std::net::IpAddr::V6(v6) => format!("for=\"[{v6}]\";proto={proto}"),
+        };
+        let ip_value = HeaderValue::try_from(ip.to_string()).unwrap_or(HeaderValue::from_static("unknown"));
+        Peer { addr, ip_value, forwarded_for, proto }
+    }
+}
+
+/// Adds the forwarding headers for one request. `host` is the Host the client asked for.
+pub fn add_forwarding(headers: &mut HeaderMap, peer: &Peer, host: Option<&HeaderValue>, version: Version) {
+    let existing_xff = headers.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).fold(String::new(), |mut acc, v| {
+        if !acc.is_empty() {
+            acc.push_str(", ");
+        }
+        acc.push_str(v);
+        acc
+    });
+    if existing_xff.is_empty() {
+        headers.insert(X_FORWARDED_FOR.clone(), peer.ip_value.clone());
+    } else {
+        let joined = format!("{existing_xff}, {}", peer.addr.ip());
+        if let Ok(v) = HeaderValue::try_from(joined) {
+            headers.insert(X_FORWARDED_FOR.clone(), v);
+        }
+    }
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(peer.proto));
+    let mut forwarded = peer.forwarded_for.clone();
+    match host {
+        Some(h) => {
+            headers.insert(X_FORWARDED_HOST.clone(), h.clone());
+            if let Ok(h) = h.to_str() {
+                if !h.contains(['"', '\\']) {
+                    forwarded.push_str(";host=\"");
+                    forwarded.push_str(h);
+                    forwarded.push('"');
+                }
+            }
+        }
+        None => {
+            headers.remove(&X_FORWARDED_HOST);
+        }
+    }
+    if let Ok(v) = HeaderValue::try_from(forwarded) {
+        headers.append(header::FORWARDED, v);
+    }
+    headers.append(header::VIA, via_value(version));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_listed_and_classic_hop_by_hop_fields_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, X-Secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("gzip, trailers"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(header::PROXY_AUTHORIZATION, HeaderValue::from_static("Basic x"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        assert!(strip_hop_by_hop(&mut h));
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn forwarding_headers_append_and_set() {
+        let mut h = HeaderMap::new();
+        h.insert(X_FORWARDED_FOR.clone(), HeaderValue::from_static("203.0.113.9"));
+        h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("https"));
+        let peer = Peer::new("[2001:db8::1]:5000".parse().expect("addr"), false);
+        add_forwarding(&mut h, &peer, Some(&HeaderValue::from_static("api.example.com")), Version::HTTP_11);
+        assert_eq!(h[&X_FORWARDED_FOR], "203.0.113.9, 2001:db8::1");
+        assert_eq!(h[&X_FORWARDED_PROTO], "http");
+        assert_eq!(h[&X_FORWARDED_HOST], "api.example.com");
+        assert_eq!(h[header::FORWARDED], "for=\"[2001:db8::1]\";proto=http;host=\"api.example.com\"");
+        assert_eq!(h[header::VIA], "1.1 ferroway");
+    }
+}

@@ -1,0 +1,215 @@
+//! The request path: route a request on the current snapshot, forward it to a target of the
+//! route's upstream over a pooled connection, and stream the answer back.
+//!
+//! Every failure becomes a response here (the service's error type is `Infallible`), typed by
+//! [`ErrorKind`]; nothing in this module parses configuration or takes a shared lock.
+
+pub mod body;
+pub mod error;
+pub mod headers;
+pub mod request_id;
+
+use std::error::Error as StdError;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::uri::{PathAndQuery, Scheme};
+use http::{Request, Response, Uri, Version};
+use hyper::body::Incoming;
+
+use self::body::{Exchange, RequestBody, RequestBodyError, ResponseBody};
+use self::error::ErrorKind;
+use self::headers::{Peer, X_REQUEST_ID};
+use crate::config::HostHeader;
+use crate::observe::access_log::Entry;
+use crate::routing::{normalize_host, normalize_path};
+use crate::snapshot::{Gateway, Route, Snapshot};
+
+/// What the request path knows about a request besides the request itself.
+struct Ctx<'a> {
+    peer: &'a Peer,
+    request_id: &'a HeaderValue,
+    entry: Option<&'a mut Entry>,
+}
+
+pub async fn handle(req: Request<Incoming>, peer: &Peer, gw: &Gateway) -> Response<ResponseBody> {
+    let snapshot = gw.snapshot();
+    let request_id = gw.ids.for_request(req.headers());
+    let version = req.version();
+    let mut entry = gw.access_log.enabled().then(|| Entry {
+        sink: gw.access_log.clone(),
+        start: Instant::now(),
+        request_id: request_id.clone(),
+        client: peer.addr,
+        method: req.method().clone(),
+        uri: req.uri().clone(),
+        version,
+        route: None,
+        upstream_target: None,
+        status: 0,
+        upstream_duration: None,
+        exchange: None,
+        bytes_out: 0,
+        error: None,
+    });
+    let ctx = Ctx { peer, request_id: &request_id, entry: entry.as_mut() };
+    let result = route_and_forward(req, ctx, &snapshot).await;
+    match result {
+        Ok(mut resp) => {
+            headers::strip_hop_by_hop(resp.headers_mut());
+            let via = headers::via_value(resp.version());
+            resp.headers_mut().append(header::VIA, via);
+            resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
+            *resp.version_mut() = version;
+            if let Some(e) = entry.as_mut() {
+                e.status = resp.status().as_u16();
+            }
+            resp.map(|b| ResponseBody::upstream(b, entry))
+        }
+        Err(kind) => error_response(kind, &request_id, entry),
+    }
+}
+
+fn error_response(kind: ErrorKind, request_id: &HeaderValue, mut entry: Option<Entry>) -> Response<ResponseBody> {
+    let status = kind.status();
+    if let Some(e) = entry.as_mut() {
+        e.status = status.as_u16();
+        e.error = Some(kind.label());
+    }
+    let body = error::json_body(kind, request_id.to_str().unwrap_or("-"));
+    let mut resp = Response::new(ResponseBody::fixed(body, entry));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(X_REQUEST_ID.clone(), request_id.clone());
+    resp
+}
+
+async fn route_and_forward(req: Request<Incoming>, mut ctx: Ctx<'_>, snapshot: &Snapshot) -> Result<Response<Incoming>, ErrorKind> {
+    // Early limits, before any routing work.
+    if headers::header_bytes(req.headers()) > snapshot.limits.max_header_bytes {
+        return Err(ErrorKind::HeadersTooLarge);
+    }
+    let (mut parts, body) = req.into_parts();
+    let path = normalize_path(parts.uri.path().as_bytes()).map_err(|_| ErrorKind::BadPath)?;
+    // HTTP/2 carries the host in :authority; HTTP/1.1 in Host (RFC 9110 §7.2).
+    let host_value = match parts.headers.get(header::HOST) {
+        Some(h) => Some(h.clone()),
+        None => parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    };
+    let host = host_value.as_ref().and_then(|h| h.to_str().ok()).map(normalize_host).unwrap_or_default();
+    let route: &Arc<Route> = snapshot.router.lookup(&host, &path, &parts.method, &parts.headers).ok_or(ErrorKind::NoRoute)?;
+    if let Some(e) = ctx.entry.as_deref_mut() {
+        e.route = Some(route.name.clone());
+    }
+
+    if declared_length(&parts.headers)?.is_some_and(|n| n > route.max_request_body) {
+        return Err(ErrorKind::BodyTooLarge);
+    }
+
+    let upstream = &route.upstream;
+    let target = upstream.pick_target();
+    if let Some(e) = ctx.entry.as_deref_mut() {
+        e.upstream_target = Some(target.address.clone());
+    }
+
+    // The upstream URI: the normal path (less a stripped prefix) and the query byte for byte.
+    let path_and_query = upstream_path(&parts.uri, &path, route.strip_prefix)?;
+    let mut uri_parts = http::uri::Parts::default();
+    uri_parts.scheme = Some(Scheme::HTTP);
+    uri_parts.authority = Some(target.authority.clone());
+    uri_parts.path_and_query = Some(path_and_query);
+    parts.uri = Uri::from_parts(uri_parts).map_err(|_| ErrorKind::BadRequest)?;
+
+    let client_version = parts.version;
+    parts.version = Version::HTTP_11;
+    let te_trailers = headers::strip_hop_by_hop(&mut parts.headers);
+    if te_trailers {
+        parts.headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    headers::add_forwarding(&mut parts.headers, ctx.peer, host_value.as_ref(), client_version);
+    parts.headers.insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
+    match &route.host_header {
+        HostHeader::Preserve => match &host_value {
+            Some(h) => parts.headers.insert(header::HOST, h.clone()),
+            None => parts.headers.remove(header::HOST),
+        },
+        HostHeader::Upstream => parts.headers.insert(header::HOST, target.host_value.clone()),
+        HostHeader::Literal(v) => parts.headers.insert(header::HOST, v.clone()),
+    };
+
+    let exchange = Arc::new(Exchange::default());
+    if let Some(e) = ctx.entry.as_deref_mut() {
+        e.exchange = Some(exchange.clone());
+    }
+    let upstream_req = Request::from_parts(parts, RequestBody::new(body, route.max_request_body, exchange));
+    let sent = Instant::now();
+    let outcome = tokio::time::timeout(upstream.timeouts.response_header, upstream.client.request(upstream_req)).await;
+    if let Some(e) = ctx.entry.as_deref_mut() {
+        e.upstream_duration = Some(sent.elapsed());
+    }
+    match outcome {
+        Err(_elapsed) => Err(ErrorKind::UpstreamResponseTimeout),
+        Ok(Err(e)) => Err(classify(&e)),
+        Ok(Ok(resp)) => Ok(resp),
+    }
+}
+
+/// `Content-Length` as a number; a malformed one is a bad request (RFC 9112 §6.3).
+fn declared_length(headers: &http::HeaderMap) -> Result<Option<u64>, ErrorKind> {
+    match headers.get(header::CONTENT_LENGTH) {
+        None => Ok(None),
+        Some(v) => v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()).map(Some).ok_or(ErrorKind::BadRequest),
+    }
+}
+
+fn upstream_path(uri: &Uri, normal: &str, strip: Option<usize>) -> Result<PathAndQuery, ErrorKind> {
+    let path = match strip {
+        Some(n) if normal.len() > n => &normal[n..],
+        Some(_) => "/",
+        None => normal,
+    };
+    if strip.is_none() && path == uri.path() {
+        if let Some(pq) = uri.path_and_query() {
+            return Ok(pq.clone());
+        }
+    }
+    let mut s = String::with_capacity(path.len() + uri.query().map_or(0, |q| q.len() + 1));
+    s.push_str(path);
+    if let Some(q) = uri.query() {
+        s.push('?');
+        s.push_str(q);
+    }
+    PathAndQuery::from_maybe_shared(Bytes::from(s)).map_err(|_| ErrorKind::BadRequest)
+}
+
+/// Maps a client error to the gateway's answer by walking its cause chain.
+fn classify(err: &hyper_util::client::legacy::Error) -> ErrorKind {
+    let mut source: Option<&(dyn StdError + 'static)> = err.source();
+    let mut saw_timeout = false;
+    while let Some(e) = source {
+        if let Some(body_err) = e.downcast_ref::<RequestBodyError>() {
+            return match body_err {
+                RequestBodyError::TooLarge(_) => ErrorKind::BodyTooLarge,
+                RequestBodyError::Client(_) => ErrorKind::ClientBodyError,
+            };
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            saw_timeout |= io.kind() == std::io::ErrorKind::TimedOut;
+        }
+        if let Some(h) = e.downcast_ref::<hyper::Error>() {
+            if h.is_parse() || h.is_parse_status() {
+                return ErrorKind::UpstreamBadResponse;
+            }
+        }
+        source = e.source();
+    }
+    if err.is_connect() {
+        if saw_timeout { ErrorKind::UpstreamConnectTimeout } else { ErrorKind::UpstreamConnectRefused }
+    } else {
+        ErrorKind::UpstreamReset
+    }
+}

@@ -1,0 +1,80 @@
+//! Request ids: keep a well-formed incoming `x-request-id`, otherwise make a new one.
+//!
+//! New ids are 32 hex digits: a random per-process prefix and a counter, so they are unique
+//! without a syscall or a lock per request.
+
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use http::{HeaderMap, HeaderValue};
+
+use super::headers::X_REQUEST_ID;
+
+pub struct IdSource {
+    prefix: u64,
+    counter: AtomicU64,
+}
+
+impl Default for IdSource {
+    fn default() -> Self {
+        // RandomState is seeded from the OS once per process: a cheap source of a random prefix.
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(std::process::id().into());
+        IdSource { prefix: h.finish(), counter: AtomicU64::new(0) }
+    }
+}
+
+impl IdSource {
+    /// The incoming id if it is 1–128 visible ASCII characters, else a fresh one.
+    pub fn for_request(&self, headers: &HeaderMap) -> HeaderValue {
+        if let Some(v) = headers.get(&X_REQUEST_ID) {
+            let b = v.as_bytes();
+            if !b.is_empty() && b.len() <= 128 && b.iter().all(|c| (0x21..=0x7e).contains(c)) {
+                return v.clone();
+            }
+        }
+        self.fresh()
+    }
+
+    pub fn fresh(&self) -> HeaderValue {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let mut buf = [0u8; 32];
+        write_hex(&mut buf[..16], self.prefix);
+        write_hex(&mut buf[16..], n);
+        HeaderValue::from_maybe_shared(bytes::Bytes::copy_from_slice(&buf)).unwrap_or(HeaderValue::from_static("-"))
+    }
+}
+
+fn write_hex(out: &mut [u8], v: u64) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = HEX[((v >> (60 - 4 * i)) & 15) as usize];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn valid_incoming_ids_are_kept_and_bad_ones_replaced() {
+        let ids = IdSource::default();
+        let mut h = HeaderMap::new();
+        h.insert(&X_REQUEST_ID, HeaderValue::from_static("abc-123"));
+        assert_eq!(ids.for_request(&h), "abc-123");
+        h.insert(&X_REQUEST_ID, HeaderValue::from_static("has space"));
+        assert_ne!(ids.for_request(&h), "has space");
+        let long = "x".repeat(129);
+        h.insert(&X_REQUEST_ID, HeaderValue::try_from(long.as_str()).expect("value"));
+        assert_eq!(ids.for_request(&h).len(), 32);
+    }
+
+    #[test]
+    fn fresh_ids_are_unique_hex() {
+        let ids = IdSource::default();
+        let a = ids.fresh();
+        let b = ids.fresh();
+        assert_ne!(a, b);
+        assert!(a.as_bytes().iter().all(u8::is_ascii_hexdigit));
+    }
+}

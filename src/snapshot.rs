@@ -1,0 +1,112 @@
+//! Compiling a checked config into an immutable `Snapshot`, and the `Gateway` that holds the
+//! current one behind `ArcSwap` (one atomic load per request, no lock).
+//!
+//! A snapshot never changes; a reload compiles a new one beside it and swaps it in whole, so a
+//! request keeps the snapshot it started with. State that must outlive a reload (upstream
+//! pools) lives in registries outside the snapshot.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::config::{Config, HostHeader, Limits, PathSpec};
+use crate::observe::access_log::AccessLog;
+use crate::proxy::request_id::IdSource;
+use crate::routing::{RouteSpec, Router};
+use crate::upstream::{Registry, Upstream};
+
+pub struct Route {
+    pub name: Arc<str>,
+    pub upstream: Arc<Upstream>,
+    /// Byte length of the matched prefix to strip (`/api/users` → 10), for `strip_prefix`.
+    pub strip_prefix: Option<usize>,
+    pub host_header: HostHeader,
+    pub max_request_body: u64,
+}
+
+pub struct Snapshot {
+    pub router: Router<Arc<Route>>,
+    pub limits: Limits,
+}
+
+/// Why a checked config still could not be compiled (for example an upstream address that
+/// passed validation but cannot form a URI authority).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct CompileError(pub String);
+
+pub fn compile(config: &Config, registry: &Registry) -> Result<Snapshot, CompileError> {
+    let mut upstreams = std::collections::HashMap::new();
+    for (name, def) in &config.upstreams {
+        let def = def.as_ref().ok_or_else(|| CompileError(format!("upstream {} is invalid", name.value)))?;
+        let upstream = registry.get_or_create(&name.value, def).map_err(CompileError)?;
+        upstreams.insert(name.value.as_str(), upstream);
+    }
+    let mut specs = Vec::with_capacity(config.routes.len());
+    for r in &config.routes {
+        let upstream = upstreams
+            .get(r.upstream.value.as_str())
+            .cloned()
+            .ok_or_else(|| CompileError(format!("route {} names unknown upstream {}", r.name.value, r.upstream.value)))?;
+        let strip_prefix = match (&r.matcher.path.value, r.strip_prefix.as_ref().is_some_and(|s| s.value)) {
+            (PathSpec::Prefix(p), true) => Some(p.trim_end_matches('/').len()),
+            _ => None,
+        };
+        let route = Route {
+            name: r.name.value.as_str().into(),
+            upstream,
+            strip_prefix,
+            host_header: r.host_header.clone(),
+            max_request_body: r.limits.max_request_body.unwrap_or(config.limits.max_request_body),
+        };
+        specs.push(RouteSpec {
+            host: r.matcher.host.as_ref().map(|h| h.value.clone()),
+            path: r.matcher.path.value.clone(),
+            methods: r.matcher.methods.clone(),
+            headers: r.matcher.headers.clone(),
+            value: Arc::new(route),
+        });
+    }
+    let router = Router::new(specs).map_err(|e| CompileError(format!("route regexes: {e}")))?;
+    Ok(Snapshot { router, limits: config.limits })
+}
+
+/// One line describing a config, for `ferroway check` and the startup log.
+pub fn summary(config: &Config) -> String {
+    let plural = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+    format!(
+        "{}, {}, {}",
+        plural(config.listeners.len(), "listener"),
+        plural(config.routes.len(), "route"),
+        plural(config.upstreams.len(), "upstream")
+    )
+}
+
+/// The running gateway's shared state: the current snapshot and what outlives it.
+pub struct Gateway {
+    current: ArcSwap<Snapshot>,
+    registry: Registry,
+    pub access_log: Arc<AccessLog>,
+    pub ids: IdSource,
+}
+
+impl Gateway {
+    pub fn new(config: &Config, access_log: Arc<AccessLog>) -> Result<Gateway, CompileError> {
+        let registry = Registry::default();
+        let snapshot = compile(config, &registry)?;
+        Ok(Gateway { current: ArcSwap::from_pointee(snapshot), registry, access_log, ids: IdSource::default() })
+    }
+
+    /// The snapshot a new request should use; it stays valid for that request whatever
+    /// reloads happen meanwhile.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Compiles `config` beside the running snapshot and swaps it in only if that succeeds.
+    pub fn reload(&self, config: &Config) -> Result<(), CompileError> {
+        let next = compile(config, &self.registry)?;
+        self.current.store(Arc::new(next));
+        Ok(())
+    }
+}
