@@ -421,6 +421,10 @@ impl Decode for RouteLimits {
 impl Decode for AccessLogDef {
     fn decode(node: &Node, path: &str, p: &mut Problems) -> Option<Self> {
         let f = Fields::new(node, path, &["output"], p)?;
+        // A bare `off` is a YAML 1.1 boolean; `output: off` and `output: false` both mean off.
+        if f.node("output").is_some_and(|n| n.value == Value::Bool(false)) {
+            return Some(AccessLogDef::Off);
+        }
         let out: Option<String> = f.opt("output", p);
         Some(match out.as_deref() {
             None | Some("stdout") => AccessLogDef::Stdout,

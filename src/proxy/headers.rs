@@ -1,7 +1,9 @@
 //! Header rules for forwarding: what is hop-by-hop, and what the gateway adds on the way.
 //!
 //! RFC 9110 §7.6.1: Connection and the fields it lists, plus the classic hop-by-hop fields,
-//! belong to one connection and are never forwarded. `X-Forwarded-For` is appended to,
+//! belong to one connection and are never forwarded. `Trailer` is not among them: RFC 9110
+//! §6.6.2 makes it an end-to-end declaration, and since trailers are forwarded end to end the
+//! declaration stays true (hyper's HTTP/1 encoder also sends only declared trailer fields). `X-Forwarded-For` is appended to,
 //! `X-Forwarded-Proto`/`-Host` are set, `Forwarded` (RFC 7239) and `Via` (RFC 9110 §7.6.3) are
 //! appended.
 
@@ -10,12 +12,11 @@ use std::net::SocketAddr;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::Version;
 
-const HOP_BY_HOP: [HeaderName; 9] = [
+const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::TE,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
     header::PROXY_AUTHORIZATION,
@@ -143,10 +144,12 @@ mod tests {
         h.insert(header::TE, HeaderValue::from_static("gzip, trailers"));
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         h.insert(header::PROXY_AUTHORIZATION, HeaderValue::from_static("Basic x"));
+        h.insert(header::TRAILER, HeaderValue::from_static("grpc-status"));
         h.insert("x-kept", HeaderValue::from_static("1"));
         assert!(strip_hop_by_hop(&mut h));
-        assert_eq!(h.len(), 1);
+        assert_eq!(h.len(), 2);
         assert!(h.contains_key("x-kept"));
+        assert!(h.contains_key(header::TRAILER), "Trailer is end to end (RFC 9110 §6.6.2)");
     }
 
     #[test]

@@ -1,0 +1,299 @@
+//! The integration-test harness: real backends, the real gateway (in-process or as the real
+//! binary) and real HTTP clients, all on ephemeral loopback ports. Readiness is awaited by
+//! polling, never by sleeping a fixed time.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::pin::Pin;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode, Version};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+
+pub type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+pub fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).map_err(|e| match e {}).boxed()
+}
+
+/// What a backend received.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: http::Method,
+    pub uri: String,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+type Handler = Arc<dyn Fn(Request<Incoming>) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>> + Send + Sync>;
+
+/// A real HTTP/1.1 + h2c server on a loopback port.
+pub struct Backend {
+    pub addr: SocketAddr,
+    /// TCP connections accepted so far.
+    pub connections: Arc<AtomicUsize>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Backend {
+    /// A backend whose answers come from `handler`.
+    pub async fn serve<F, Fut>(handler: F) -> Backend
+    where
+        F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<Body>> + Send + 'static,
+    {
+        let handler: Handler = Arc::new(move |req| Box::pin(handler(req)));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
+        let addr = listener.local_addr().expect("backend addr");
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counter = connections.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let handler = handler.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| {
+                        let handler = handler.clone();
+                        async move { Ok::<_, Infallible>(handler(req).await) }
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new()).serve_connection_with_upgrades(TokioIo::new(stream), svc).await;
+                });
+            }
+        });
+        Backend { addr, connections, seen: Arc::new(Mutex::new(Vec::new())) }
+    }
+
+    /// A backend that records each request (body included) and answers with `respond`.
+    pub async fn recording<F>(respond: F) -> Backend
+    where
+        F: Fn(&Seen) -> Response<Body> + Send + Sync + 'static,
+    {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let respond = Arc::new(respond);
+        let mut backend = Backend::serve(move |req: Request<Incoming>| {
+            let log = log.clone();
+            let respond = respond.clone();
+            async move {
+                let (parts, body) = req.into_parts();
+                let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+                let s = Seen { method: parts.method, uri: parts.uri.to_string(), version: parts.version, headers: parts.headers, body };
+                let resp = respond(&s);
+                log.lock().expect("seen lock").push(s);
+                resp
+            }
+        })
+        .await;
+        backend.seen = seen;
+        backend
+    }
+
+    /// Records requests and answers 200 with the request body and an `x-backend` header.
+    pub async fn echo() -> Backend {
+        Backend::recording(|s| {
+            let mut r = Response::new(full(s.body.clone()));
+            r.headers_mut().insert("x-backend", "echo".parse().expect("value"));
+            r
+        })
+        .await
+    }
+
+    /// Answers 200 with a fixed text, recording requests.
+    pub async fn text(text: &'static str) -> Backend {
+        Backend::recording(move |_| Response::new(full(text))).await
+    }
+
+    pub fn requests(&self) -> Vec<Seen> {
+        self.seen.lock().expect("seen lock").clone()
+    }
+
+    pub fn last(&self) -> Seen {
+        self.requests().pop().expect("the backend received a request")
+    }
+
+    pub fn address(&self) -> String {
+        self.addr.to_string()
+    }
+}
+
+/// A TCP server that hands each accepted connection to `f` (for misbehaving upstreams).
+pub async fn raw_backend<F, Fut>(f: F) -> SocketAddr
+where
+    F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind raw backend");
+    let addr = listener.local_addr().expect("addr");
+    let f = Arc::new(f);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let f = f.clone();
+            tokio::spawn(async move { f(stream).await });
+        }
+    });
+    addr
+}
+
+/// A gateway running in this process.
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    pub running: ferroway::server::Running,
+}
+
+impl TestGateway {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+/// Starts the gateway from YAML. The listener is added (on port 0) unless the YAML has one;
+/// the access log is off unless the YAML configures it.
+pub async fn gateway(yaml: &str) -> TestGateway {
+    let mut text = String::new();
+    if !yaml.contains("listeners:") {
+        text.push_str("listeners: [{ name: public, address: 127.0.0.1:0 }]\n");
+    }
+    if !yaml.contains("access_log:") {
+        text.push_str("access_log: { output: off }\n");
+    }
+    text.push_str(yaml);
+    let config = ferroway::config::load_str(&text, Path::new("test.yaml"), Default::default()).unwrap_or_else(|e| panic!("{e}"));
+    let running = ferroway::server::start(&config).await.expect("gateway starts");
+    let addr = running.listeners[0].1;
+    TestGateway { addr, running }
+}
+
+/// A client's view of a response.
+#[derive(Debug)]
+pub struct Got {
+    pub status: StatusCode,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub trailers: Option<HeaderMap>,
+}
+
+impl Got {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+pub fn client() -> Client<HttpConnector, Body> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub fn h2_client() -> Client<HttpConnector, Body> {
+    Client::builder(TokioExecutor::new()).http2_only(true).build_http()
+}
+
+pub async fn send_with(client: &Client<HttpConnector, Body>, req: Request<Body>) -> Got {
+    let resp = client.request(req).await.expect("request completes");
+    let (parts, body) = resp.into_parts();
+    let collected = body.collect().await.expect("response body completes");
+    let trailers = collected.trailers().cloned();
+    Got { status: parts.status, version: parts.version, headers: parts.headers, body: collected.to_bytes(), trailers }
+}
+
+pub async fn send(req: Request<Body>) -> Got {
+    send_with(&client(), req).await
+}
+
+pub async fn get(url: &str) -> Got {
+    send(Request::get(url).body(full("")).expect("request")).await
+}
+
+/// Writes raw bytes to `addr` and reads the answer until the server closes or `limit` passes.
+pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(bytes).await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The real `ferroway` binary, started with a config file.
+pub struct GatewayProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl GatewayProcess {
+    pub fn start(yaml: &str) -> GatewayProcess {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("ferroway.yaml");
+        std::fs::write(&path, yaml).expect("write config");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ferroway"))
+            .args(["run", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn ferroway");
+        let stderr = child.stderr.take().expect("stderr piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.split("address=").nth(1).and_then(|a| a.split_whitespace().next()) {
+                    if let (Some(tx), Ok(addr)) = (tx.take(), addr.parse::<SocketAddr>()) {
+                        let _ = tx.send(addr);
+                    }
+                }
+            }
+        });
+        let addr = rx.recv_timeout(Duration::from_secs(30)).expect("the gateway reports its listening address");
+        GatewayProcess { child, addr, _dir: dir }
+    }
+
+    /// Peak resident memory of the process so far, in bytes (Linux).
+    pub fn peak_rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("proc status");
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM present");
+        kib * 1024
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill").args([&format!("-{sig}"), &self.child.id().to_string()]).status().expect("kill");
+        assert!(status.success());
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
