@@ -1,0 +1,127 @@
+//! Header handling: hop-by-hop fields stop at the gateway both ways, forwarding headers are
+//! added, Host follows `host_header`, and every exchange carries a request id.
+
+mod support;
+
+use http::{Request, Response, StatusCode};
+use support::*;
+
+fn config(backend: &Backend, host_header: &str) -> String {
+    format!(
+        "upstreams: {{ app: {{ targets: [{{ address: {} }}] }} }}\n\
+         routes: [{{ name: all, match: {{ path_prefix: / }}, upstream: app, host_header: {host_header} }}]\n",
+        backend.address()
+    )
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_are_removed_both_ways() {
+    let backend = Backend::recording(|_| {
+        let mut r = Response::new(full("ok"));
+        let h = r.headers_mut();
+        h.insert("connection", "x-upstream-private".parse().expect("value"));
+        h.insert("x-upstream-private", "secret".parse().expect("value"));
+        h.insert("keep-alive", "timeout=5".parse().expect("value"));
+        h.insert("proxy-authenticate", "Basic".parse().expect("value"));
+        h.insert("upgrade", "h2c".parse().expect("value"));
+        h.insert("x-end-to-end", "yes".parse().expect("value"));
+        r
+    })
+    .await;
+    let gw = gateway(&config(&backend, "preserve")).await;
+    let req = Request::get(gw.url("/h"))
+        .header("connection", "keep-alive, x-client-private")
+        .header("x-client-private", "1")
+        .header("keep-alive", "timeout=5")
+        .header("proxy-connection", "keep-alive")
+        .header("proxy-authorization", "Basic Zm9vOmJhcg==")
+        .header("te", "gzip")
+        .header("upgrade", "websocket")
+        .header("x-end-to-end", "yes")
+        .body(full(""))
+        .expect("request");
+    let got = send(req).await;
+    let seen = backend.last();
+    for name in ["x-client-private", "keep-alive", "proxy-connection", "proxy-authorization", "te", "upgrade", "transfer-encoding"] {
+        assert!(!seen.headers.contains_key(name), "{name} reached the upstream");
+    }
+    assert_eq!(seen.headers["x-end-to-end"], "yes");
+    for name in ["x-upstream-private", "keep-alive", "proxy-authenticate", "upgrade"] {
+        assert!(!got.headers.contains_key(name), "{name} reached the client");
+    }
+    assert_eq!(got.header("x-end-to-end"), Some("yes"));
+}
+
+#[tokio::test]
+async fn forwarding_headers_describe_the_client() {
+    let backend = Backend::echo().await;
+    let gw = gateway(&config(&backend, "preserve")).await;
+    let req = Request::get(gw.url("/f"))
+        .header("host", "api.example.com")
+        .header("x-forwarded-for", "203.0.113.7")
+        .header("x-forwarded-proto", "https")
+        .header("x-forwarded-host", "spoofed.example")
+        .body(full(""))
+        .expect("request");
+    send(req).await;
+    let h = backend.last().headers;
+    assert_eq!(h["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-forwarded-host"], "api.example.com");
+    assert_eq!(h["forwarded"], "for=127.0.0.1;proto=http;host=\"api.example.com\"");
+    assert_eq!(h["via"], "1.1 ferroway");
+    assert_eq!(h["host"], "api.example.com");
+}
+
+#[tokio::test]
+async fn host_header_follows_the_route_setting() {
+    let backend = Backend::echo().await;
+    for (setting, expected) in [("preserve", "client.example".to_string()), ("upstream", backend.address()), ("internal.svc", "internal.svc".to_string())] {
+        let gw = gateway(&config(&backend, setting)).await;
+        send(Request::get(gw.url("/")).header("host", "client.example").body(full("")).expect("request")).await;
+        assert_eq!(backend.last().headers["host"], expected.as_str(), "host_header: {setting}");
+    }
+}
+
+#[tokio::test]
+async fn a_valid_request_id_is_kept_end_to_end() {
+    let backend = Backend::echo().await;
+    let gw = gateway(&config(&backend, "preserve")).await;
+    let got = send(Request::get(gw.url("/")).header("x-request-id", "trace-abc.123").body(full("")).expect("request")).await;
+    assert_eq!(got.header("x-request-id"), Some("trace-abc.123"));
+    assert_eq!(backend.last().headers["x-request-id"], "trace-abc.123");
+}
+
+#[tokio::test]
+async fn an_invalid_or_missing_request_id_is_replaced_by_a_unique_one() {
+    let backend = Backend::echo().await;
+    let gw = gateway(&config(&backend, "preserve")).await;
+    let too_long = "a".repeat(129);
+    let mut ids = Vec::new();
+    for incoming in [None, Some("has space"), Some(too_long.as_str())] {
+        let mut req = Request::get(gw.url("/"));
+        if let Some(id) = incoming {
+            req = req.header("x-request-id", id);
+        }
+        let got = send(req.body(full("")).expect("request")).await;
+        let id = got.header("x-request-id").expect("id returned").to_owned();
+        assert_eq!(backend.last().headers["x-request-id"], id.as_str());
+        assert!(Some(id.as_str()) != incoming && !id.is_empty() && id.len() <= 128);
+        ids.push(id);
+    }
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 3, "ids are unique");
+}
+
+#[tokio::test]
+async fn gateway_errors_carry_the_request_id_in_header_and_body() {
+    let gw = gateway("upstreams: {}\nroutes: []\n").await;
+    let got = send(Request::get(gw.url("/missing")).header("x-request-id", "rid-\"quoted\"").body(full("")).expect("request")).await;
+    assert_eq!(got.status, StatusCode::NOT_FOUND);
+    assert_eq!(got.header("x-request-id"), Some("rid-\"quoted\""));
+    let body = got.json();
+    assert_eq!(body["request_id"], "rid-\"quoted\"");
+    assert_eq!(body["error"], "no route matches this request");
+    assert_eq!(got.header("content-type"), Some("application/json"));
+}
