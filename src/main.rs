@@ -90,6 +90,8 @@ fn serve(config: Config, demo: bool) -> anyhow::Result<()> {
     init_logging();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     runtime.block_on(async move {
+        // Handlers first: a stop signal that arrives while listeners start must still drain.
+        let stop = stop_signal()?;
         if demo {
             for (name, addr) in demo::BACKENDS {
                 let addr = addr.parse().context("demo backend address")?;
@@ -101,7 +103,7 @@ fn serve(config: Config, demo: bool) -> anyhow::Result<()> {
         if demo {
             println!("{}", demo::CURL_LINES);
         }
-        wait_for_stop_signal().await?;
+        stop.await;
         tracing::info!("shutting down: draining in-flight requests");
         let cut = running.shutdown().await;
         if cut > 0 {
@@ -111,15 +113,17 @@ fn serve(config: Config, demo: bool) -> anyhow::Result<()> {
     })
 }
 
-async fn wait_for_stop_signal() -> anyhow::Result<()> {
+/// Installs the SIGTERM and SIGINT handlers now; the returned future ends at the first signal.
+fn stop_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    Ok(())
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
 }
 
 fn init_logging() {
@@ -127,5 +131,12 @@ fn init_logging() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     use std::io::IsTerminal;
     let ansi = std::io::stderr().is_terminal();
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
+    // log_internal_errors(false): by default a failed log write is reported with eprintln!,
+    // which panics when stderr itself is gone; a gateway must outlive its log reader.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .log_internal_errors(false)
+        .with_writer(std::io::stderr)
+        .try_init();
 }

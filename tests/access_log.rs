@@ -1,0 +1,54 @@
+//! The access log: one JSON line per request, written when the response ends.
+
+mod support;
+
+use http::{Request, StatusCode};
+use support::*;
+
+#[tokio::test]
+async fn each_request_writes_one_json_line_with_its_facts() {
+    let backend = Backend::echo().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("access.log");
+    let yaml = format!(
+        "access_log: {{ output: {} }}\nupstreams: {{ u: {{ targets: [{{ address: {} }}] }} }}\nroutes: [{{ name: users, match: {{ path_prefix: /users }}, upstream: u }}]\n",
+        log.display(),
+        backend.address()
+    );
+    let gw = gateway(&yaml).await;
+    let ok = send(Request::post(gw.url("/users/1?x=y")).header("x-request-id", "log-me").body(full("12345")).expect("req")).await;
+    assert_eq!(ok.status, StatusCode::OK);
+    let miss = get(&gw.url("/nope")).await;
+    assert_eq!(miss.status, StatusCode::NOT_FOUND);
+
+    // Lines are written by a background thread: wait until both are there.
+    let lines = wait_for_lines(&log, 2).await;
+    let first: serde_json::Value = serde_json::from_str(&lines[0]).expect("JSON line");
+    assert_eq!(first["request_id"], "log-me");
+    assert_eq!(first["method"], "POST");
+    assert_eq!(first["uri"], "/users/1?x=y");
+    assert_eq!(first["status"], 200);
+    assert_eq!(first["route"], "users");
+    assert_eq!(first["upstream_target"], backend.address());
+    assert_eq!(first["bytes_in"], 5);
+    assert_eq!(first["bytes_out"], 5);
+    assert!(first["duration_ms"].as_f64().is_some());
+    assert!(first["upstream_duration_ms"].as_f64().is_some());
+    let second: serde_json::Value = serde_json::from_str(&lines[1]).expect("JSON line");
+    assert_eq!(second["status"], 404);
+    assert_eq!(second["error"], "no_route");
+    assert_eq!(second["request_id"], miss.header("x-request-id").expect("id"));
+}
+
+async fn wait_for_lines(path: &std::path::Path, n: usize) -> Vec<String> {
+    for _ in 0..500 {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        if lines.len() >= n {
+            return lines;
+        }
+        tokio::task::yield_now().await;
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("{n} access-log lines did not appear");
+}
