@@ -14,7 +14,8 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
 /// The demo's backends: name and address, as `examples/demo.yaml` expects them.
-pub const BACKENDS: [(&str, &str); 3] = [("users-1", "127.0.0.1:9001"), ("users-2", "127.0.0.1:9002"), ("orders", "127.0.0.1:9003")];
+pub const BACKENDS: [(&str, &str); 3] =
+    [("users-1", "127.0.0.1:9001"), ("users-2", "127.0.0.1:9002"), ("orders", "127.0.0.1:9003")];
 
 /// Starts one sample backend on `addr`; it runs until the process ends.
 pub async fn start_backend(name: &'static str, addr: SocketAddr) -> std::io::Result<SocketAddr> {
@@ -22,7 +23,8 @@ pub async fn start_backend(name: &'static str, addr: SocketAddr) -> std::io::Res
     let local = listener.local_addr()?;
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            let service = service_fn(move |req: Request<Incoming>| async move { Ok::<_, Infallible>(describe(name, &req)) });
+            let service =
+                service_fn(move |req: Request<Incoming>| async move { Ok::<_, Infallible>(describe(name, &req)) });
             tokio::spawn(async move {
                 let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await;
             });

@@ -95,7 +95,9 @@ fn serve(config: Config, demo: bool) -> anyhow::Result<()> {
         if demo {
             for (name, addr) in demo::BACKENDS {
                 let addr = addr.parse().context("demo backend address")?;
-                demo::start_backend(name, addr).await.with_context(|| format!("starting demo backend {name} on {addr}"))?;
+                demo::start_backend(name, addr)
+                    .await
+                    .with_context(|| format!("starting demo backend {name} on {addr}"))?;
             }
         }
         let running = server::start(&config).await?;
@@ -115,7 +117,7 @@ fn serve(config: Config, demo: bool) -> anyhow::Result<()> {
 
 /// Installs the SIGTERM and SIGINT handlers now; the returned future ends at the first signal.
 fn stop_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
-    use tokio::signal::unix::{signal, SignalKind};
+    use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     Ok(async move {

@@ -44,10 +44,9 @@ pub fn compile(config: &Config, registry: &Registry) -> Result<Snapshot, Compile
     }
     let mut specs = Vec::with_capacity(config.routes.len());
     for r in &config.routes {
-        let upstream = upstreams
-            .get(r.upstream.value.as_str())
-            .cloned()
-            .ok_or_else(|| CompileError(format!("route {} names unknown upstream {}", r.name.value, r.upstream.value)))?;
+        let upstream = upstreams.get(r.upstream.value.as_str()).cloned().ok_or_else(|| {
+            CompileError(format!("route {} names unknown upstream {}", r.name.value, r.upstream.value))
+        })?;
         let strip_prefix = match (&r.matcher.path.value, r.strip_prefix.as_ref().is_some_and(|s| s.value)) {
             (PathSpec::Prefix(p), true) => Some(p.trim_end_matches('/').len()),
             _ => None,

@@ -16,7 +16,9 @@ async fn each_request_writes_one_json_line_with_its_facts() {
         backend.address()
     );
     let gw = gateway(&yaml).await;
-    let ok = send(Request::post(gw.url("/users/1?x=y")).header("x-request-id", "log-me").body(full("12345")).expect("req")).await;
+    let ok =
+        send(Request::post(gw.url("/users/1?x=y")).header("x-request-id", "log-me").body(full("12345")).expect("req"))
+            .await;
     assert_eq!(ok.status, StatusCode::OK);
     let miss = get(&gw.url("/nope")).await;
     assert_eq!(miss.status, StatusCode::NOT_FOUND);

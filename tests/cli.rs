@@ -104,10 +104,9 @@ async fn run_serves_from_the_config_in_ferroway_config_and_exits_cleanly_on_sigt
     // running when whoever reads its log goes away.
     let addr = tokio::task::spawn_blocking(move || {
         use std::io::BufRead;
-        std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-            .find_map(|l| l.split("address=").nth(1).and_then(|a| a.split_whitespace().next()?.parse::<std::net::SocketAddr>().ok()))
+        std::io::BufReader::new(stderr).lines().map_while(Result::ok).find_map(|l| {
+            l.split("address=").nth(1).and_then(|a| a.split_whitespace().next()?.parse::<std::net::SocketAddr>().ok())
+        })
     })
     .await
     .expect("reader")

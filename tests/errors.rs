@@ -144,8 +144,14 @@ async fn a_route_may_raise_or_lower_the_body_limit() {
         backend.address()
     );
     let gw = gateway(&yaml).await;
-    assert_eq!(send(Request::post(gw.url("/big")).body(full(vec![1u8; 4096])).expect("req")).await.status, StatusCode::OK);
-    assert_eq!(send(Request::post(gw.url("/small")).body(full(vec![1u8; 4096])).expect("req")).await.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        send(Request::post(gw.url("/big")).body(full(vec![1u8; 4096])).expect("req")).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        send(Request::post(gw.url("/small")).body(full(vec![1u8; 4096])).expect("req")).await.status,
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
 }
 
 #[tokio::test]
@@ -161,7 +167,11 @@ async fn headers_over_the_limit_are_431() {
 async fn malformed_requests_are_400() {
     let backend = Backend::echo().await;
     let gw = gateway(&route_to(backend.address(), "connect: 1s", "")).await;
-    for raw in [&b"GARBAGE\r\n\r\n"[..], b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", b"GET / HTTP/1.1\r\nBad Header\r\n\r\n"] {
+    for raw in [
+        &b"GARBAGE\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+        b"GET / HTTP/1.1\r\nBad Header\r\n\r\n",
+    ] {
         let got = raw_exchange(gw.addr, raw).await;
         assert!(got.starts_with("HTTP/1.1 400"), "{:?} -> {got}", String::from_utf8_lossy(raw));
     }
@@ -177,7 +187,8 @@ async fn an_upstream_dying_mid_body_aborts_the_client_response() {
     })
     .await;
     let gw = gateway(&route_to(addr, "connect: 1s", "")).await;
-    let resp = client().request(Request::get(gw.url("/")).body(full("")).expect("request")).await.expect("headers arrive");
+    let resp =
+        client().request(Request::get(gw.url("/")).body(full("")).expect("request")).await.expect("headers arrive");
     assert_eq!(resp.status(), StatusCode::OK);
     assert!(resp.into_body().collect().await.is_err(), "a truncated body must not look complete");
 }

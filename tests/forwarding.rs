@@ -55,7 +55,8 @@ async fn status_headers_and_body_come_back_unchanged() {
     let cookies: Vec<_> = via.headers.get_all("set-cookie").iter().collect();
     assert_eq!(cookies, ["a=1", "b=2"]);
     // Beyond the documented additions (via, x-request-id), the client cannot tell.
-    let mut extra: Vec<_> = via.headers.keys().filter(|k| !direct.headers.contains_key(*k)).map(|k| k.as_str()).collect();
+    let mut extra: Vec<_> =
+        via.headers.keys().filter(|k| !direct.headers.contains_key(*k)).map(|k| k.as_str()).collect();
     extra.sort();
     assert_eq!(extra, ["via", "x-request-id"]);
 }
@@ -89,11 +90,17 @@ async fn trailers_pass_through_to_http1_and_http2_clients() {
 
 type Frames = Vec<Result<http_body::Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>>;
 
-fn futures_stream(frames: Frames) -> impl futures_core::Stream<Item = Result<http_body::Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>> + Send {
+fn futures_stream(
+    frames: Frames,
+) -> impl futures_core::Stream<Item = Result<http_body::Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>> + Send
+{
     struct Iter(std::vec::IntoIter<Result<http_body::Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>>);
     impl futures_core::Stream for Iter {
         type Item = Result<http_body::Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>;
-        fn poll_next(mut self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<Option<Self::Item>> {
+        fn poll_next(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Self::Item>> {
             std::task::Poll::Ready(self.0.next())
         }
     }
@@ -129,4 +136,3 @@ async fn http1_and_http2_prior_knowledge_share_one_port() {
     assert_eq!(seen.headers["host"], gw.addr.to_string());
     assert_eq!(seen.headers["via"], "2 ferroway");
 }
-

@@ -42,7 +42,15 @@ async fn hop_by_hop_headers_are_removed_both_ways() {
         .expect("request");
     let got = send(req).await;
     let seen = backend.last();
-    for name in ["x-client-private", "keep-alive", "proxy-connection", "proxy-authorization", "te", "upgrade", "transfer-encoding"] {
+    for name in [
+        "x-client-private",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authorization",
+        "te",
+        "upgrade",
+        "transfer-encoding",
+    ] {
         assert!(!seen.headers.contains_key(name), "{name} reached the upstream");
     }
     assert_eq!(seen.headers["x-end-to-end"], "yes");
@@ -76,7 +84,11 @@ async fn forwarding_headers_describe_the_client() {
 #[tokio::test]
 async fn host_header_follows_the_route_setting() {
     let backend = Backend::echo().await;
-    for (setting, expected) in [("preserve", "client.example".to_string()), ("upstream", backend.address()), ("internal.svc", "internal.svc".to_string())] {
+    for (setting, expected) in [
+        ("preserve", "client.example".to_string()),
+        ("upstream", backend.address()),
+        ("internal.svc", "internal.svc".to_string()),
+    ] {
         let gw = gateway(&config(&backend, setting)).await;
         send(Request::get(gw.url("/")).header("host", "client.example").body(full("")).expect("request")).await;
         assert_eq!(backend.last().headers["host"], expected.as_str(), "host_header: {setting}");
@@ -87,7 +99,8 @@ async fn host_header_follows_the_route_setting() {
 async fn a_valid_request_id_is_kept_end_to_end() {
     let backend = Backend::echo().await;
     let gw = gateway(&config(&backend, "preserve")).await;
-    let got = send(Request::get(gw.url("/")).header("x-request-id", "trace-abc.123").body(full("")).expect("request")).await;
+    let got =
+        send(Request::get(gw.url("/")).header("x-request-id", "trace-abc.123").body(full("")).expect("request")).await;
     assert_eq!(got.header("x-request-id"), Some("trace-abc.123"));
     assert_eq!(backend.last().headers["x-request-id"], "trace-abc.123");
 }
@@ -117,7 +130,10 @@ async fn an_invalid_or_missing_request_id_is_replaced_by_a_unique_one() {
 #[tokio::test]
 async fn gateway_errors_carry_the_request_id_in_header_and_body() {
     let gw = gateway("upstreams: {}\nroutes: []\n").await;
-    let got = send(Request::get(gw.url("/missing")).header("x-request-id", "rid-\"quoted\"").body(full("")).expect("request")).await;
+    let got = send(
+        Request::get(gw.url("/missing")).header("x-request-id", "rid-\"quoted\"").body(full("")).expect("request"),
+    )
+    .await;
     assert_eq!(got.status, StatusCode::NOT_FOUND);
     assert_eq!(got.header("x-request-id"), Some("rid-\"quoted\""));
     let body = got.json();

@@ -12,8 +12,14 @@ async fn named(name: &'static str) -> Backend {
 
 #[tokio::test]
 async fn requests_go_to_the_most_specific_route() {
-    let (exact, long, short, regex, host, canary) =
-        (named("exact").await, named("long").await, named("short").await, named("regex").await, named("host").await, named("canary").await);
+    let (exact, long, short, regex, host, canary) = (
+        named("exact").await,
+        named("long").await,
+        named("short").await,
+        named("regex").await,
+        named("host").await,
+        named("canary").await,
+    );
     let yaml = format!(
         "upstreams:\n  exact: {{ targets: [{{ address: {} }}] }}\n  long: {{ targets: [{{ address: {} }}] }}\n  short: {{ targets: [{{ address: {} }}] }}\n  regex: {{ targets: [{{ address: {} }}] }}\n  host: {{ targets: [{{ address: {} }}] }}\n  canary: {{ targets: [{{ address: {} }}] }}\n\
          routes:\n\
@@ -23,7 +29,12 @@ async fn requests_go_to_the_most_specific_route() {
          \x20 - {{ name: exact, match: {{ path: /api/users/me }}, upstream: exact }}\n\
          \x20 - {{ name: host, match: {{ path_prefix: /api, host: '*.example.com' }}, upstream: host }}\n\
          \x20 - {{ name: canary, match: {{ path_prefix: /api, headers: {{ x-canary: 'true' }} }}, upstream: canary }}\n",
-        exact.address(), long.address(), short.address(), regex.address(), host.address(), canary.address()
+        exact.address(),
+        long.address(),
+        short.address(),
+        regex.address(),
+        host.address(),
+        canary.address()
     );
     let gw = gateway(&yaml).await;
     for (path, expected) in [
@@ -39,7 +50,8 @@ async fn requests_go_to_the_most_specific_route() {
         let answer = if got.status == StatusCode::NOT_FOUND { "none".to_string() } else { got.text() };
         assert_eq!(answer, expected, "{path}");
     }
-    let by_host = send(Request::get(gw.url("/api/users/me")).header("host", "eu.example.com").body(full("")).expect("req")).await;
+    let by_host =
+        send(Request::get(gw.url("/api/users/me")).header("host", "eu.example.com").body(full("")).expect("req")).await;
     assert_eq!(by_host.text(), "host");
     let by_header = send(Request::get(gw.url("/api/x")).header("x-canary", "true").body(full("")).expect("req")).await;
     assert_eq!(by_header.text(), "canary");
@@ -65,7 +77,9 @@ async fn strip_prefix_removes_the_matched_prefix_and_keeps_the_query() {
         backend.address()
     );
     let gw = gateway(&yaml).await;
-    for (path, upstream_sees) in [("/api/users/42?x=1", "/42?x=1"), ("/api/users", "/"), ("/api/users/", "/"), ("/api/users?q", "/?q")] {
+    for (path, upstream_sees) in
+        [("/api/users/42?x=1", "/42?x=1"), ("/api/users", "/"), ("/api/users/", "/"), ("/api/users?q", "/?q")]
+    {
         get(&gw.url(path)).await;
         assert_eq!(backend.last().uri, upstream_sees, "{path}");
     }
@@ -96,10 +110,15 @@ async fn routing_and_the_upstream_see_the_normalised_path() {
 #[tokio::test]
 async fn ambiguous_paths_get_400_and_are_never_forwarded() {
     let backend = Backend::echo().await;
-    let yaml = format!("upstreams: {{ u: {{ targets: [{{ address: {} }}] }} }}\nroutes: [{{ name: u, match: {{ path_prefix: / }}, upstream: u }}]\n", backend.address());
+    let yaml = format!(
+        "upstreams: {{ u: {{ targets: [{{ address: {} }}] }} }}\nroutes: [{{ name: u, match: {{ path_prefix: / }}, upstream: u }}]\n",
+        backend.address()
+    );
     let gw = gateway(&yaml).await;
     for path in ["/a%2fb", "/a%2Fb", "/a%5cb", "/a%00b", "/..", "/a/../../etc/passwd", "/bad%zzescape"] {
-        let got = raw_exchange(gw.addr, format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await;
+        let got =
+            raw_exchange(gw.addr, format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+                .await;
         assert!(got.starts_with("HTTP/1.1 400"), "{path}: {got}");
         assert!(got.contains("\"request_id\""), "{path}: {got}");
     }

@@ -77,12 +77,16 @@ async fn a_gibibyte_streams_down_and_up_in_little_memory() {
     ));
     let c = client();
 
-    let resp = c.request(Request::get(format!("http://{}/download", gw.addr)).body(full("")).expect("request")).await.expect("response");
+    let resp = c
+        .request(Request::get(format!("http://{}/download", gw.addr)).body(full("")).expect("request"))
+        .await
+        .expect("response");
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.headers()["content-length"], GIB.to_string().as_str());
     assert_eq!(drain(resp.into_body()).await, GIB);
 
-    let upload = Request::post(format!("http://{}/upload", gw.addr)).body(Generated::new(GIB).boxed()).expect("request");
+    let upload =
+        Request::post(format!("http://{}/upload", gw.addr)).body(Generated::new(GIB).boxed()).expect("request");
     let got = send_with(&c, upload).await;
     assert_eq!(got.status, StatusCode::OK);
     assert_eq!(got.text(), GIB.to_string());

@@ -300,17 +300,21 @@ impl ByteSize {
 
 impl Decode for ByteSize {
     fn decode(node: &Node, path: &str, problems: &mut Problems) -> Option<Self> {
-        if let Value::Int(i) = node.value {
-            if i >= 0 {
-                return Some(ByteSize(i as u64));
-            }
+        if let Value::Int(i) = node.value
+            && i >= 0
+        {
+            return Some(ByteSize(i as u64));
         }
         parse_str(node, path, problems, "a size such as 512KiB, 10MiB or 1GiB", ByteSize::parse)
     }
 }
 
 /// A small string-keyed map (headers in a match, for example), in file order.
-pub fn decode_string_map(node: &Node, path: &str, problems: &mut Problems) -> Option<BTreeMap<String, Located<String>>> {
+pub fn decode_string_map(
+    node: &Node,
+    path: &str,
+    problems: &mut Problems,
+) -> Option<BTreeMap<String, Located<String>>> {
     let pairs = Vec::<(Located<String>, Located<String>)>::decode(node, path, problems)?;
     Some(pairs.into_iter().map(|(k, v)| (k.value, v)).collect())
 }

@@ -46,9 +46,8 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 /// Checks config text; `file` names it in messages, `env` supplies `${VAR}` values.
 pub fn load_str(text: &str, file: &Path, env: HashMap<String, String>) -> Result<Config, ConfigError> {
     let fail = |problems| ConfigError { file: file.to_owned(), problems };
-    let tree = node::parse(text, env).map_err(|e| {
-        fail(vec![Problem { pos: e.pos.unwrap_or_default(), path: String::new(), message: e.message }])
-    })?;
+    let tree = node::parse(text, env)
+        .map_err(|e| fail(vec![Problem { pos: e.pos.unwrap_or_default(), path: String::new(), message: e.message }]))?;
     let mut problems = decode::Problems::default();
     let config = schema::decode_config(&tree, &mut problems);
     validate::validate(&config, &mut problems);

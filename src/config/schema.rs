@@ -10,7 +10,7 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue, Method};
 use regex::Regex;
 
-use super::decode::{decode_string_map, item_path, parse_str, ByteSize, Decode, Dur, Fields, Located, Problems};
+use super::decode::{ByteSize, Decode, Dur, Fields, Located, Problems, decode_string_map, item_path, parse_str};
 use super::node::{Node, Value};
 
 pub const DEFAULT_MAX_REQUEST_BODY: u64 = 10 << 20;
@@ -146,7 +146,9 @@ pub fn decode_config(node: &Node, p: &mut Problems) -> Config {
         shutdown_timeout: Duration::from_secs(30),
     };
     let Some(f) = Fields::new(node, "", KEYS, p) else { return empty };
-    let listeners = if f.has("listeners") { lenient_list(&f, "listeners", p, decode_listener) } else {
+    let listeners = if f.has("listeners") {
+        lenient_list(&f, "listeners", p, decode_listener)
+    } else {
         p.add(f.pos(), "", "missing required key `listeners` (at least one listener such as `- { name: public, address: 127.0.0.1:8080 }`)");
         Vec::new()
     };
@@ -166,7 +168,12 @@ pub fn decode_config(node: &Node, p: &mut Problems) -> Config {
 }
 
 /// A list whose readable items are kept even when others are not, so later checks still run.
-fn lenient_list<T>(f: &Fields, key: &str, p: &mut Problems, item: impl Fn(&Node, &str, &mut Problems) -> Option<T>) -> Vec<T> {
+fn lenient_list<T>(
+    f: &Fields,
+    key: &str,
+    p: &mut Problems,
+    item: impl Fn(&Node, &str, &mut Problems) -> Option<T>,
+) -> Vec<T> {
     let Some(node) = f.node(key) else { return Vec::new() };
     let path = super::decode::child_path(f.path(), key);
     match &node.value {
@@ -234,7 +241,11 @@ fn decode_target(node: &Node, path: &str, p: &mut Problems) -> Option<TargetDef>
     match check_host_port(&address.value) {
         Ok(()) => Some(TargetDef { address: address.value }),
         Err(why) => {
-            p.add(address.pos, &address.path, format!("{why}; expected host:port such as 127.0.0.1:9001 or backend.internal:8080"));
+            p.add(
+                address.pos,
+                &address.path,
+                format!("{why}; expected host:port such as 127.0.0.1:9001 or backend.internal:8080"),
+            );
             None
         }
     }
@@ -248,7 +259,9 @@ fn check_host_port(s: &str) -> Result<(), String> {
     port.parse::<u16>().map_err(|_| format!("invalid port in {s:?}"))?;
     let valid_name = !host.is_empty()
         && host.len() <= 253
-        && host.split('.').all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+        && host
+            .split('.')
+            .all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
     if valid_name { Ok(()) } else { Err(format!("invalid host in {s:?}")) }
 }
 
@@ -282,7 +295,11 @@ impl Decode for MatchDef {
         let f = Fields::new(node, path, &["path", "path_prefix", "path_regex", "host", "methods", "headers"], p)?;
         let given: Vec<&str> = PATH_KEYS.into_iter().filter(|k| f.has(k)).collect();
         if given.len() > 1 {
-            p.add(f.pos(), path, format!("give only one of path, path_prefix, path_regex (found {})", given.join(" and ")));
+            p.add(
+                f.pos(),
+                path,
+                format!("give only one of path, path_prefix, path_regex (found {})", given.join(" and ")),
+            );
         }
         let spec = match given.first().copied() {
             Some(key) => {
@@ -306,7 +323,14 @@ impl Decode for MatchDef {
         let host = f.opt::<Located<String>>("host", p).and_then(|h| {
             let pattern = parse_host_pattern(&h.value);
             if pattern.is_none() {
-                p.add(h.pos, &h.path, format!("invalid host {:?}; expected a host name such as api.example.com or *.example.com", h.value));
+                p.add(
+                    h.pos,
+                    &h.path,
+                    format!(
+                        "invalid host {:?}; expected a host name such as api.example.com or *.example.com",
+                        h.value
+                    ),
+                );
             }
             pattern.map(|value| Located { value, pos: h.pos, path: h.path })
         });
@@ -351,11 +375,19 @@ fn check_route_path(text: &Located<String>, p: &mut Problems) -> Option<String> 
     match crate::routing::normalize_path(text.value.as_bytes()) {
         Ok(normal) if normal == text.value => Some(normal.into_owned()),
         Ok(normal) => {
-            p.add(text.pos, &text.path, format!("path {:?} is not in normal form; did you mean {normal:?}?", text.value));
+            p.add(
+                text.pos,
+                &text.path,
+                format!("path {:?} is not in normal form; did you mean {normal:?}?", text.value),
+            );
             None
         }
         Err(e) => {
-            p.add(text.pos, &text.path, format!("invalid path {:?}: {e}; expected an absolute path such as /api/users", text.value));
+            p.add(
+                text.pos,
+                &text.path,
+                format!("invalid path {:?}: {e}; expected an absolute path such as /api/users", text.value),
+            );
             None
         }
     }
@@ -385,7 +417,11 @@ impl Decode for HostHeader {
             literal => match HeaderValue::from_str(literal) {
                 Ok(v) if !literal.is_empty() => Some(HostHeader::Literal(v)),
                 _ => {
-                    p.add(node.pos, path, format!("invalid host_header {s:?}; expected preserve, upstream, or a host name"));
+                    p.add(
+                        node.pos,
+                        path,
+                        format!("invalid host_header {s:?}; expected preserve, upstream, or a host name"),
+                    );
                     None
                 }
             },

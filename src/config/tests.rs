@@ -74,7 +74,10 @@ routes:
 ";
     let p = problems(yaml);
     assert_eq!(p.len(), 3, "{p:#?}");
-    assert_eq!(p[0], "7:26: upstreams.users.timeouts.connect: invalid duration \"fast\" (expected number at 0); expected a duration such as 250ms, 5s or 2m");
+    assert_eq!(
+        p[0],
+        "7:26: upstreams.users.timeouts.connect: invalid duration \"fast\" (expected number at 0); expected a duration such as 250ms, 5s or 2m"
+    );
     assert_eq!(p[1], "11:15: routes[0].upstream: unknown upstream \"userz\"; did you mean \"users\"?");
     assert_eq!(p[2], "12:5: routes[0].strip_prefx: unknown key `strip_prefx`; did you mean `strip_prefix`?");
 }

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use super::decode::{did_you_mean, Problems};
+use super::decode::{Problems, did_you_mean};
 use super::schema::{Config, PathSpec};
 
 pub(super) fn validate(config: &Config, p: &mut Problems) {
@@ -11,36 +11,55 @@ pub(super) fn validate(config: &Config, p: &mut Problems) {
     let mut listener_addrs = HashMap::new();
     for l in &config.listeners {
         if let Some(line) = listener_names.insert(l.name.value.as_str(), l.name.pos.line) {
-            p.add(l.name.pos, &l.name.path, format!("duplicate listener name {:?} (first defined on line {line})", l.name.value));
+            p.add(
+                l.name.pos,
+                &l.name.path,
+                format!("duplicate listener name {:?} (first defined on line {line})", l.name.value),
+            );
         }
         if let Some(line) = listener_addrs.insert(l.address.value, l.address.pos.line) {
-            p.add(l.address.pos, &l.address.path, format!("address {} is already used by the listener on line {line}", l.address.value));
+            p.add(
+                l.address.pos,
+                &l.address.path,
+                format!("address {} is already used by the listener on line {line}", l.address.value),
+            );
         }
     }
-    if let Some(admin) = &config.admin {
-        if let Some(line) = listener_addrs.get(&admin.address.value) {
-            p.add(admin.address.pos, &admin.address.path, format!("the admin address must differ from every listener's (line {line} uses it)"));
-        }
+    if let Some(admin) = &config.admin
+        && let Some(line) = listener_addrs.get(&admin.address.value)
+    {
+        p.add(
+            admin.address.pos,
+            &admin.address.path,
+            format!("the admin address must differ from every listener's (line {line} uses it)"),
+        );
     }
 
     let upstream_names: Vec<&str> = config.upstreams.iter().map(|(n, _)| n.value.as_str()).collect();
     let mut route_names = HashMap::new();
     for r in &config.routes {
         if let Some(line) = route_names.insert(r.name.value.as_str(), r.name.pos.line) {
-            p.add(r.name.pos, &r.name.path, format!("duplicate route name {:?} (first defined on line {line})", r.name.value));
+            p.add(
+                r.name.pos,
+                &r.name.path,
+                format!("duplicate route name {:?} (first defined on line {line})", r.name.value),
+            );
         }
         if !upstream_names.contains(&r.upstream.value.as_str()) {
             let hint = match did_you_mean(&r.upstream.value, &upstream_names) {
                 Some(near) => format!("; did you mean {near:?}?"),
-                None if upstream_names.is_empty() => "; no upstreams are defined (add them under `upstreams:`)".to_owned(),
+                None if upstream_names.is_empty() => {
+                    "; no upstreams are defined (add them under `upstreams:`)".to_owned()
+                }
                 None => format!("; defined upstreams: {}", upstream_names.join(", ")),
             };
             p.add(r.upstream.pos, &r.upstream.path, format!("unknown upstream {:?}{hint}", r.upstream.value));
         }
-        if let Some(strip) = &r.strip_prefix {
-            if strip.value && !matches!(r.matcher.path.value, PathSpec::Prefix(_)) {
-                p.add(strip.pos, &strip.path, "strip_prefix needs a `path_prefix` match");
-            }
+        if let Some(strip) = &r.strip_prefix
+            && strip.value
+            && !matches!(r.matcher.path.value, PathSpec::Prefix(_))
+        {
+            p.add(strip.pos, &strip.path, "strip_prefix needs a `path_prefix` match");
         }
     }
 

@@ -9,8 +9,8 @@
 
 use std::net::SocketAddr;
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::Version;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
@@ -93,13 +93,14 @@ impl Peer {
 
 /// Adds the forwarding headers for one request. `host` is the Host the client asked for.
 pub fn add_forwarding(headers: &mut HeaderMap, peer: &Peer, host: Option<&HeaderValue>, version: Version) {
-    let existing_xff = headers.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).fold(String::new(), |mut acc, v| {
-        if !acc.is_empty() {
-            acc.push_str(", ");
-        }
-        acc.push_str(v);
-        acc
-    });
+    let existing_xff =
+        headers.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).fold(String::new(), |mut acc, v| {
+            if !acc.is_empty() {
+                acc.push_str(", ");
+            }
+            acc.push_str(v);
+            acc
+        });
     if existing_xff.is_empty() {
         headers.insert(X_FORWARDED_FOR.clone(), peer.ip_value.clone());
     } else {
@@ -113,12 +114,12 @@ pub fn add_forwarding(headers: &mut HeaderMap, peer: &Peer, host: Option<&Header
     match host {
         Some(h) => {
             headers.insert(X_FORWARDED_HOST.clone(), h.clone());
-            if let Ok(h) = h.to_str() {
-                if !h.contains(['"', '\\']) {
-                    forwarded.push_str(";host=\"");
-                    forwarded.push_str(h);
-                    forwarded.push('"');
-                }
+            if let Ok(h) = h.to_str()
+                && !h.contains(['"', '\\'])
+            {
+                forwarded.push_str(";host=\"");
+                forwarded.push_str(h);
+                forwarded.push('"');
             }
         }
         None => {

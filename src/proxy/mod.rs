@@ -88,7 +88,11 @@ fn error_response(kind: ErrorKind, request_id: &HeaderValue, mut entry: Option<E
     resp
 }
 
-async fn route_and_forward(req: Request<Incoming>, mut ctx: Ctx<'_>, snapshot: &Snapshot) -> Result<Response<Incoming>, ErrorKind> {
+async fn route_and_forward(
+    req: Request<Incoming>,
+    mut ctx: Ctx<'_>,
+    snapshot: &Snapshot,
+) -> Result<Response<Incoming>, ErrorKind> {
     // Early limits, before any routing work.
     if headers::header_bytes(req.headers()) > snapshot.limits.max_header_bytes {
         return Err(ErrorKind::HeadersTooLarge);
@@ -101,7 +105,8 @@ async fn route_and_forward(req: Request<Incoming>, mut ctx: Ctx<'_>, snapshot: &
         None => parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
     };
     let host = host_value.as_ref().and_then(|h| h.to_str().ok()).map(normalize_host).unwrap_or_default();
-    let route: &Arc<Route> = snapshot.router.lookup(&host, &path, &parts.method, &parts.headers).ok_or(ErrorKind::NoRoute)?;
+    let route: &Arc<Route> =
+        snapshot.router.lookup(&host, &path, &parts.method, &parts.headers).ok_or(ErrorKind::NoRoute)?;
     if let Some(e) = ctx.entry.as_deref_mut() {
         e.route = Some(route.name.clone());
     }
@@ -172,10 +177,11 @@ fn upstream_path(uri: &Uri, normal: &str, strip: Option<usize>) -> Result<PathAn
         Some(_) => "/",
         None => normal,
     };
-    if strip.is_none() && path == uri.path() {
-        if let Some(pq) = uri.path_and_query() {
-            return Ok(pq.clone());
-        }
+    if strip.is_none()
+        && path == uri.path()
+        && let Some(pq) = uri.path_and_query()
+    {
+        return Ok(pq.clone());
     }
     let mut s = String::with_capacity(path.len() + uri.query().map_or(0, |q| q.len() + 1));
     s.push_str(path);
@@ -200,10 +206,10 @@ fn classify(err: &hyper_util::client::legacy::Error) -> ErrorKind {
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
             saw_timeout |= io.kind() == std::io::ErrorKind::TimedOut;
         }
-        if let Some(h) = e.downcast_ref::<hyper::Error>() {
-            if h.is_parse() || h.is_parse_status() {
-                return ErrorKind::UpstreamBadResponse;
-            }
+        if let Some(h) = e.downcast_ref::<hyper::Error>()
+            && (h.is_parse() || h.is_parse_status())
+        {
+            return ErrorKind::UpstreamBadResponse;
         }
         source = e.source();
     }

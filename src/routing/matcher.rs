@@ -53,7 +53,12 @@ impl<R> Default for PrefixNode<R> {
 
 impl<R> PrefixNode<R> {
     /// Deepest (longest) prefix first, by recursion so the lookup allocates nothing.
-    fn lookup<'a>(&'a self, mut segments: std::str::Split<'_, char>, method: &Method, headers: &HeaderMap) -> Option<&'a R> {
+    fn lookup<'a>(
+        &'a self,
+        mut segments: std::str::Split<'_, char>,
+        method: &Method,
+        headers: &HeaderMap,
+    ) -> Option<&'a R> {
         let deeper = segments
             .next()
             .filter(|s| !s.is_empty())
@@ -210,17 +215,19 @@ fn tie_key(host: Option<&HostPattern>, path: &PathSpec) -> (Option<HostPattern>,
 }
 
 /// One route's predicates, as [`find_ties`] compares them.
-pub type Predicates<'a> = (Option<&'a HostPattern>, &'a PathSpec, Option<&'a [Method]>, &'a [(HeaderName, HeaderValue)]);
+pub type Predicates<'a> =
+    (Option<&'a HostPattern>, &'a PathSpec, Option<&'a [Method]>, &'a [(HeaderName, HeaderValue)]);
 
 /// Pairs `(earlier, later)` of routes that would match exactly the same requests with equal
 /// precedence: same host and path, same header predicates, overlapping methods.
 pub fn find_ties<'a>(specs: impl IntoIterator<Item = Predicates<'a>>) -> Vec<(usize, usize)> {
-    let mut groups: HashMap<_, Vec<(usize, Option<&[Method]>, &[(HeaderName, HeaderValue)])>> = HashMap::new();
+    let mut groups: HashMap<_, Vec<(usize, Predicates<'a>)>> = HashMap::new();
     let mut ties = Vec::new();
     for (i, (host, path, methods, headers)) in specs.into_iter().enumerate() {
         let group = groups.entry(tie_key(host, path)).or_default();
-        for &(j, other_methods, other_headers) in group.iter() {
-            let same_headers = headers.len() == other_headers.len() && headers.iter().all(|h| other_headers.contains(h));
+        for &(j, (_, _, other_methods, other_headers)) in group.iter() {
+            let same_headers =
+                headers.len() == other_headers.len() && headers.iter().all(|h| other_headers.contains(h));
             let overlap = match (methods, other_methods) {
                 (Some(a), Some(b)) => a.iter().any(|m| b.contains(m)),
                 _ => true,
@@ -230,7 +237,7 @@ pub fn find_ties<'a>(specs: impl IntoIterator<Item = Predicates<'a>>) -> Vec<(us
                 break;
             }
         }
-        group.push((i, methods, headers));
+        group.push((i, (host, path, methods, headers)));
     }
     ties
 }

@@ -6,8 +6,8 @@
 mod matcher;
 mod normalize;
 
-pub use matcher::{compile_regex, find_ties, prefix_segments, RouteSpec, Router};
-pub use normalize::{normalize_path, PathError};
+pub use matcher::{RouteSpec, Router, compile_regex, find_ties, prefix_segments};
+pub use normalize::{PathError, normalize_path};
 
 /// Lower-cased host without port or trailing dot, from a Host header or an authority.
 /// Borrowed unless the host has upper-case letters.

@@ -91,7 +91,11 @@ pub fn normalize_path(path: &[u8]) -> Result<Cow<'_, str>, PathError> {
                     b'/' | b'\\' => return Err(PathError::EncodedSeparator),
                     0 => return Err(PathError::Nul),
                     v if is_unreserved(v) => decoded.push(v),
-                    v => decoded.extend_from_slice(&[b'%', HEX_UPPER[usize::from(v >> 4)], HEX_UPPER[usize::from(v & 15)]]),
+                    v => decoded.extend_from_slice(&[
+                        b'%',
+                        HEX_UPPER[usize::from(v >> 4)],
+                        HEX_UPPER[usize::from(v & 15)],
+                    ]),
                 }
                 i += 3;
             }

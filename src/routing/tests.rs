@@ -3,7 +3,13 @@ use http::{HeaderMap, HeaderValue, Method};
 use super::*;
 use crate::config::{HostPattern, PathSpec};
 
-fn spec(host: Option<&str>, path: PathSpec, methods: Option<Vec<Method>>, headers: &[(&'static str, &'static str)], name: &'static str) -> RouteSpec<&'static str> {
+fn spec(
+    host: Option<&str>,
+    path: PathSpec,
+    methods: Option<Vec<Method>>,
+    headers: &[(&'static str, &'static str)],
+    name: &'static str,
+) -> RouteSpec<&'static str> {
     RouteSpec {
         host: host.map(|h| match h.strip_prefix('*') {
             Some(suffix) => HostPattern::Wildcard(suffix.to_owned()),
@@ -11,10 +17,7 @@ fn spec(host: Option<&str>, path: PathSpec, methods: Option<Vec<Method>>, header
         }),
         path,
         methods,
-        headers: headers
-            .iter()
-            .map(|(n, v)| (http::HeaderName::from_static(n), HeaderValue::from_static(v)))
-            .collect(),
+        headers: headers.iter().map(|(n, v)| (http::HeaderName::from_static(n), HeaderValue::from_static(v))).collect(),
         value: name,
     }
 }
@@ -123,11 +126,8 @@ fn ties_are_found() {
     let get = [Method::GET];
     let post = [Method::POST];
     let none: &[(http::HeaderName, HeaderValue)] = &[];
-    let ties = find_ties([
-        (None, &p, Some(&get[..]), none),
-        (None, &p, Some(&post[..]), none),
-        (None, &p2, None, none),
-    ]);
+    let ties =
+        find_ties([(None, &p, Some(&get[..]), none), (None, &p, Some(&post[..]), none), (None, &p2, None, none)]);
     assert_eq!(ties, vec![(0, 2)]);
 }
 

@@ -70,8 +70,13 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let mut bound = Vec::new();
     for l in &config.listeners {
         let address = l.address.value;
-        let listener = TcpListener::bind(address).await.map_err(|source| StartError::Bind { name: l.name.value.clone(), address, source })?;
-        let actual = listener.local_addr().map_err(|source| StartError::Bind { name: l.name.value.clone(), address, source })?;
+        let listener = TcpListener::bind(address).await.map_err(|source| StartError::Bind {
+            name: l.name.value.clone(),
+            address,
+            source,
+        })?;
+        let actual =
+            listener.local_addr().map_err(|source| StartError::Bind { name: l.name.value.clone(), address, source })?;
         bound.push((l.name.value.clone(), actual, listener));
     }
     let (stop, stop_rx) = watch::channel(false);
@@ -92,7 +97,11 @@ fn connection_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     // hyper answers 431 by itself past its read buffer; keep that well above our own
     // max_header_bytes check so clients normally get the gateway's JSON answer instead.
     let header_buf = usize::try_from(limits.max_header_bytes).unwrap_or(usize::MAX).saturating_add(16 << 10).max(8192);
-    b.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(30)).max_buf_size(header_buf).keep_alive(true);
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30))
+        .max_buf_size(header_buf)
+        .keep_alive(true);
     b.http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))

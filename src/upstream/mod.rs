@@ -9,10 +9,10 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
-use http::uri::Authority;
 use http::HeaderValue;
-use hyper_util::client::legacy::connect::HttpConnector;
+use http::uri::Authority;
 use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::{Timeouts, UpstreamDef};
@@ -41,7 +41,8 @@ impl Upstream {
             .targets
             .iter()
             .map(|t| {
-                let authority = Authority::try_from(t.address.as_str()).map_err(|e| format!("target {}: {e}", t.address))?;
+                let authority =
+                    Authority::try_from(t.address.as_str()).map_err(|e| format!("target {}: {e}", t.address))?;
                 let host_value = HeaderValue::from_str(&t.address).map_err(|e| format!("target {}: {e}", t.address))?;
                 Ok(Target { address: t.address.as_str().into(), authority, host_value })
             })
@@ -56,7 +57,14 @@ impl Upstream {
             .timer(TokioTimer::new())
             .http1_preserve_header_case(false)
             .build(connector);
-        Ok(Upstream { name: name.into(), targets, timeouts: def.timeouts, client, next: AtomicUsize::new(0), def: def.clone() })
+        Ok(Upstream {
+            name: name.into(),
+            targets,
+            timeouts: def.timeouts,
+            client,
+            next: AtomicUsize::new(0),
+            def: def.clone(),
+        })
     }
 
     /// Round robin over the targets.
@@ -82,10 +90,10 @@ impl Registry {
         // Poisoning only means another compile panicked; the map itself is still consistent.
         let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
         live.retain(|_, w| w.strong_count() > 0);
-        if let Some(existing) = live.get(name).and_then(Weak::upgrade) {
-            if existing.def == *def {
-                return Ok(existing);
-            }
+        if let Some(existing) = live.get(name).and_then(Weak::upgrade)
+            && existing.def == *def
+        {
+            return Ok(existing);
         }
         let fresh = Arc::new(Upstream::new(name, def)?);
         live.insert(name.into(), Arc::downgrade(&fresh));

@@ -20,8 +20,8 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
@@ -73,7 +73,9 @@ impl Backend {
                         let handler = handler.clone();
                         async move { Ok::<_, Infallible>(handler(req).await) }
                     });
-                    let _ = auto::Builder::new(TokioExecutor::new()).serve_connection_with_upgrades(TokioIo::new(stream), svc).await;
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                        .await;
                 });
             }
         });
@@ -94,7 +96,13 @@ impl Backend {
             async move {
                 let (parts, body) = req.into_parts();
                 let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
-                let s = Seen { method: parts.method, uri: parts.uri.to_string(), version: parts.version, headers: parts.headers, body };
+                let s = Seen {
+                    method: parts.method,
+                    uri: parts.uri.to_string(),
+                    version: parts.version,
+                    headers: parts.headers,
+                    body,
+                };
                 let resp = respond(&s);
                 log.lock().expect("seen lock").push(s);
                 resp
@@ -174,7 +182,8 @@ pub async fn gateway(yaml: &str) -> TestGateway {
         text.push_str("access_log: { output: off }\n");
     }
     text.push_str(yaml);
-    let config = ferroway::config::load_str(&text, Path::new("test.yaml"), Default::default()).unwrap_or_else(|e| panic!("{e}"));
+    let config =
+        ferroway::config::load_str(&text, Path::new("test.yaml"), Default::default()).unwrap_or_else(|e| panic!("{e}"));
     let running = ferroway::server::start(&config).await.expect("gateway starts");
     let addr = running.listeners[0].1;
     TestGateway { addr, running }
@@ -263,10 +272,10 @@ impl GatewayProcess {
         std::thread::spawn(move || {
             let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = line.split("address=").nth(1).and_then(|a| a.split_whitespace().next()) {
-                    if let (Some(tx), Ok(addr)) = (tx.take(), addr.parse::<SocketAddr>()) {
-                        let _ = tx.send(addr);
-                    }
+                if let Some(addr) = line.split("address=").nth(1).and_then(|a| a.split_whitespace().next())
+                    && let (Some(tx), Ok(addr)) = (tx.take(), addr.parse::<SocketAddr>())
+                {
+                    let _ = tx.send(addr);
                 }
             }
         });
@@ -286,7 +295,8 @@ impl GatewayProcess {
     }
 
     pub fn signal(&self, sig: &str) {
-        let status = Command::new("kill").args([&format!("-{sig}"), &self.child.id().to_string()]).status().expect("kill");
+        let status =
+            Command::new("kill").args([&format!("-{sig}"), &self.child.id().to_string()]).status().expect("kill");
         assert!(status.success());
     }
 }
