@@ -1,0 +1,254 @@
+#!/usr/bin/env python3
+"""Runs the proxies side by side and prints the comparison table (see bench/README.md).
+
+The proxy under test is pinned to CPU 0; the backend (NGINX) and the load generator (wrk) to
+CPU 1. On a 2-core machine req/s is bounded by the load generator's core, so the figure that
+compares proxies is each proxy's own CPU time (utime+stime from /proc) per request served.
+"""
+import argparse, asyncio, datetime, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FERROWAY = os.path.join(ROOT, "target", "release", "ferroway")
+TICK = os.sysconf("SC_CLK_TCK")
+BACKEND, NGINX, HAPROXY, FERRO = 18081, 18090, 18091, 18092
+PROXIES = [("nginx", NGINX), ("haproxy", HAPROXY), ("ferroway", FERRO)]
+
+
+def wait_port(port, timeout=10.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listens on {port}")
+
+
+def tree(pid):
+    """pid and all its descendants."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            with open(f"/proc/{p}/task/{p}/children") as f:
+                todo += [int(c) for c in f.read().split()]
+        except OSError:
+            pass
+    return out
+
+
+def cpu_seconds(pid):
+    total = 0
+    for p in tree(pid):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        except OSError:
+            pass
+    return total / TICK
+
+
+def rss_bytes(pid):
+    total = 0
+    for p in tree(pid):
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) * 1024
+        except OSError:
+            pass
+    return total
+
+
+def write(d, name, text):
+    path = os.path.join(d, name)
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def start_all(d):
+    with open(os.path.join(d, "1m.bin"), "wb") as f:
+        f.write(os.urandom(1 << 20))
+    nginx_common = f"daemon off; master_process off; worker_processes 1; worker_rlimit_nofile 16384; pid {d}/%s.pid; error_log {d}/%s.err warn;\nevents {{ worker_connections 16000; }}\n"
+    backend = write(d, "backend.conf", nginx_common % ("backend", "backend") + f"""
+http {{ access_log off; sendfile on; tcp_nopush on; keepalive_requests 1000000; keepalive_timeout 300s;
+  server {{ listen 127.0.0.1:{BACKEND} reuseport backlog=4096; root {d};
+    location = /small {{ default_type text/plain; return 200 "hello world\\n"; }}
+    location = /1m {{ try_files /1m.bin =404; }} }} }}
+""")
+    proxy = write(d, "proxy.conf", nginx_common % ("proxy", "proxy") + f"""
+http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 300s;
+  upstream backend {{ server 127.0.0.1:{BACKEND}; keepalive 128; }}
+  server {{ listen 127.0.0.1:{NGINX} backlog=4096;
+    location / {{ proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_buffering on; }} }} }}
+""")
+    haproxy = write(d, "haproxy.cfg", f"""global
+  nbthread 1
+  maxconn 9000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 300s
+  timeout server 300s
+  timeout http-keep-alive 300s
+  option http-keep-alive
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:{HAPROXY}
+  default_backend be
+backend be
+  server s1 127.0.0.1:{BACKEND} maxconn 8000
+""")
+    ferro = write(d, "ferroway.yaml", f"""listeners: [{{ name: public, address: 127.0.0.1:{FERRO} }}]
+access_log: {{ output: off }}
+upstreams: {{ backend: {{ targets: [{{ address: 127.0.0.1:{BACKEND} }}] }} }}
+routes: [{{ name: all, match: {{ path_prefix: / }}, upstream: backend }}]
+""")
+    for port in (BACKEND, NGINX, HAPROXY, FERRO):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            raise SystemExit(f"port {port} is already in use (a leftover run?); stop it first")
+        except OSError:
+            pass
+    procs = {}
+    quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    procs["backend"] = subprocess.Popen(["taskset", "-c", "1", "nginx", "-c", backend, "-p", d], **quiet)
+    procs["nginx"] = subprocess.Popen(["taskset", "-c", "0", "nginx", "-c", proxy, "-p", d], **quiet)
+    procs["haproxy"] = subprocess.Popen(["taskset", "-c", "0", "haproxy", "-db", "-f", haproxy], **quiet)
+    procs["ferroway"] = subprocess.Popen(["taskset", "-c", "0", FERROWAY, "run", "--config", ferro], **quiet)
+    for port in (BACKEND, NGINX, HAPROXY, FERRO):
+        wait_port(port)
+    for name, p in procs.items():
+        if p.poll() is not None:
+            raise SystemExit(f"{name} exited at start (code {p.returncode})")
+    return procs
+
+
+def wrk(port, path, conns, duration, close=False):
+    cmd = ["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--latency", f"http://127.0.0.1:{port}{path}"]
+    if close:
+        cmd[6:6] = ["-H", "Connection: close"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    reqs = int(re.search(r"(\d+) requests in", out).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sock_err = re.search(r"Socket errors: (.*)", out)
+
+    def lat(p):
+        m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)", out, re.M)
+        return float(m.group(1)) * {"us": 1, "ms": 1e3, "s": 1e6}[m.group(2)] if m else float("nan")
+
+    return reqs, lat(50), lat(99), (int(errors.group(1)) if errors else 0), (sock_err.group(1) if sock_err else "")
+
+
+def measure(proc, port, path, conns, duration, close=False):
+    before = cpu_seconds(proc.pid)
+    reqs, p50, p99, non2xx, sock = wrk(port, path, conns, duration, close)
+    cpu = cpu_seconds(proc.pid) - before
+    return {"reqs": reqs, "cpu": cpu, "p50": p50, "p99": p99, "non2xx": non2xx, "sock": sock}
+
+
+async def hold_idle(port, n):
+    """Opens n keep-alive connections, makes one request on each, and keeps them open."""
+    conns = []
+    sem = asyncio.Semaphore(200)
+
+    async def one():
+        async with sem:
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            w.write(b"GET /small HTTP/1.1\r\nHost: bench\r\n\r\n")
+            await w.drain()
+            head = await r.readuntil(b"\r\n\r\n")
+            length = int(re.search(rb"(?i)content-length:\s*(\d+)", head).group(1))
+            await r.readexactly(length)
+            conns.append(w)
+
+    await asyncio.gather(*(one() for _ in range(n)))
+    return conns
+
+
+def idle_rss(proc, port, n):
+    before = rss_bytes(proc.pid)
+    loop = asyncio.new_event_loop()
+    conns = loop.run_until_complete(hold_idle(port, n))
+    time.sleep(1.0)  # let the proxy settle; RSS is sampled, not a test assertion
+    after = rss_bytes(proc.pid)
+    for w in conns:
+        w.close()
+    loop.close()
+    return (after - before) / n
+
+
+def med(xs):
+    return statistics.median(xs)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--idle-conns", type=int, default=5000)
+    args = ap.parse_args()
+    d = tempfile.mkdtemp(prefix="ferroway-bench-")
+    procs = start_all(d)
+    results = {}
+    try:
+        for _ in range(2):  # warm pools and caches
+            for name, port in PROXIES:
+                wrk(port, "/small", 64, 1)
+        scenarios = [
+            ("small", "/small", 64, False),
+            ("1m", "/1m", 8, False),
+            ("close", "/small", 16, True),
+        ]
+        for r in range(args.rounds):
+            for scen, path, conns, close in scenarios:
+                targets = PROXIES + ([("direct", BACKEND)] if scen == "1m" else [])
+                for name, port in targets:
+                    proc = procs["backend" if name == "direct" else name]
+                    m = measure(proc, port, path, conns, args.duration, close)
+                    results.setdefault((scen, name), []).append(m)
+                    print(f"round {r + 1} {scen:5} {name:8} reqs={m['reqs']:>8} cpu={m['cpu']:.2f}s p50={m['p50']:.0f}us p99={m['p99']:.0f}us non2xx={m['non2xx']} {m['sock']}", file=sys.stderr)
+        idle = {name: idle_rss(procs[name], port, args.idle_conns) for name, port in PROXIES}
+    finally:
+        for p in procs.values():
+            p.send_signal(signal.SIGTERM)
+        for p in procs.values():
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(d, ignore_errors=True)
+
+    def per(scen, name, unit):
+        xs = [m["cpu"] / m["reqs"] * unit for m in results[(scen, name)]]
+        return med(xs), min(xs), max(xs)
+
+    print(f"# Ferroway bench, {datetime.date.today()} ({args.rounds} interleaved rounds of {args.duration}s; medians, min–max)\n")
+    print("| figure | " + " | ".join(n for n, _ in PROXIES) + " |")
+    print("|---|" + "---|" * len(PROXIES))
+    base = per("small", "nginx", 1e6)[0]
+    row = [f"{m:.1f} µs ({lo:.1f}–{hi:.1f}; {m / base:.2f}×)" for m, lo, hi in (per("small", n, 1e6) for n, _ in PROXIES)]
+    print("| CPU per small keep-alive request (64 conns) | " + " | ".join(row) + " |")
+    row = [f"{med([m['p50'] for m in results[('small', n)]]):.0f} / {med([m['p99'] for m in results[('small', n)]]):.0f} µs" for n, _ in PROXIES]
+    print("| latency p50 / p99, small, 64 conns | " + " | ".join(row) + " |")
+    row = [f"{m:.0f} µs ({lo:.0f}–{hi:.0f})" for m, lo, hi in (per("1m", n, 1e6) for n, _ in PROXIES)]
+    print("| CPU per MiB of response body (1 MiB responses) | " + " | ".join(row) + " |")
+    base = per("close", "nginx", 1e6)[0]
+    row = [f"{m:.1f} µs ({m / base:.2f}×)" for m, lo, hi in (per("close", n, 1e6) for n, _ in PROXIES)]
+    print("| CPU per request, new connection each | " + " | ".join(row) + " |")
+    row = [f"{idle[n] / 1024:.2f} KiB" for n, _ in PROXIES]
+    print(f"| memory per idle keep-alive client connection ({args.idle_conns} open) | " + " | ".join(row) + " |")
+    dm, dlo, dhi = per("1m", "direct", 1e6)
+    print(f"\nBackend alone (sendfile) per MiB: {dm:.0f} µs ({dlo:.0f}–{dhi:.0f}).")
+    bad = {k: sum(m["non2xx"] for m in v) for k, v in results.items() if any(m["non2xx"] or m["sock"] for m in v)}
+    if bad:
+        print(f"\nErrors seen (non-2xx counts): {bad}")
+
+
+if __name__ == "__main__":
+    main()

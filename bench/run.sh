@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Comparative benchmark: Ferroway vs NGINX vs HAProxy as reverse proxies, one run, interleaved.
+# Usage: bench/run.sh [--rounds N] [--duration SECONDS] [--idle-conns N]
+# Installs nginx, haproxy and wrk from Debian when missing; builds Ferroway in release mode.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+missing=()
+command -v nginx >/dev/null || missing+=(nginx-light)
+command -v haproxy >/dev/null || missing+=(haproxy)
+command -v wrk >/dev/null || missing+=(wrk)
+if [ ${#missing[@]} -gt 0 ]; then
+  apt-get update -q && apt-get install -y -q "${missing[@]}"
+fi
+cargo build --release --quiet
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true  # 5 000 idle connections need the headroom
+exec python3 bench/run.py "$@"
