@@ -22,8 +22,20 @@ fn table(n: usize) -> Router<usize> {
         specs.push(RouteSpec { host, path, methods: None, headers: Vec::new(), value: i });
     }
     // The routes the lookups below hit, present in every table.
-    specs.push(RouteSpec { host: None, path: PathSpec::Prefix("/api/users".into()), methods: None, headers: Vec::new(), value: n });
-    specs.push(RouteSpec { host: None, path: PathSpec::Exact("/health".into()), methods: None, headers: Vec::new(), value: n + 1 });
+    specs.push(RouteSpec {
+        host: None,
+        path: PathSpec::Prefix("/api/users".into()),
+        methods: None,
+        headers: Vec::new(),
+        value: n,
+    });
+    specs.push(RouteSpec {
+        host: None,
+        path: PathSpec::Exact("/health".into()),
+        methods: None,
+        headers: Vec::new(),
+        value: n + 1,
+    });
     Router::new(specs).unwrap_or_else(|e| panic!("table: {e}"))
 }
 

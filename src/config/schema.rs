@@ -27,6 +27,8 @@ pub struct Config {
     pub limits: Limits,
     pub access_log: AccessLogDef,
     pub shutdown_timeout: Duration,
+    /// Worker threads; `None` means one per available CPU.
+    pub workers: Option<usize>,
 }
 
 #[derive(Debug)]
@@ -135,7 +137,8 @@ fn first_error<T>(r: Option<T>, default: T) -> T {
 }
 
 pub fn decode_config(node: &Node, p: &mut Problems) -> Config {
-    const KEYS: &[&str] = &["listeners", "admin", "upstreams", "routes", "limits", "access_log", "shutdown_timeout"];
+    const KEYS: &[&str] =
+        &["listeners", "admin", "upstreams", "routes", "limits", "access_log", "shutdown_timeout", "workers"];
     let empty = Config {
         listeners: Vec::new(),
         admin: None,
@@ -144,6 +147,7 @@ pub fn decode_config(node: &Node, p: &mut Problems) -> Config {
         limits: Limits { max_request_body: DEFAULT_MAX_REQUEST_BODY, max_header_bytes: DEFAULT_MAX_HEADER_BYTES },
         access_log: AccessLogDef::Stdout,
         shutdown_timeout: Duration::from_secs(30),
+        workers: None,
     };
     let Some(f) = Fields::new(node, "", KEYS, p) else { return empty };
     let listeners = if f.has("listeners") {
@@ -164,6 +168,14 @@ pub fn decode_config(node: &Node, p: &mut Problems) -> Config {
         limits: f.opt("limits", p).unwrap_or(empty.limits),
         access_log: f.opt("access_log", p).unwrap_or(AccessLogDef::Stdout),
         shutdown_timeout: f.opt::<Dur>("shutdown_timeout", p).map_or(empty.shutdown_timeout, |d| d.0),
+        workers: f.opt::<Located<u32>>("workers", p).and_then(|w| {
+            if (1..=1024).contains(&w.value) {
+                Some(w.value as usize)
+            } else {
+                p.add(w.pos, &w.path, "workers must be between 1 and 1024 (leave it out for one per CPU)");
+                None
+            }
+        }),
     }
 }
 
