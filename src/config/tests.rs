@@ -161,3 +161,12 @@ routes: [{ name: r, match: { path: /x }, upstream: u }]
     let p = problems(yaml);
     assert!(!p.iter().any(|m| m.contains("unknown upstream")), "{p:#?}");
 }
+
+#[test]
+fn workers_must_be_a_sensible_count() {
+    let base = "listeners: [{ name: a, address: 127.0.0.1:1 }]\n";
+    assert_eq!(check(&format!("{base}workers: 2\n")).expect("valid").workers, Some(2));
+    assert_eq!(check(base).expect("valid").workers, None);
+    let p = problems(&format!("{base}workers: 0\n"));
+    assert_eq!(p, ["2:10: workers: workers must be between 1 and 1024 (leave it out for one per CPU)"]);
+}
