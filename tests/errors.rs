@@ -192,3 +192,41 @@ async fn an_upstream_dying_mid_body_aborts_the_client_response() {
     assert_eq!(resp.status(), StatusCode::OK);
     assert!(resp.into_body().collect().await.is_err(), "a truncated body must not look complete");
 }
+
+#[tokio::test]
+async fn http11_requests_need_exactly_one_host() {
+    let backend = Backend::echo().await;
+    let gw = gateway(&route_to(backend.address(), "connect: 1s", "")).await;
+    for raw in [
+        &b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n",
+        b"GET http://a.example/ HTTP/1.1\r\nHost: b.example\r\nConnection: close\r\n\r\n",
+    ] {
+        let got = raw_exchange(gw.addr, raw).await;
+        assert!(got.starts_with("HTTP/1.1 400"), "{:?} -> {got}", String::from_utf8_lossy(raw));
+        assert!(got.contains("malformed request"), "{got}");
+    }
+    // HTTP/1.0 may omit Host.
+    let got = raw_exchange(gw.addr, b"GET / HTTP/1.0\r\n\r\n").await;
+    assert!(got.starts_with("HTTP/1.0 200") || got.starts_with("HTTP/1.1 200"), "{got}");
+    assert_eq!(backend.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn a_request_with_both_content_length_and_chunked_is_not_smuggled() {
+    let backend = Backend::echo().await;
+    let gw = gateway(&route_to(backend.address(), "connect: 1s", "")).await;
+    // RFC 9112 §6.3: Transfer-Encoding overrides Content-Length; the upstream must see one
+    // framing only, and the bytes after the chunked body must not become a second request.
+    let raw = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+    let _ = raw_exchange(gw.addr, raw).await;
+    for seen in backend.requests() {
+        assert!(
+            !(seen.headers.contains_key("content-length") && seen.headers.contains_key("transfer-encoding")),
+            "{seen:?}"
+        );
+        if seen.method == http::Method::POST {
+            assert!(seen.body.is_empty(), "{seen:?}");
+        }
+    }
+}

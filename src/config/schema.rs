@@ -46,13 +46,38 @@ pub struct AdminDef {
 pub struct UpstreamDef {
     pub targets: Vec<TargetDef>,
     pub timeouts: Timeouts,
+    pub balance: Balance,
+    /// What `consistent_hash` hashes; `None` for the other balancers.
+    pub hash_on: Option<HashOn>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct TargetDef {
     /// `host:port`, where host is an IP address or a DNS name.
     pub address: String,
+    /// Relative share of traffic, 1 to 1000.
+    pub weight: u32,
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    RoundRobin,
+    LeastRequest,
+    P2cEwma,
+    ConsistentHash,
+    Random,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashOn {
+    Header(HeaderName),
+    Cookie(String),
+    ClientIp,
+    Path,
+}
+
+/// The sum of one upstream's weights is bounded so the round-robin schedule stays small.
+pub const MAX_TOTAL_WEIGHT: u32 = 65_536;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Timeouts {
@@ -236,7 +261,7 @@ impl Decode for Node {
 }
 
 fn decode_upstream(node: &Node, path: &str, p: &mut Problems) -> Option<UpstreamDef> {
-    let f = Fields::new(node, path, &["targets", "timeouts"], p)?;
+    let f = Fields::new(node, path, &["targets", "timeouts", "balance", "hash_on"], p)?;
     let before = p.0.len();
     let targets = lenient_list(&f, "targets", p, decode_target);
     if !f.has("targets") {
@@ -244,14 +269,72 @@ fn decode_upstream(node: &Node, path: &str, p: &mut Problems) -> Option<Upstream
     } else if targets.is_empty() && p.0.len() == before {
         p.add(f.pos(), path, "an upstream needs at least one target");
     }
-    Some(UpstreamDef { targets, timeouts: first_error(f.opt("timeouts", p), Timeouts::default()) })
+    let total: u32 = targets.iter().map(|t| t.weight).sum();
+    if total > MAX_TOTAL_WEIGHT {
+        p.add(f.pos(), path, format!("the weights of one upstream add up to {total}; at most {MAX_TOTAL_WEIGHT}"));
+    }
+    let balance = f.opt::<Located<String>>("balance", p).map_or(Balance::RoundRobin, |b| {
+        const NAMES: &[&str] = &["round_robin", "least_request", "p2c_ewma", "consistent_hash", "random"];
+        match b.value.as_str() {
+            "round_robin" => Balance::RoundRobin,
+            "least_request" => Balance::LeastRequest,
+            "p2c_ewma" => Balance::P2cEwma,
+            "consistent_hash" => Balance::ConsistentHash,
+            "random" => Balance::Random,
+            other => {
+                let hint = super::decode::did_you_mean(other, NAMES)
+                    .map(|n| format!("did you mean `{n}`? "))
+                    .unwrap_or_default();
+                p.add(
+                    b.pos,
+                    &b.path,
+                    format!("unknown balancer `{other}`; {hint}expected one of: {}", NAMES.join(", ")),
+                );
+                Balance::RoundRobin
+            }
+        }
+    });
+    let hash_on = f.opt::<Located<String>>("hash_on", p).and_then(|h| {
+        if balance != Balance::ConsistentHash {
+            p.add(h.pos, &h.path, "hash_on only applies to `balance: consistent_hash`");
+            return None;
+        }
+        let parsed = match h.value.split_once(':') {
+            Some(("header", name)) => HeaderName::from_bytes(name.as_bytes()).ok().map(HashOn::Header),
+            Some(("cookie", name)) if !name.is_empty() => Some(HashOn::Cookie(name.to_owned())),
+            None if h.value == "client_ip" => Some(HashOn::ClientIp),
+            None if h.value == "path" => Some(HashOn::Path),
+            _ => None,
+        };
+        if parsed.is_none() {
+            p.add(
+                h.pos,
+                &h.path,
+                format!("invalid hash_on {:?}; expected header:NAME, cookie:NAME, client_ip or path", h.value),
+            );
+        }
+        parsed
+    });
+    let hash_on = match balance {
+        Balance::ConsistentHash => Some(hash_on.unwrap_or(HashOn::ClientIp)),
+        _ => None,
+    };
+    Some(UpstreamDef { targets, timeouts: first_error(f.opt("timeouts", p), Timeouts::default()), balance, hash_on })
 }
 
 fn decode_target(node: &Node, path: &str, p: &mut Problems) -> Option<TargetDef> {
-    let f = Fields::new(node, path, &["address"], p)?;
+    let f = Fields::new(node, path, &["address", "weight"], p)?;
+    let weight = f.opt::<Located<u32>>("weight", p).map_or(1, |w| {
+        if (1..=1000).contains(&w.value) {
+            w.value
+        } else {
+            p.add(w.pos, &w.path, "weight must be between 1 and 1000");
+            1
+        }
+    });
     let address: Located<String> = f.req("address", p)?;
     match check_host_port(&address.value) {
-        Ok(()) => Some(TargetDef { address: address.value }),
+        Ok(()) => Some(TargetDef { address: address.value, weight }),
         Err(why) => {
             p.add(
                 address.pos,

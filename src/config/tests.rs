@@ -170,3 +170,25 @@ fn workers_must_be_a_sensible_count() {
     let p = problems(&format!("{base}workers: 0\n"));
     assert_eq!(p, ["2:10: workers: workers must be between 1 and 1024 (leave it out for one per CPU)"]);
 }
+
+#[test]
+fn balancer_settings_are_checked() {
+    let yaml = "\
+listeners: [{ name: a, address: 127.0.0.1:1 }]
+upstreams:
+  u:
+    targets: [{ address: 127.0.0.1:2, weight: 0 }]
+    balance: round_robbin
+    hash_on: header:x-user
+  v:
+    targets: [{ address: 127.0.0.1:3 }]
+    balance: consistent_hash
+    hash_on: body
+";
+    let p = problems(yaml);
+    assert_eq!(p.len(), 4, "{p:#?}");
+    assert!(p[0].contains("upstreams.u.targets[0].weight: weight must be between 1 and 1000"), "{p:#?}");
+    assert!(p[1].contains("unknown balancer `round_robbin`; did you mean `round_robin`?"), "{p:#?}");
+    assert!(p[2].contains("hash_on only applies to `balance: consistent_hash`"), "{p:#?}");
+    assert!(p[3].contains("invalid hash_on \"body\""), "{p:#?}");
+}

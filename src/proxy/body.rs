@@ -14,6 +14,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::observe::access_log::Entry;
+use crate::upstream::balance::InFlight;
 
 /// Why a request body stopped before its end.
 #[derive(Debug, thiserror::Error)]
@@ -75,7 +76,11 @@ impl Body for RequestBody {
 }
 
 enum Source {
-    Upstream(Incoming),
+    /// The upstream's body, and the target's in-flight slot it holds until it ends.
+    Upstream {
+        body: Incoming,
+        _in_flight: InFlight,
+    },
     Fixed(Option<Bytes>),
 }
 
@@ -88,8 +93,8 @@ pub struct ResponseBody {
 }
 
 impl ResponseBody {
-    pub fn upstream(body: Incoming, log: Option<Entry>) -> Self {
-        ResponseBody { source: Source::Upstream(body), sent: 0, ended: false, log }
+    pub fn upstream(body: Incoming, log: Option<Entry>, in_flight: InFlight) -> Self {
+        ResponseBody { source: Source::Upstream { body, _in_flight: in_flight }, sent: 0, ended: false, log }
     }
 
     pub fn fixed(bytes: Bytes, log: Option<Entry>) -> Self {
@@ -109,7 +114,7 @@ impl Body for ResponseBody {
         let this = &mut *self;
         let polled = match &mut this.source {
             Source::Fixed(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Source::Upstream(body) => Pin::new(body).poll_frame(cx),
+            Source::Upstream { body, .. } => Pin::new(body).poll_frame(cx),
         };
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
@@ -131,7 +136,7 @@ impl Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match &self.source {
             Source::Fixed(b) => b.is_none(),
-            Source::Upstream(body) => body.is_end_stream(),
+            Source::Upstream { body, .. } => body.is_end_stream(),
         }
     }
 
@@ -139,7 +144,7 @@ impl Body for ResponseBody {
         match &self.source {
             Source::Fixed(Some(b)) => SizeHint::with_exact(b.len() as u64),
             Source::Fixed(None) => SizeHint::with_exact(0),
-            Source::Upstream(body) => body.size_hint(),
+            Source::Upstream { body, .. } => body.size_hint(),
         }
     }
 }

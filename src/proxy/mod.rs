@@ -26,6 +26,8 @@ use crate::config::HostHeader;
 use crate::observe::access_log::Entry;
 use crate::routing::{normalize_host, normalize_path};
 use crate::snapshot::{Gateway, Route, Snapshot};
+use crate::upstream::PickInput;
+use crate::upstream::balance::InFlight;
 
 /// What the request path knows about a request besides the request itself.
 struct Ctx<'a> {
@@ -57,7 +59,7 @@ pub async fn handle(req: Request<Incoming>, peer: &Peer, gw: &Gateway) -> Respon
     let ctx = Ctx { peer, request_id: &request_id, entry: entry.as_mut() };
     let result = route_and_forward(req, ctx, &snapshot).await;
     match result {
-        Ok(mut resp) => {
+        Ok((mut resp, in_flight)) => {
             headers::strip_hop_by_hop(resp.headers_mut());
             let via = headers::via_value(resp.version());
             resp.headers_mut().append(header::VIA, via);
@@ -66,7 +68,7 @@ pub async fn handle(req: Request<Incoming>, peer: &Peer, gw: &Gateway) -> Respon
             if let Some(e) = entry.as_mut() {
                 e.status = resp.status().as_u16();
             }
-            resp.map(|b| ResponseBody::upstream(b, entry))
+            resp.map(|b| ResponseBody::upstream(b, entry, in_flight))
         }
         Err(kind) => error_response(kind, &request_id, entry),
     }
@@ -92,18 +94,14 @@ async fn route_and_forward(
     req: Request<Incoming>,
     mut ctx: Ctx<'_>,
     snapshot: &Snapshot,
-) -> Result<Response<Incoming>, ErrorKind> {
+) -> Result<(Response<Incoming>, InFlight), ErrorKind> {
     // Early limits, before any routing work.
     if headers::header_bytes(req.headers()) > snapshot.limits.max_header_bytes {
         return Err(ErrorKind::HeadersTooLarge);
     }
     let (mut parts, body) = req.into_parts();
     let path = normalize_path(parts.uri.path().as_bytes()).map_err(|_| ErrorKind::BadPath)?;
-    // HTTP/2 carries the host in :authority; HTTP/1.1 in Host (RFC 9110 §7.2).
-    let host_value = match parts.headers.get(header::HOST) {
-        Some(h) => Some(h.clone()),
-        None => parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
-    };
+    let host_value = request_host(&parts)?;
     let host = host_value.as_ref().and_then(|h| h.to_str().ok()).map(normalize_host).unwrap_or_default();
     let route: &Arc<Route> =
         snapshot.router.lookup(&host, &path, &parts.method, &parts.headers).ok_or(ErrorKind::NoRoute)?;
@@ -116,7 +114,9 @@ async fn route_and_forward(
     }
 
     let upstream = &route.upstream;
-    let target = upstream.pick_target();
+    let target =
+        upstream.pick_target(&PickInput { headers: &parts.headers, client_ip: ctx.peer.addr.ip(), path: &path });
+    let in_flight = InFlight::start(&target.stats);
     if let Some(e) = ctx.entry.as_deref_mut() {
         e.upstream_target = Some(target.address.clone());
     }
@@ -156,10 +156,36 @@ async fn route_and_forward(
     if let Some(e) = ctx.entry.as_deref_mut() {
         e.upstream_duration = Some(sent.elapsed());
     }
-    match outcome {
+    let result = match outcome {
         Err(_elapsed) => Err(ErrorKind::UpstreamResponseTimeout),
         Ok(Err(e)) => Err(classify(&e)),
-        Ok(Ok(resp)) => Ok(resp),
+        Ok(Ok(resp)) => Ok((resp, in_flight)),
+    };
+    // A failure counts as slow, so latency-aware balancing does not favour a target that
+    // fails fast.
+    target.stats.observe(if result.is_ok() { sent.elapsed() } else { upstream.timeouts.response_header });
+    result
+}
+
+/// The host the client asked for. HTTP/2 carries it in `:authority`, HTTP/1.1 in `Host`
+/// (RFC 9110 §7.2). RFC 9112 §3.2: an HTTP/1.1 request without exactly one Host is answered
+/// 400, as is one whose Host disagrees with an absolute-form target; two readings of the host
+/// could route one way and be served another.
+fn request_host(parts: &http::request::Parts) -> Result<Option<HeaderValue>, ErrorKind> {
+    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(ErrorKind::BadRequest);
+    }
+    let authority = parts.uri.authority();
+    match (host, authority) {
+        (Some(h), Some(a)) if parts.version != Version::HTTP_2 && h.as_bytes() != a.as_str().as_bytes() => {
+            Err(ErrorKind::BadRequest)
+        }
+        (Some(h), _) => Ok(Some(h.clone())),
+        (None, Some(a)) => Ok(HeaderValue::from_str(a.as_str()).ok()),
+        (None, None) if parts.version == Version::HTTP_11 => Err(ErrorKind::BadRequest),
+        (None, None) => Ok(None),
     }
 }
 

@@ -1,0 +1,268 @@
+//! Choosing a target: smooth weighted round robin, least request, power of two choices over
+//! EWMA latency, consistent hashing, and random.
+//!
+//! Every balancer picks with atomics only (no lock on the request path). Per-target counters
+//! (`TargetStats`) belong to the upstream, so they survive reloads that leave it unchanged.
+
+use std::cell::Cell;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// Live counters of one target, read by the balancers and (later) by metrics.
+#[derive(Default)]
+pub struct TargetStats {
+    pub in_flight: AtomicU32,
+    /// Exponentially weighted moving average of time to response headers, in nanoseconds
+    /// (0 until the first response).
+    pub ewma_ns: AtomicU64,
+}
+
+impl TargetStats {
+    /// Folds one observed latency into the average (weight 1/5 for the new sample). Updates
+    /// may race; a lost sample only delays convergence slightly.
+    pub fn observe(&self, latency: Duration) {
+        let sample = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
+        let old = self.ewma_ns.load(Ordering::Relaxed);
+        let new = if old == 0 { sample } else { old - old / 5 + sample / 5 };
+        self.ewma_ns.store(new.max(1), Ordering::Relaxed);
+    }
+}
+
+/// Holds one in-flight slot of a target until dropped (when the response has ended).
+pub struct InFlight(std::sync::Arc<TargetStats>);
+
+impl InFlight {
+    pub fn start(stats: &std::sync::Arc<TargetStats>) -> Self {
+        stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(stats.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The order smooth weighted round robin (NGINX's algorithm) visits targets in, computed once:
+/// weights 3:1 give `a a b a`-like interleaving, never a run of one target longer than its
+/// weight. Picking is one atomic increment into this table.
+pub fn smooth_schedule(weights: &[u32]) -> Vec<u32> {
+    let total: i64 = weights.iter().map(|&w| i64::from(w)).sum();
+    let mut current = vec![0i64; weights.len()];
+    let mut order = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
+    for _ in 0..total {
+        let mut best = 0;
+        for (i, &w) in weights.iter().enumerate() {
+            current[i] += i64::from(w);
+            if current[i] > current[best] {
+                best = i;
+            }
+        }
+        current[best] -= total;
+        order.push(best as u32);
+    }
+    order
+}
+
+pub struct RoundRobin {
+    order: Vec<u32>,
+    next: AtomicUsize,
+}
+
+impl RoundRobin {
+    pub fn new(weights: &[u32]) -> Self {
+        RoundRobin { order: smooth_schedule(weights), next: AtomicUsize::new(0) }
+    }
+
+    pub fn pick(&self) -> usize {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.order.len();
+        self.order[i] as usize
+    }
+}
+
+/// A small fast random source per thread (xorshift64*), seeded from the OS once per thread.
+pub fn random_u64() -> u64 {
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new({
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u64(0x9E37_79B9_7F4A_7C15);
+            h.finish() | 1
+        });
+    }
+    STATE.with(|s| {
+        let mut x = s.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        s.set(x);
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    })
+}
+
+/// A random target, weighted.
+pub fn pick_random(cumulative: &[u64]) -> usize {
+    let total = cumulative.last().copied().unwrap_or(1);
+    let r = random_u64() % total;
+    cumulative.partition_point(|&c| c <= r)
+}
+
+/// Fewest requests in flight relative to weight. Exact (a scan) for pools up to 32 targets;
+/// larger pools compare two random targets, which keeps the cost flat in the pool size.
+pub fn pick_least_request<'a>(stats: impl Fn(usize) -> &'a TargetStats, weights: &[u32], rr: &AtomicUsize) -> usize {
+    let n = weights.len();
+    let load = |i: usize| u64::from(stats(i).in_flight.load(Ordering::Relaxed)) * 1_000_000 / u64::from(weights[i]);
+    if n <= 32 {
+        // Start the scan at a rotating offset so ties spread instead of piling on target 0.
+        let start = rr.fetch_add(1, Ordering::Relaxed) % n;
+        (0..n).map(|k| (start + k) % n).min_by_key(|&i| load(i)).unwrap_or(0)
+    } else {
+        let (a, b) = two_distinct(n);
+        if load(b) < load(a) { b } else { a }
+    }
+}
+
+/// Power of two choices: of two random targets, the one with the lower expected cost,
+/// EWMA latency × (in flight + 1). Targets without a latency yet are tried first.
+pub fn pick_p2c_ewma<'a>(stats: impl Fn(usize) -> &'a TargetStats, weights: &[u32]) -> usize {
+    let n = weights.len();
+    if n == 1 {
+        return 0;
+    }
+    let (a, b) = two_distinct(n);
+    let cost = |i: usize| {
+        let ewma = stats(i).ewma_ns.load(Ordering::Relaxed);
+        let pending = u64::from(stats(i).in_flight.load(Ordering::Relaxed)) + 1;
+        ewma.saturating_mul(pending) / u64::from(weights[i])
+    };
+    if cost(b) < cost(a) { b } else { a }
+}
+
+fn two_distinct(n: usize) -> (usize, usize) {
+    let r = random_u64();
+    let a = (r % n as u64) as usize;
+    let b = (a + 1 + ((r >> 32) % (n as u64 - 1)) as usize) % n;
+    (a, b)
+}
+
+/// A stable 64-bit hash (FNV-1a with a splitmix finaliser): every gateway instance maps a key
+/// to the same ring position, unlike the per-process seeded std hasher.
+pub fn stable_hash(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+/// A consistent-hash ring (Ketama style): each target owns `160 × weight` points placed by
+/// hashing its address, so removing one of N targets moves only about 1/N of the keys.
+pub struct Ring {
+    points: Vec<(u64, u32)>,
+}
+
+impl Ring {
+    pub fn new(targets: &[(&str, u32)]) -> Self {
+        let mut points = Vec::new();
+        for (i, (address, weight)) in targets.iter().enumerate() {
+            for v in 0..160 * weight {
+                points.push((stable_hash(format!("{address}#{v}").as_bytes()), i as u32));
+            }
+        }
+        points.sort_unstable();
+        Ring { points }
+    }
+
+    pub fn pick(&self, key: &[u8]) -> usize {
+        let h = stable_hash(key);
+        let i = self.points.partition_point(|&(p, _)| p < h);
+        self.points.get(i).or_else(|| self.points.first()).map_or(0, |&(_, t)| t as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_robin_spreads_equal_targets_evenly() {
+        let rr = RoundRobin::new(&[1, 1, 1]);
+        let mut counts = [0usize; 3];
+        for _ in 0..10_000 {
+            counts[rr.pick()] += 1;
+        }
+        for c in counts {
+            assert!((3300..=3367).contains(&c), "{counts:?}");
+        }
+    }
+
+    #[test]
+    fn weights_are_honoured_smoothly() {
+        let rr = RoundRobin::new(&[3, 1]);
+        let picks: Vec<usize> = (0..10_000).map(|_| rr.pick()).collect();
+        let a = picks.iter().filter(|&&p| p == 0).count();
+        assert!((7300..=7700).contains(&a), "{a}");
+        // No run of one target longer than its weight.
+        let longest_b = picks.split(|&p| p == 0).map(<[usize]>::len).max().unwrap_or(0);
+        let longest_a = picks.split(|&p| p == 1).map(<[usize]>::len).max().unwrap_or(0);
+        assert!(longest_a <= 3 && longest_b <= 1, "{longest_a} {longest_b}");
+        assert_eq!(smooth_schedule(&[5, 1, 1]), [0, 0, 1, 0, 2, 0, 0]);
+    }
+
+    #[test]
+    fn least_request_prefers_the_idle_target() {
+        let stats: Vec<TargetStats> = (0..3).map(|_| TargetStats::default()).collect();
+        stats[0].in_flight.store(5, Ordering::Relaxed);
+        stats[2].in_flight.store(1, Ordering::Relaxed);
+        let rr = AtomicUsize::new(0);
+        for _ in 0..10 {
+            assert_eq!(pick_least_request(|i| &stats[i], &[1, 1, 1], &rr), 1);
+        }
+    }
+
+    #[test]
+    fn p2c_ewma_prefers_the_faster_target() {
+        let stats: Vec<TargetStats> = (0..2).map(|_| TargetStats::default()).collect();
+        stats[0].observe(Duration::from_millis(50));
+        stats[1].observe(Duration::from_millis(5));
+        let fast = (0..1000).filter(|_| pick_p2c_ewma(|i| &stats[i], &[1, 1]) == 1).count();
+        assert_eq!(fast, 1000);
+    }
+
+    #[test]
+    fn random_is_roughly_uniform_and_weighted() {
+        let mut counts = [0usize; 2];
+        for _ in 0..20_000 {
+            counts[pick_random(&[3, 4])] += 1;
+        }
+        assert!((14_000..16_000).contains(&counts[0]), "{counts:?}");
+    }
+
+    #[test]
+    fn consistent_hash_is_stable_and_moves_about_one_nth_when_a_target_goes() {
+        let four = Ring::new(&[("a:1", 1), ("b:1", 1), ("c:1", 1), ("d:1", 1)]);
+        let three = Ring::new(&[("a:1", 1), ("b:1", 1), ("c:1", 1)]);
+        let names = ["a", "b", "c", "d"];
+        let mut moved = 0;
+        let mut per = [0usize; 4];
+        for k in 0..10_000 {
+            let key = format!("user-{k}");
+            let before = four.pick(key.as_bytes());
+            assert_eq!(before, four.pick(key.as_bytes()));
+            per[before] += 1;
+            let after = three.pick(key.as_bytes());
+            if names[before] != names[after] {
+                moved += 1;
+                assert_eq!(before, 3, "only keys of the removed target move");
+            }
+        }
+        assert!((2_000..3_000).contains(&moved), "{moved} of 10000 moved");
+        assert!(per.iter().all(|&c| (1_800..3_200).contains(&c)), "{per:?}");
+    }
+}
