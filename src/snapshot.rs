@@ -27,6 +27,7 @@ pub struct Route {
 pub struct Snapshot {
     pub router: Router<Arc<Route>>,
     pub limits: Limits,
+    pub upstreams: Vec<Arc<Upstream>>,
 }
 
 /// Why a checked config still could not be compiled (for example an upstream address that
@@ -67,7 +68,9 @@ pub fn compile(config: &Config, registry: &Registry) -> Result<Snapshot, Compile
         });
     }
     let router = Router::new(specs).map_err(|e| CompileError(format!("route regexes: {e}")))?;
-    Ok(Snapshot { router, limits: config.limits })
+    let mut upstreams: Vec<Arc<Upstream>> = upstreams.into_values().collect();
+    upstreams.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(Snapshot { router, limits: config.limits, upstreams })
 }
 
 /// One line describing a config, for `ferroway check` and the startup log.
@@ -93,6 +96,7 @@ impl Gateway {
     pub fn new(config: &Config, access_log: Arc<AccessLog>) -> Result<Gateway, CompileError> {
         let registry = Registry::default();
         let snapshot = compile(config, &registry)?;
+        snapshot.upstreams.iter().for_each(Upstream::start_health_checks);
         Ok(Gateway { current: ArcSwap::from_pointee(snapshot), registry, access_log, ids: IdSource::default() })
     }
 
@@ -105,6 +109,7 @@ impl Gateway {
     /// Compiles `config` beside the running snapshot and swaps it in only if that succeeds.
     pub fn reload(&self, config: &Config) -> Result<(), CompileError> {
         let next = compile(config, &self.registry)?;
+        next.upstreams.iter().for_each(Upstream::start_health_checks);
         self.current.store(Arc::new(next));
         Ok(())
     }

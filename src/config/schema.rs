@@ -49,6 +49,28 @@ pub struct UpstreamDef {
     pub balance: Balance,
     /// What `consistent_hash` hashes; `None` for the other balancers.
     pub hash_on: Option<HashOn>,
+    pub health_check: Option<HealthCheckDef>,
+    pub passive_health: Option<PassiveHealthDef>,
+}
+
+/// Active health checking: a GET to `path` on every target each `interval` (jittered).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheckDef {
+    pub path: http::uri::PathAndQuery,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+    /// Inclusive range of statuses that count as healthy.
+    pub expect_status: (u16, u16),
+}
+
+/// Outlier ejection from real traffic.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PassiveHealthDef {
+    pub consecutive_failures: u32,
+    pub ejection_time: Duration,
+    pub max_ejected_percent: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -261,7 +283,8 @@ impl Decode for Node {
 }
 
 fn decode_upstream(node: &Node, path: &str, p: &mut Problems) -> Option<UpstreamDef> {
-    let f = Fields::new(node, path, &["targets", "timeouts", "balance", "hash_on"], p)?;
+    let f =
+        Fields::new(node, path, &["targets", "timeouts", "balance", "hash_on", "health_check", "passive_health"], p)?;
     let before = p.0.len();
     let targets = lenient_list(&f, "targets", p, decode_target);
     if !f.has("targets") {
@@ -319,7 +342,93 @@ fn decode_upstream(node: &Node, path: &str, p: &mut Problems) -> Option<Upstream
         Balance::ConsistentHash => Some(hash_on.unwrap_or(HashOn::ClientIp)),
         _ => None,
     };
-    Some(UpstreamDef { targets, timeouts: first_error(f.opt("timeouts", p), Timeouts::default()), balance, hash_on })
+    Some(UpstreamDef {
+        targets,
+        timeouts: first_error(f.opt("timeouts", p), Timeouts::default()),
+        balance,
+        hash_on,
+        health_check: f.opt("health_check", p),
+        passive_health: f.opt("passive_health", p),
+    })
+}
+
+/// A whole number in `range`, or the default when absent; out of range is reported.
+fn bounded(f: &Fields, key: &str, range: std::ops::RangeInclusive<u32>, default: u32, p: &mut Problems) -> u32 {
+    match f.opt::<Located<u32>>(key, p) {
+        Some(v) if range.contains(&v.value) => v.value,
+        Some(v) => {
+            p.add(v.pos, &v.path, format!("{key} must be between {} and {}", range.start(), range.end()));
+            default
+        }
+        None => default,
+    }
+}
+
+impl Decode for HealthCheckDef {
+    fn decode(node: &Node, path: &str, p: &mut Problems) -> Option<Self> {
+        const KEYS: &[&str] =
+            &["path", "interval", "timeout", "healthy_threshold", "unhealthy_threshold", "expect_status"];
+        let f = Fields::new(node, path, KEYS, p)?;
+        let check_path = f.req::<Located<String>>("path", p).and_then(|t| {
+            match http::uri::PathAndQuery::try_from(t.value.as_str()) {
+                Ok(pq) if t.value.starts_with('/') => Some(pq),
+                _ => {
+                    p.add(
+                        t.pos,
+                        &t.path,
+                        format!("invalid health check path {:?}; expected a path such as /healthz", t.value),
+                    );
+                    None
+                }
+            }
+        });
+        let interval = f.opt::<Dur>("interval", p).map_or(Duration::from_secs(5), |d| d.0);
+        let timeout = f.opt::<Located<Dur>>("timeout", p).map_or(Duration::from_secs(1), |d| {
+            if d.value.0 > interval {
+                p.add(d.pos, &d.path, "the health check timeout must not exceed its interval");
+            }
+            d.value.0
+        });
+        if interval < Duration::from_millis(10) {
+            p.add(f.pos(), path, "health check interval must be at least 10ms");
+        }
+        let expect_status = f.opt::<Located<String>>("expect_status", p).map_or((200, 399), |s| {
+            let parsed = match s.value.split_once('-') {
+                Some((a, b)) => a.trim().parse::<u16>().ok().zip(b.trim().parse::<u16>().ok()),
+                None => s.value.trim().parse::<u16>().ok().map(|v| (v, v)),
+            };
+            match parsed {
+                Some((a, b)) if (100..=599).contains(&a) && (a..=599).contains(&b) => (a, b),
+                _ => {
+                    p.add(
+                        s.pos,
+                        &s.path,
+                        format!("invalid expect_status {:?}; expected a status or a range such as 200-399", s.value),
+                    );
+                    (200, 399)
+                }
+            }
+        });
+        Some(HealthCheckDef {
+            path: check_path?,
+            interval,
+            timeout,
+            healthy_threshold: bounded(&f, "healthy_threshold", 1..=100, 2, p),
+            unhealthy_threshold: bounded(&f, "unhealthy_threshold", 1..=100, 3, p),
+            expect_status,
+        })
+    }
+}
+
+impl Decode for PassiveHealthDef {
+    fn decode(node: &Node, path: &str, p: &mut Problems) -> Option<Self> {
+        let f = Fields::new(node, path, &["consecutive_failures", "ejection_time", "max_ejected_percent"], p)?;
+        Some(PassiveHealthDef {
+            consecutive_failures: bounded(&f, "consecutive_failures", 1..=1000, 5, p),
+            ejection_time: f.opt::<Dur>("ejection_time", p).map_or(Duration::from_secs(30), |d| d.0),
+            max_ejected_percent: bounded(&f, "max_ejected_percent", 0..=100, 50, p),
+        })
+    }
 }
 
 fn decode_target(node: &Node, path: &str, p: &mut Problems) -> Option<TargetDef> {

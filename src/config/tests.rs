@@ -192,3 +192,24 @@ upstreams:
     assert!(p[2].contains("hash_on only applies to `balance: consistent_hash`"), "{p:#?}");
     assert!(p[3].contains("invalid hash_on \"body\""), "{p:#?}");
 }
+
+#[test]
+fn health_settings_are_checked() {
+    let yaml = "\
+listeners: [{ name: a, address: 127.0.0.1:1 }]
+upstreams:
+  u:
+    targets: [{ address: 127.0.0.1:2 }]
+    health_check: { path: /h, interval: 1s, timeout: 2s, unhealthy_threshold: 0, expect_status: 200-700 }
+    passive_health: { consecutive_failures: 3, max_ejected_percent: 120 }
+";
+    let p = problems(yaml);
+    assert_eq!(p.len(), 4, "{p:#?}");
+    assert!(
+        p.iter().any(|m| m.contains("health_check.timeout: the health check timeout must not exceed its interval")),
+        "{p:#?}"
+    );
+    assert!(p.iter().any(|m| m.contains("unhealthy_threshold must be between 1 and 100")), "{p:#?}");
+    assert!(p.iter().any(|m| m.contains("invalid expect_status \"200-700\"")), "{p:#?}");
+    assert!(p.iter().any(|m| m.contains("max_ejected_percent must be between 0 and 100")), "{p:#?}");
+}

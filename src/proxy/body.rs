@@ -32,7 +32,8 @@ pub struct Exchange {
 }
 
 pub struct RequestBody {
-    inner: Incoming,
+    /// `None` for requests the gateway makes itself (health checks): no body.
+    inner: Option<Incoming>,
     limit: u64,
     seen: u64,
     exchange: Arc<Exchange>,
@@ -40,7 +41,11 @@ pub struct RequestBody {
 
 impl RequestBody {
     pub fn new(inner: Incoming, limit: u64, exchange: Arc<Exchange>) -> Self {
-        RequestBody { inner, limit, seen: 0, exchange }
+        RequestBody { inner: Some(inner), limit, seen: 0, exchange }
+    }
+
+    pub fn empty() -> Self {
+        RequestBody { inner: None, limit: 0, seen: 0, exchange: Arc::default() }
     }
 }
 
@@ -50,7 +55,8 @@ impl Body for RequestBody {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let Some(inner) = &mut this.inner else { return Poll::Ready(None) };
+        match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     this.seen += data.len() as u64;
@@ -67,11 +73,11 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Incoming::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner.as_ref().map_or(SizeHint::with_exact(0), Incoming::size_hint)
     }
 }
 

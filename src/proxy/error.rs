@@ -17,6 +17,7 @@ pub enum ErrorKind {
     UpstreamResponseTimeout,
     UpstreamReset,
     UpstreamBadResponse,
+    NoHealthyTarget,
 }
 
 impl ErrorKind {
@@ -30,6 +31,25 @@ impl ErrorKind {
                 StatusCode::BAD_GATEWAY
             }
             ErrorKind::UpstreamConnectTimeout | ErrorKind::UpstreamResponseTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ErrorKind::NoHealthyTarget => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// Whether the upstream (not the client or the config) caused this, for passive health.
+    pub fn is_upstream_failure(self) -> bool {
+        match self {
+            ErrorKind::UpstreamConnectRefused
+            | ErrorKind::UpstreamConnectTimeout
+            | ErrorKind::UpstreamResponseTimeout
+            | ErrorKind::UpstreamReset
+            | ErrorKind::UpstreamBadResponse => true,
+            ErrorKind::BadRequest
+            | ErrorKind::BadPath
+            | ErrorKind::HeadersTooLarge
+            | ErrorKind::BodyTooLarge
+            | ErrorKind::ClientBodyError
+            | ErrorKind::NoRoute
+            | ErrorKind::NoHealthyTarget => false,
         }
     }
 
@@ -47,6 +67,7 @@ impl ErrorKind {
             ErrorKind::UpstreamResponseTimeout => "upstream_response_timeout",
             ErrorKind::UpstreamReset => "upstream_reset",
             ErrorKind::UpstreamBadResponse => "upstream_bad_response",
+            ErrorKind::NoHealthyTarget => "no_healthy_target",
         }
     }
 
@@ -64,6 +85,7 @@ impl ErrorKind {
             ErrorKind::UpstreamResponseTimeout => "upstream response timed out",
             ErrorKind::UpstreamReset => "upstream closed the connection",
             ErrorKind::UpstreamBadResponse => "upstream sent an invalid response",
+            ErrorKind::NoHealthyTarget => "no healthy upstream target",
         }
     }
 }

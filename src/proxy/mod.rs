@@ -114,8 +114,9 @@ async fn route_and_forward(
     }
 
     let upstream = &route.upstream;
-    let target =
-        upstream.pick_target(&PickInput { headers: &parts.headers, client_ip: ctx.peer.addr.ip(), path: &path });
+    let target = upstream
+        .pick_target(&PickInput { headers: &parts.headers, client_ip: ctx.peer.addr.ip(), path: &path })
+        .ok_or(ErrorKind::NoHealthyTarget)?;
     let in_flight = InFlight::start(&target.stats);
     if let Some(e) = ctx.entry.as_deref_mut() {
         e.upstream_target = Some(target.address.clone());
@@ -164,6 +165,11 @@ async fn route_and_forward(
     // A failure counts as slow, so latency-aware balancing does not favour a target that
     // fails fast.
     target.stats.observe(if result.is_ok() { sent.elapsed() } else { upstream.timeouts.response_header });
+    let upstream_ok = match &result {
+        Ok((resp, _)) => !resp.status().is_server_error(),
+        Err(kind) => !kind.is_upstream_failure(),
+    };
+    upstream.report(target, upstream_ok);
     result
 }
 

@@ -16,6 +16,7 @@ pub struct TargetStats {
     /// Exponentially weighted moving average of time to response headers, in nanoseconds
     /// (0 until the first response).
     pub ewma_ns: AtomicU64,
+    pub health: super::health::Health,
 }
 
 impl TargetStats {
@@ -180,9 +181,16 @@ impl Ring {
     }
 
     pub fn pick(&self, key: &[u8]) -> usize {
+        self.pick_available(key, |_| true).unwrap_or(0)
+    }
+
+    /// The key's target, or when that one is unavailable the next available one clockwise on
+    /// the ring, so a down target's keys spread over the others instead of piling onto one.
+    pub fn pick_available(&self, key: &[u8], available: impl Fn(usize) -> bool) -> Option<usize> {
         let h = stable_hash(key);
-        let i = self.points.partition_point(|&(p, _)| p < h);
-        self.points.get(i).or_else(|| self.points.first()).map_or(0, |&(_, t)| t as usize)
+        let start = self.points.partition_point(|&(p, _)| p < h);
+        let n = self.points.len();
+        (0..n).map(|k| self.points[(start + k) % n].1 as usize).find(|&t| available(t))
     }
 }
 

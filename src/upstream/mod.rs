@@ -6,10 +6,11 @@
 //! atomics only; no lock is taken on the request path.
 
 pub mod balance;
+pub mod health;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use http::uri::Authority;
@@ -52,6 +53,7 @@ pub struct Upstream {
     pub timeouts: Timeouts,
     pub client: Client<HttpConnector, RequestBody>,
     balancer: Balancer,
+    checks_started: AtomicBool,
     def: UpstreamDef,
 }
 
@@ -98,20 +100,59 @@ impl Upstream {
                 Balancer::Random { cumulative }
             }
         };
-        Ok(Upstream { name: name.into(), targets, timeouts: def.timeouts, client, balancer, def: def.clone() })
+        Ok(Upstream {
+            name: name.into(),
+            targets,
+            timeouts: def.timeouts,
+            client,
+            balancer,
+            checks_started: AtomicBool::new(false),
+            def: def.clone(),
+        })
     }
 
-    /// The target for one request, by the upstream's balancer.
-    pub fn pick_target(&self, input: &PickInput<'_>) -> &Target {
+    /// The target for one request, by the upstream's balancer, among targets that are healthy
+    /// and not ejected; `None` when there is none.
+    pub fn pick_target(&self, input: &PickInput<'_>) -> Option<&Target> {
+        let now = health::now_ms();
+        let available = |i: usize| self.targets[i].stats.health.is_available(now);
         let stats = |i: usize| &*self.targets[i].stats;
         let i = match &self.balancer {
             Balancer::RoundRobin(rr) => rr.pick(),
             Balancer::LeastRequest { weights, rotate } => balance::pick_least_request(stats, weights, rotate),
             Balancer::P2cEwma { weights } => balance::pick_p2c_ewma(stats, weights),
-            Balancer::ConsistentHash { ring, on } => ring.pick(&hash_key(on, input)),
+            Balancer::ConsistentHash { ring, on } => {
+                return ring.pick_available(&hash_key(on, input), available).map(|i| &self.targets[i]);
+            }
             Balancer::Random { cumulative } => balance::pick_random(cumulative),
         };
-        &self.targets[i.min(self.targets.len() - 1)]
+        let n = self.targets.len();
+        // The balancer's choice is down: take the next available target after it.
+        (0..n).map(|k| (i + k) % n).find(|&j| available(j)).map(|j| &self.targets[j])
+    }
+
+    /// Counts a request's outcome for passive health (a 5xx answer, a refused or reset
+    /// connection, or a timeout is a failure).
+    pub fn report(&self, target: &Target, ok: bool) {
+        let Some(def) = &self.def.passive_health else { return };
+        let now = health::now_ms();
+        let may_eject = || {
+            let ejected = self.targets.iter().filter(|t| t.stats.health.is_ejected(now)).count();
+            (ejected + 1) * 100 <= def.max_ejected_percent as usize * self.targets.len()
+        };
+        if let Some(time) = target.stats.health.record_outcome(ok, def, now, may_eject) {
+            tracing::warn!(upstream = %self.name, target = %target.address, seconds = time.as_secs_f64(), "passive health: target ejected");
+        }
+    }
+
+    /// Starts active health checks once per upstream (a reload that keeps the upstream keeps
+    /// its checkers). Needs a Tokio runtime; `ferroway check` never calls it.
+    pub fn start_health_checks(self: &Arc<Self>) {
+        if let Some(def) = &self.def.health_check
+            && !self.checks_started.swap(true, Ordering::Relaxed)
+        {
+            health::spawn_checkers(self, def);
+        }
     }
 }
 

@@ -1,0 +1,238 @@
+//! Target health: active checks (a GET on an interval, with thresholds) and passive outlier
+//! ejection from real traffic (consecutive failures, growing ejection time, a cap on how much
+//! of a pool may be ejected at once).
+//!
+//! State lives in each target's `TargetStats` as atomics, so the request path only reads it and
+//! it survives reloads that keep the upstream. Checker tasks hold a `Weak` reference and end
+//! when their upstream is dropped.
+
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use http::{Request, header};
+
+use super::Upstream;
+use super::balance::random_u64;
+use crate::config::{HealthCheckDef, PassiveHealthDef};
+use crate::proxy::body::RequestBody;
+
+/// Milliseconds since the process's first use of this clock (monotonic).
+pub fn now_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    u64::try_from(START.get_or_init(Instant::now).elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+pub struct Health {
+    /// The active checker's verdict; targets start healthy.
+    active_up: AtomicBool,
+    /// Consecutive probe results: > 0 successes, < 0 failures (written by one checker task).
+    streak: AtomicI32,
+    passive_failures: AtomicU32,
+    ejected_until_ms: AtomicU64,
+    ejections: AtomicU32,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            active_up: AtomicBool::new(true),
+            streak: AtomicI32::new(0),
+            passive_failures: AtomicU32::new(0),
+            ejected_until_ms: AtomicU64::new(0),
+            ejections: AtomicU32::new(0),
+        }
+    }
+}
+
+impl Health {
+    pub fn is_available(&self, now_ms: u64) -> bool {
+        self.active_up.load(Ordering::Relaxed) && self.ejected_until_ms.load(Ordering::Relaxed) <= now_ms
+    }
+
+    pub fn is_ejected(&self, now_ms: u64) -> bool {
+        self.ejected_until_ms.load(Ordering::Relaxed) > now_ms
+    }
+
+    /// Folds one probe result in; returns the new verdict when it changed.
+    pub fn record_probe(&self, ok: bool, def: &HealthCheckDef) -> Option<bool> {
+        let prev = self.streak.load(Ordering::Relaxed);
+        let streak = match (ok, prev) {
+            (true, s) if s > 0 => s.saturating_add(1),
+            (true, _) => 1,
+            (false, s) if s < 0 => s.saturating_sub(1),
+            (false, _) => -1,
+        };
+        self.streak.store(streak, Ordering::Relaxed);
+        let up = self.active_up.load(Ordering::Relaxed);
+        let flip =
+            if up { streak <= -(def.unhealthy_threshold as i32) } else { streak >= def.healthy_threshold as i32 };
+        if flip {
+            self.active_up.store(!up, Ordering::Relaxed);
+            Some(!up)
+        } else {
+            None
+        }
+    }
+
+    /// Counts one real request's outcome. Returns the ejection time when this failure ejects
+    /// the target; `may_eject` says whether the pool's ejection cap leaves room.
+    pub fn record_outcome(
+        &self,
+        ok: bool,
+        def: &PassiveHealthDef,
+        now_ms: u64,
+        may_eject: impl FnOnce() -> bool,
+    ) -> Option<Duration> {
+        if ok {
+            self.passive_failures.store(0, Ordering::Relaxed);
+            if !self.is_ejected(now_ms) {
+                self.ejections.store(0, Ordering::Relaxed);
+            }
+            return None;
+        }
+        let failures = self.passive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if failures < def.consecutive_failures || self.is_ejected(now_ms) || !may_eject() {
+            return None;
+        }
+        // Repeated ejections double the time, up to ten times the configured one.
+        let n = self.ejections.fetch_add(1, Ordering::Relaxed).min(10);
+        let base = def.ejection_time;
+        let time = base.saturating_mul(1 << n).min(base.saturating_mul(10));
+        self.ejected_until_ms
+            .store(now_ms.saturating_add(u64::try_from(time.as_millis()).unwrap_or(u64::MAX)), Ordering::Relaxed);
+        // When the ejection ends, one more failure (the probe request) ejects it again.
+        self.passive_failures.store(def.consecutive_failures.saturating_sub(1), Ordering::Relaxed);
+        Some(time)
+    }
+}
+
+/// Starts one checker task per target; each probes on the interval with ±10% jitter, the
+/// first probe at a random point of the first interval so that many gateways spread out.
+pub fn spawn_checkers(upstream: &Arc<Upstream>, def: &HealthCheckDef) {
+    for index in 0..upstream.targets.len() {
+        let weak = Arc::downgrade(upstream);
+        let def = def.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(jittered(def.interval, 0, 100)).await;
+            loop {
+                if !probe_once(&weak, index, &def).await {
+                    return;
+                }
+                tokio::time::sleep(jittered(def.interval, 90, 110)).await;
+            }
+        });
+    }
+}
+
+/// `d` scaled by a random percentage in `lo..=hi`.
+fn jittered(d: Duration, lo: u64, hi: u64) -> Duration {
+    let pct = lo + random_u64() % (hi - lo + 1);
+    d.mul_f64(pct as f64 / 100.0)
+}
+
+/// Probes one target; false when the upstream is gone and the task should end.
+async fn probe_once(weak: &Weak<Upstream>, index: usize, def: &HealthCheckDef) -> bool {
+    let Some(upstream) = weak.upgrade() else { return false };
+    let target = &upstream.targets[index];
+    let uri = http::Uri::builder()
+        .scheme("http")
+        .authority(target.authority.clone())
+        .path_and_query(def.path.clone())
+        .build();
+    let ok = match uri {
+        Ok(uri) => {
+            let req = Request::get(uri)
+                .header(header::HOST, target.host_value.clone())
+                .header(header::USER_AGENT, "ferroway-health-check")
+                .body(RequestBody::empty());
+            match req {
+                Ok(req) => match tokio::time::timeout(def.timeout, upstream.client.request(req)).await {
+                    Ok(Ok(resp)) => {
+                        let s = resp.status().as_u16();
+                        (def.expect_status.0..=def.expect_status.1).contains(&s)
+                    }
+                    _ => false,
+                },
+                Err(_) => false,
+            }
+        }
+        Err(_) => false,
+    };
+    if let Some(up) = target.stats.health.record_probe(ok, def) {
+        if up {
+            tracing::info!(upstream = %upstream.name, target = %target.address, "health check: target healthy again");
+        } else {
+            tracing::warn!(upstream = %upstream.name, target = %target.address, "health check: target unhealthy");
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(healthy: u32, unhealthy: u32) -> HealthCheckDef {
+        HealthCheckDef {
+            path: http::uri::PathAndQuery::from_static("/h"),
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_millis(100),
+            healthy_threshold: healthy,
+            unhealthy_threshold: unhealthy,
+            expect_status: (200, 399),
+        }
+    }
+
+    #[test]
+    fn thresholds_decide_when_the_verdict_flips() {
+        let h = Health::default();
+        let def = check(2, 3);
+        assert_eq!(h.record_probe(false, &def), None);
+        assert_eq!(h.record_probe(false, &def), None);
+        assert_eq!(h.record_probe(true, &def), None, "a success resets the failure streak");
+        assert_eq!(h.record_probe(false, &def), None);
+        assert_eq!(h.record_probe(false, &def), None);
+        assert_eq!(h.record_probe(false, &def), Some(false));
+        assert!(!h.is_available(0));
+        assert_eq!(h.record_probe(true, &def), None);
+        assert_eq!(h.record_probe(true, &def), Some(true));
+        assert!(h.is_available(0));
+    }
+
+    #[test]
+    fn consecutive_failures_eject_for_a_growing_time_and_one_probe_decides() {
+        let h = Health::default();
+        let def = PassiveHealthDef {
+            consecutive_failures: 3,
+            ejection_time: Duration::from_secs(10),
+            max_ejected_percent: 50,
+        };
+        assert_eq!(h.record_outcome(false, &def, 0, || true), None);
+        assert_eq!(h.record_outcome(false, &def, 0, || true), None);
+        assert_eq!(h.record_outcome(false, &def, 0, || true), Some(Duration::from_secs(10)));
+        assert!(!h.is_available(5_000));
+        assert!(h.is_available(10_000));
+        // Back after the ejection: the first request fails, so it is ejected again, for longer.
+        assert_eq!(h.record_outcome(false, &def, 10_000, || true), Some(Duration::from_secs(20)));
+        assert!(!h.is_available(29_999));
+        // A success once back resets both the streak and the growth.
+        assert_eq!(h.record_outcome(true, &def, 30_000, || true), None);
+        for _ in 0..2 {
+            assert_eq!(h.record_outcome(false, &def, 30_000, || true), None);
+        }
+        assert_eq!(h.record_outcome(false, &def, 30_000, || true), Some(Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn the_ejection_cap_is_respected() {
+        let h = Health::default();
+        let def = PassiveHealthDef {
+            consecutive_failures: 1,
+            ejection_time: Duration::from_secs(10),
+            max_ejected_percent: 0,
+        };
+        assert_eq!(h.record_outcome(false, &def, 0, || false), None);
+        assert!(h.is_available(0));
+    }
+}
