@@ -3,20 +3,21 @@
 
 use std::collections::HashMap;
 
-use super::decode::{Problems, did_you_mean};
+use super::decode::{Located, Problems, did_you_mean};
 use super::schema::{Config, PathSpec};
+
+/// Records `name` in `seen`, reporting it when an earlier `what` already took it.
+fn unique_name<'a>(seen: &mut HashMap<&'a str, u32>, name: &'a Located<String>, what: &str, p: &mut Problems) {
+    if let Some(line) = seen.insert(name.value.as_str(), name.pos.line) {
+        p.add(name.pos, &name.path, format!("duplicate {what} name {:?} (first defined on line {line})", name.value));
+    }
+}
 
 pub(super) fn validate(config: &Config, p: &mut Problems) {
     let mut listener_names = HashMap::new();
     let mut listener_addrs = HashMap::new();
     for l in &config.listeners {
-        if let Some(line) = listener_names.insert(l.name.value.as_str(), l.name.pos.line) {
-            p.add(
-                l.name.pos,
-                &l.name.path,
-                format!("duplicate listener name {:?} (first defined on line {line})", l.name.value),
-            );
-        }
+        unique_name(&mut listener_names, &l.name, "listener", p);
         if let Some(line) = listener_addrs.insert(l.address.value, l.address.pos.line) {
             p.add(
                 l.address.pos,
@@ -38,13 +39,7 @@ pub(super) fn validate(config: &Config, p: &mut Problems) {
     let upstream_names: Vec<&str> = config.upstreams.iter().map(|(n, _)| n.value.as_str()).collect();
     let mut route_names = HashMap::new();
     for r in &config.routes {
-        if let Some(line) = route_names.insert(r.name.value.as_str(), r.name.pos.line) {
-            p.add(
-                r.name.pos,
-                &r.name.path,
-                format!("duplicate route name {:?} (first defined on line {line})", r.name.value),
-            );
-        }
+        unique_name(&mut route_names, &r.name, "route", p);
         if !upstream_names.contains(&r.upstream.value.as_str()) {
             let hint = match did_you_mean(&r.upstream.value, &upstream_names) {
                 Some(near) => format!("; did you mean {near:?}?"),

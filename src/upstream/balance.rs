@@ -181,13 +181,13 @@ impl Ring {
     }
 
     pub fn pick(&self, key: &[u8]) -> usize {
-        self.pick_available(key, |_| true).unwrap_or(0)
+        self.pick_available(stable_hash(key), |_| true).unwrap_or(0)
     }
 
-    /// The key's target, or when that one is unavailable the next available one clockwise on
-    /// the ring, so a down target's keys spread over the others instead of piling onto one.
-    pub fn pick_available(&self, key: &[u8], available: impl Fn(usize) -> bool) -> Option<usize> {
-        let h = stable_hash(key);
+    /// The target owning ring position `h` (a [`stable_hash`] of the key), or when that one is
+    /// unavailable the next available one clockwise, so a down target's keys spread over the
+    /// others instead of piling onto one.
+    pub fn pick_available(&self, h: u64, available: impl Fn(usize) -> bool) -> Option<usize> {
         let start = self.points.partition_point(|&(p, _)| p < h);
         let n = self.points.len();
         (0..n).map(|k| self.points[(start + k) % n].1 as usize).find(|&t| available(t))

@@ -122,7 +122,7 @@ impl Upstream {
             Balancer::LeastRequest { weights, rotate } => balance::pick_least_request(stats, weights, rotate),
             Balancer::P2cEwma { weights } => balance::pick_p2c_ewma(stats, weights),
             Balancer::ConsistentHash { ring, on } => {
-                return ring.pick_available(&hash_key(on, input), available).map(|i| &self.targets[i]);
+                return ring.pick_available(hash_key(on, input), available).map(|i| &self.targets[i]);
             }
             Balancer::Random { cumulative } => balance::pick_random(cumulative),
         };
@@ -156,17 +156,18 @@ impl Upstream {
     }
 }
 
-/// The bytes `consistent_hash` hashes for a request. A missing header or cookie hashes as
-/// empty, so such requests still land on one stable target.
-fn hash_key(on: &HashOn, input: &PickInput<'_>) -> Vec<u8> {
+/// The ring position of a request under `consistent_hash`, hashed from borrowed bytes (no
+/// allocation). A missing header or cookie hashes as empty, so such requests still land on
+/// one stable target.
+fn hash_key(on: &HashOn, input: &PickInput<'_>) -> u64 {
     match on {
-        HashOn::Header(name) => input.headers.get(name).map_or_else(Vec::new, |v| v.as_bytes().to_vec()),
-        HashOn::Cookie(name) => cookie(input.headers, name).map_or_else(Vec::new, |v| v.as_bytes().to_vec()),
+        HashOn::Header(name) => balance::stable_hash(input.headers.get(name).map_or(&[][..], |v| v.as_bytes())),
+        HashOn::Cookie(name) => balance::stable_hash(cookie(input.headers, name).unwrap_or("").as_bytes()),
         HashOn::ClientIp => match input.client_ip {
-            IpAddr::V4(v4) => v4.octets().to_vec(),
-            IpAddr::V6(v6) => v6.octets().to_vec(),
+            IpAddr::V4(v4) => balance::stable_hash(&v4.octets()),
+            IpAddr::V6(v6) => balance::stable_hash(&v6.octets()),
         },
-        HashOn::Path => input.path.as_bytes().to_vec(),
+        HashOn::Path => balance::stable_hash(input.path.as_bytes()),
     }
 }
 
