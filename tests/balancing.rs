@@ -132,3 +132,48 @@ async fn consistent_hash_keeps_a_key_on_one_target_and_remaps_little_when_one_go
     assert_eq!(moved, 0, "keys of the remaining targets do not move");
     assert!((120..=280).contains(&on_c), "about a third of keys were on the removed target: {on_c}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_per_target_are_capped_and_excess_waiters_get_503_at_once() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let (now, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (n2, p2) = (now.clone(), peak.clone());
+    let backend = Backend::serve(move |_req| {
+        let (now, peak) = (n2.clone(), p2.clone());
+        async move {
+            let c = now.fetch_add(1, Ordering::SeqCst) + 1;
+            peak.fetch_max(c, Ordering::SeqCst);
+            // Long enough that all five requests arrive while the first two are in flight.
+            tokio::time::sleep(Duration::from_millis(1000)).await;
+            now.fetch_sub(1, Ordering::SeqCst);
+            Response::new(full("ok"))
+        }
+    })
+    .await;
+    let gw = gateway(&upstream_yaml(
+        &[(&backend, 1)],
+        "max_connections_per_target: 2, circuit_breaker: { max_pending: 1 }, timeouts: { connect: 5s }",
+    ))
+    .await;
+    let mut tasks = Vec::new();
+    for _ in 0..5 {
+        let url = gw.url("/");
+        tasks.push(tokio::spawn(async move { get(&url).await }));
+    }
+    let mut ok = 0;
+    let mut refused = 0;
+    for t in tasks {
+        let got = t.await.expect("task");
+        match got.status {
+            http::StatusCode::OK => ok += 1,
+            http::StatusCode::SERVICE_UNAVAILABLE => {
+                assert_eq!(got.json()["error"], "upstream has too many pending requests");
+                refused += 1;
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!((ok, refused), (3, 2), "2 in flight + 1 waiting are served; the rest are refused");
+    assert_eq!(peak.load(Ordering::SeqCst), 2, "the upstream never saw more than 2 at once");
+}

@@ -51,6 +51,10 @@ pub struct UpstreamDef {
     pub hash_on: Option<HashOn>,
     pub health_check: Option<HealthCheckDef>,
     pub passive_health: Option<PassiveHealthDef>,
+    /// Concurrent requests (so HTTP/1.1 connections) per target.
+    pub max_connections_per_target: u32,
+    /// Requests that may wait for a free connection beyond that; more get 503 at once.
+    pub max_pending: u32,
 }
 
 /// Active health checking: a GET to `path` on every target each `interval` (jittered).
@@ -283,8 +287,17 @@ impl Decode for Node {
 }
 
 fn decode_upstream(node: &Node, path: &str, p: &mut Problems) -> Option<UpstreamDef> {
-    let f =
-        Fields::new(node, path, &["targets", "timeouts", "balance", "hash_on", "health_check", "passive_health"], p)?;
+    const KEYS: &[&str] = &[
+        "targets",
+        "timeouts",
+        "balance",
+        "hash_on",
+        "health_check",
+        "passive_health",
+        "max_connections_per_target",
+        "circuit_breaker",
+    ];
+    let f = Fields::new(node, path, KEYS, p)?;
     let before = p.0.len();
     let targets = lenient_list(&f, "targets", p, decode_target);
     if !f.has("targets") {
@@ -349,6 +362,15 @@ fn decode_upstream(node: &Node, path: &str, p: &mut Problems) -> Option<Upstream
         hash_on,
         health_check: f.opt("health_check", p),
         passive_health: f.opt("passive_health", p),
+        max_connections_per_target: bounded(&f, "max_connections_per_target", 1..=1_000_000, 1024, p),
+        max_pending: f
+            .node("circuit_breaker")
+            .and_then(|n| {
+                let cpath = super::decode::child_path(path, "circuit_breaker");
+                let cb = Fields::new(n, &cpath, &["max_pending"], p)?;
+                Some(bounded(&cb, "max_pending", 0..=1_000_000, 1000, p))
+            })
+            .unwrap_or(1000),
     })
 }
 

@@ -18,6 +18,7 @@ pub enum ErrorKind {
     UpstreamReset,
     UpstreamBadResponse,
     NoHealthyTarget,
+    UpstreamSaturated,
 }
 
 impl ErrorKind {
@@ -31,7 +32,7 @@ impl ErrorKind {
                 StatusCode::BAD_GATEWAY
             }
             ErrorKind::UpstreamConnectTimeout | ErrorKind::UpstreamResponseTimeout => StatusCode::GATEWAY_TIMEOUT,
-            ErrorKind::NoHealthyTarget => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::NoHealthyTarget | ErrorKind::UpstreamSaturated => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -49,7 +50,8 @@ impl ErrorKind {
             | ErrorKind::BodyTooLarge
             | ErrorKind::ClientBodyError
             | ErrorKind::NoRoute
-            | ErrorKind::NoHealthyTarget => false,
+            | ErrorKind::NoHealthyTarget
+            | ErrorKind::UpstreamSaturated => false,
         }
     }
 
@@ -68,6 +70,7 @@ impl ErrorKind {
             ErrorKind::UpstreamReset => "upstream_reset",
             ErrorKind::UpstreamBadResponse => "upstream_bad_response",
             ErrorKind::NoHealthyTarget => "no_healthy_target",
+            ErrorKind::UpstreamSaturated => "circuit_open",
         }
     }
 
@@ -86,6 +89,7 @@ impl ErrorKind {
             ErrorKind::UpstreamReset => "upstream closed the connection",
             ErrorKind::UpstreamBadResponse => "upstream sent an invalid response",
             ErrorKind::NoHealthyTarget => "no healthy upstream target",
+            ErrorKind::UpstreamSaturated => "upstream has too many pending requests",
         }
     }
 }

@@ -117,7 +117,7 @@ async fn route_and_forward(
     let target = upstream
         .pick_target(&PickInput { headers: &parts.headers, client_ip: ctx.peer.addr.ip(), path: &path })
         .ok_or(ErrorKind::NoHealthyTarget)?;
-    let in_flight = InFlight::start(&target.stats);
+    let in_flight: InFlight = upstream.acquire_slot(target).await.map_err(|_| ErrorKind::UpstreamSaturated)?;
     if let Some(e) = ctx.entry.as_deref_mut() {
         e.upstream_target = Some(target.address.clone());
     }

@@ -30,19 +30,23 @@ impl TargetStats {
     }
 }
 
-/// Holds one in-flight slot of a target until dropped (when the response has ended).
-pub struct InFlight(std::sync::Arc<TargetStats>);
+/// Holds one in-flight slot of a target, and its connection permit, until dropped (when the
+/// response has ended).
+pub struct InFlight {
+    stats: std::sync::Arc<TargetStats>,
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
 
 impl InFlight {
-    pub fn start(stats: &std::sync::Arc<TargetStats>) -> Self {
+    pub fn start(stats: &std::sync::Arc<TargetStats>, permit: Option<tokio::sync::OwnedSemaphorePermit>) -> Self {
         stats.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(stats.clone())
+        InFlight { stats: stats.clone(), _permit: permit }
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

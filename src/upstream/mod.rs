@@ -30,6 +30,8 @@ pub struct Target {
     /// The value sent as Host when a route says `host_header: upstream`.
     pub host_value: HeaderValue,
     pub stats: Arc<TargetStats>,
+    /// `max_connections_per_target` permits; a request holds one until its response ends.
+    pub permits: Arc<tokio::sync::Semaphore>,
 }
 
 enum Balancer {
@@ -54,7 +56,15 @@ pub struct Upstream {
     pub client: Client<HttpConnector, RequestBody>,
     balancer: Balancer,
     checks_started: AtomicBool,
+    /// Requests waiting for a connection permit, bounded by `circuit_breaker.max_pending`.
+    pending: AtomicUsize,
     def: UpstreamDef,
+}
+
+/// Why a request could not have a connection to its target.
+pub enum SlotError {
+    /// More than `max_pending` requests were already waiting.
+    Saturated,
 }
 
 impl Upstream {
@@ -66,7 +76,13 @@ impl Upstream {
                 let authority =
                     Authority::try_from(t.address.as_str()).map_err(|e| format!("target {}: {e}", t.address))?;
                 let host_value = HeaderValue::from_str(&t.address).map_err(|e| format!("target {}: {e}", t.address))?;
-                Ok(Target { address: t.address.as_str().into(), authority, host_value, stats: Arc::default() })
+                Ok(Target {
+                    address: t.address.as_str().into(),
+                    authority,
+                    host_value,
+                    stats: Arc::default(),
+                    permits: Arc::new(tokio::sync::Semaphore::new(def.max_connections_per_target as usize)),
+                })
             })
             .collect::<Result<Vec<_>, String>>()?;
         let mut connector = HttpConnector::new();
@@ -107,6 +123,7 @@ impl Upstream {
             client,
             balancer,
             checks_started: AtomicBool::new(false),
+            pending: AtomicUsize::new(0),
             def: def.clone(),
         })
     }
@@ -129,6 +146,29 @@ impl Upstream {
         let n = self.targets.len();
         // The balancer's choice is down: take the next available target after it.
         (0..n).map(|k| (i + k) % n).find(|&j| available(j)).map(|j| &self.targets[j])
+    }
+
+    /// Takes a connection slot on `target`: at once when one is free, else by waiting behind
+    /// at most `max_pending` other requests, for at most the connect timeout; past either
+    /// bound the request is refused instead of queueing without limit (the circuit breaker).
+    pub async fn acquire_slot(&self, target: &Target) -> Result<balance::InFlight, SlotError> {
+        let permit = match target.permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                if self.pending.fetch_add(1, Ordering::AcqRel) >= self.def.max_pending as usize {
+                    self.pending.fetch_sub(1, Ordering::AcqRel);
+                    return Err(SlotError::Saturated);
+                }
+                let waited = tokio::time::timeout(self.timeouts.connect, target.permits.clone().acquire_owned()).await;
+                self.pending.fetch_sub(1, Ordering::AcqRel);
+                match waited {
+                    Ok(Ok(p)) => p,
+                    // Timed out, or the semaphore was closed (it never is).
+                    Ok(Err(_)) | Err(_) => return Err(SlotError::Saturated),
+                }
+            }
+        };
+        Ok(balance::InFlight::start(&target.stats, Some(permit)))
     }
 
     /// Counts a request's outcome for passive health (a 5xx answer, a refused or reset
