@@ -36,16 +36,17 @@ pub struct RequestBody {
     inner: Option<Incoming>,
     limit: u64,
     seen: u64,
-    exchange: Arc<Exchange>,
+    /// Shared with the access-log entry; `None` when nothing will read the count.
+    exchange: Option<Arc<Exchange>>,
 }
 
 impl RequestBody {
-    pub fn new(inner: Incoming, limit: u64, exchange: Arc<Exchange>) -> Self {
+    pub fn new(inner: Incoming, limit: u64, exchange: Option<Arc<Exchange>>) -> Self {
         RequestBody { inner: Some(inner), limit, seen: 0, exchange }
     }
 
     pub fn empty() -> Self {
-        RequestBody { inner: None, limit: 0, seen: 0, exchange: Arc::default() }
+        RequestBody { inner: None, limit: 0, seen: 0, exchange: None }
     }
 }
 
@@ -60,7 +61,9 @@ impl Body for RequestBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     this.seen += data.len() as u64;
-                    this.exchange.bytes_in.store(this.seen, Ordering::Relaxed);
+                    if let Some(x) = &this.exchange {
+                        x.bytes_in.store(this.seen, Ordering::Relaxed);
+                    }
                     if this.seen > this.limit {
                         return Poll::Ready(Some(Err(RequestBodyError::TooLarge(this.limit))));
                     }

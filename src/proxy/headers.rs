@@ -110,7 +110,9 @@ pub fn add_forwarding(headers: &mut HeaderMap, peer: &Peer, host: Option<&Header
         }
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(peer.proto));
-    let mut forwarded = peer.forwarded_for.clone();
+    // One allocation: the connection's fixed part, then this request's host.
+    let mut forwarded = String::with_capacity(peer.forwarded_for.len() + host.map_or(0, |h| h.len() + 8));
+    forwarded.push_str(&peer.forwarded_for);
     match host {
         Some(h) => {
             headers.insert(X_FORWARDED_HOST.clone(), h.clone());

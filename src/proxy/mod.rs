@@ -147,13 +147,12 @@ async fn route_and_forward(
         HostHeader::Literal(v) => parts.headers.insert(header::HOST, v.clone()),
     };
 
-    let exchange = Arc::new(Exchange::default());
-    if let Some(e) = ctx.entry.as_deref_mut() {
-        e.exchange = Some(exchange.clone());
-    }
+    // Bytes in are counted for the access log only; without one, nothing is allocated.
+    let exchange = ctx.entry.as_deref_mut().map(|e| e.exchange.insert(Arc::new(Exchange::default())).clone());
     let upstream_req = Request::from_parts(parts, RequestBody::new(body, route.max_request_body, exchange));
     let sent = Instant::now();
-    let outcome = tokio::time::timeout(upstream.timeouts.response_header, upstream.client.request(upstream_req)).await;
+    let outcome =
+        tokio::time::timeout(upstream.timeouts().response_header, upstream.client.request(upstream_req)).await;
     if let Some(e) = ctx.entry.as_deref_mut() {
         e.upstream_duration = Some(sent.elapsed());
     }
@@ -164,7 +163,7 @@ async fn route_and_forward(
     };
     // A failure counts as slow, so latency-aware balancing does not favour a target that
     // fails fast.
-    target.stats.observe(if result.is_ok() { sent.elapsed() } else { upstream.timeouts.response_header });
+    target.stats.observe(if result.is_ok() { sent.elapsed() } else { upstream.timeouts().response_header });
     let upstream_ok = match &result {
         Ok((resp, _)) => !resp.status().is_server_error(),
         Err(kind) => !kind.is_upstream_failure(),

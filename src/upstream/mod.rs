@@ -52,7 +52,6 @@ pub struct PickInput<'a> {
 pub struct Upstream {
     pub name: Arc<str>,
     pub targets: Vec<Target>,
-    pub timeouts: Timeouts,
     pub client: Client<HttpConnector, RequestBody>,
     balancer: Balancer,
     checks_started: AtomicBool,
@@ -119,13 +118,16 @@ impl Upstream {
         Ok(Upstream {
             name: name.into(),
             targets,
-            timeouts: def.timeouts,
             client,
             balancer,
             checks_started: AtomicBool::new(false),
             pending: AtomicUsize::new(0),
             def: def.clone(),
         })
+    }
+
+    pub fn timeouts(&self) -> &Timeouts {
+        &self.def.timeouts
     }
 
     /// The target for one request, by the upstream's balancer, among targets that are healthy
@@ -159,7 +161,8 @@ impl Upstream {
                     self.pending.fetch_sub(1, Ordering::AcqRel);
                     return Err(SlotError::Saturated);
                 }
-                let waited = tokio::time::timeout(self.timeouts.connect, target.permits.clone().acquire_owned()).await;
+                let waited =
+                    tokio::time::timeout(self.def.timeouts.connect, target.permits.clone().acquire_owned()).await;
                 self.pending.fetch_sub(1, Ordering::AcqRel);
                 match waited {
                     Ok(Ok(p)) => p,
