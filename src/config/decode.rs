@@ -4,7 +4,6 @@
 //! and `ferroway check` must list all of them (each with line, column and key path) at once.
 //! Decoding never panics and never touches the network or the file system.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
@@ -307,16 +306,6 @@ impl Decode for ByteSize {
         }
         parse_str(node, path, problems, "a size such as 512KiB, 10MiB or 1GiB", ByteSize::parse)
     }
-}
-
-/// A small string-keyed map (headers in a match, for example), in file order.
-pub fn decode_string_map(
-    node: &Node,
-    path: &str,
-    problems: &mut Problems,
-) -> Option<BTreeMap<String, Located<String>>> {
-    let pairs = Vec::<(Located<String>, Located<String>)>::decode(node, path, problems)?;
-    Some(pairs.into_iter().map(|(k, v)| (k.value, v)).collect())
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue, Method};
 use regex::Regex;
 
-use super::decode::{ByteSize, Decode, Dur, Fields, Located, Problems, decode_string_map, item_path, parse_str};
+use super::decode::{ByteSize, Decode, Dur, Fields, Located, Problems, item_path, parse_str};
 use super::node::{Node, Value};
 
 pub const DEFAULT_MAX_REQUEST_BODY: u64 = 10 << 20;
@@ -183,10 +183,6 @@ pub enum AccessLogDef {
     File(std::path::PathBuf),
 }
 
-fn first_error<T>(r: Option<T>, default: T) -> T {
-    r.unwrap_or(default)
-}
-
 pub fn decode_config(node: &Node, p: &mut Problems) -> Config {
     const KEYS: &[&str] =
         &["listeners", "admin", "upstreams", "routes", "limits", "access_log", "shutdown_timeout", "workers"];
@@ -357,7 +353,7 @@ fn decode_upstream(node: &Node, path: &str, p: &mut Problems) -> Option<Upstream
     };
     Some(UpstreamDef {
         targets,
-        timeouts: first_error(f.opt("timeouts", p), Timeouts::default()),
+        timeouts: f.opt("timeouts", p).unwrap_or_default(),
         balance,
         hash_on,
         health_check: f.opt("health_check", p),
@@ -533,7 +529,7 @@ impl Decode for MatchDef {
                 let spec = match key {
                     "path" => check_route_path(&text, p).map(PathSpec::Exact),
                     "path_prefix" => check_route_path(&text, p).map(PathSpec::Prefix),
-                    _ => match regex::RegexBuilder::new(&text.value).size_limit(1 << 20).build() {
+                    _ => match crate::routing::compile_regex(&text.value) {
                         Ok(re) => Some(PathSpec::Regex(re)),
                         Err(e) => {
                             p.add(text.pos, &text.path, format!("invalid regular expression: {e}"));
@@ -572,11 +568,11 @@ impl Decode for MatchDef {
                 .collect()
         });
         let headers = f
-            .node("headers")
-            .and_then(|n| decode_string_map(n, &super::decode::child_path(path, "headers"), p))
+            .opt::<Vec<(Located<String>, Located<String>)>>("headers", p)
             .unwrap_or_default()
             .into_iter()
             .filter_map(|(name, value)| {
+                let name = name.value;
                 let n = HeaderName::from_bytes(name.as_bytes());
                 let v = HeaderValue::from_str(&value.value);
                 match (n, v) {

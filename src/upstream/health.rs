@@ -135,30 +135,7 @@ fn jittered(d: Duration, lo: u64, hi: u64) -> Duration {
 async fn probe_once(weak: &Weak<Upstream>, index: usize, def: &HealthCheckDef) -> bool {
     let Some(upstream) = weak.upgrade() else { return false };
     let target = &upstream.targets[index];
-    let uri = http::Uri::builder()
-        .scheme("http")
-        .authority(target.authority.clone())
-        .path_and_query(def.path.clone())
-        .build();
-    let ok = match uri {
-        Ok(uri) => {
-            let req = Request::get(uri)
-                .header(header::HOST, target.host_value.clone())
-                .header(header::USER_AGENT, "ferroway-health-check")
-                .body(RequestBody::empty());
-            match req {
-                Ok(req) => match tokio::time::timeout(def.timeout, upstream.client.request(req)).await {
-                    Ok(Ok(resp)) => {
-                        let s = resp.status().as_u16();
-                        (def.expect_status.0..=def.expect_status.1).contains(&s)
-                    }
-                    _ => false,
-                },
-                Err(_) => false,
-            }
-        }
-        Err(_) => false,
-    };
+    let ok = probe(&upstream, target, def).await;
     if let Some(up) = target.stats.health.record_probe(ok, def) {
         if up {
             tracing::info!(upstream = %upstream.name, target = %target.address, "health check: target healthy again");
@@ -167,6 +144,21 @@ async fn probe_once(weak: &Weak<Upstream>, index: usize, def: &HealthCheckDef) -
         }
     }
     true
+}
+
+/// One health-check request: true when it answers within the timeout with an expected status.
+async fn probe(upstream: &Upstream, target: &super::Target, def: &HealthCheckDef) -> bool {
+    let uri = http::Uri::builder().scheme("http").authority(target.authority.clone()).path_and_query(def.path.clone());
+    let Ok(uri) = uri.build() else { return false };
+    let req = Request::get(uri)
+        .header(header::HOST, target.host_value.clone())
+        .header(header::USER_AGENT, "ferroway-health-check")
+        .body(RequestBody::empty());
+    let Ok(req) = req else { return false };
+    match tokio::time::timeout(def.timeout, upstream.client.request(req)).await {
+        Ok(Ok(resp)) => (def.expect_status.0..=def.expect_status.1).contains(&resp.status().as_u16()),
+        _ => false,
+    }
 }
 
 #[cfg(test)]
