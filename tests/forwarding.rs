@@ -9,10 +9,7 @@ use http_body_util::BodyExt;
 use support::*;
 
 fn one_route(backend: &Backend) -> String {
-    format!(
-        "upstreams: {{ app: {{ targets: [{{ address: {} }}] }} }}\nroutes: [{{ name: all, match: {{ path_prefix: / }}, upstream: app }}]\n",
-        backend.address()
-    )
+    single_route(backend.addr, "", ALL)
 }
 
 #[tokio::test]

@@ -7,11 +7,7 @@ use http::{Request, Response, StatusCode};
 use support::*;
 
 fn config(backend: &Backend, host_header: &str) -> String {
-    format!(
-        "upstreams: {{ app: {{ targets: [{{ address: {} }}] }} }}\n\
-         routes: [{{ name: all, match: {{ path_prefix: / }}, upstream: app, host_header: {host_header} }}]\n",
-        backend.address()
-    )
+    single_route(backend.addr, "", &format!("{ALL}, host_header: {host_header}"))
 }
 
 #[tokio::test]

@@ -9,20 +9,7 @@ use std::time::{Duration, Instant};
 
 use http::StatusCode;
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// Reads one request head; false if the peer closed first.
-async fn read_head(s: &mut tokio::net::TcpStream) -> bool {
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-        match s.read(&mut buf).await {
-            Ok(0) | Err(_) => return false,
-            Ok(n) => seen.extend_from_slice(&buf[..n]),
-        }
-    }
-    true
-}
+use tokio::io::AsyncWriteExt;
 
 #[tokio::test]
 async fn idle_upstream_connections_are_closed_after_the_idle_timeout() {
@@ -39,10 +26,7 @@ async fn idle_upstream_connections_are_closed_after_the_idle_timeout() {
         }
     })
     .await;
-    let gw = gateway(&format!(
-        "upstreams: {{ u: {{ targets: [{{ address: {addr} }}], timeouts: {{ idle: 300ms }} }} }}\nroutes: [{{ name: r, match: {{ path_prefix: / }}, upstream: u }}]\n"
-    ))
-    .await;
+    let gw = gateway(&single_route(addr, ", timeouts: { idle: 300ms }", ALL)).await;
     let start = Instant::now();
     assert_eq!(get(&gw.url("/")).await.status, StatusCode::OK);
     while closed.load(Ordering::SeqCst) == 0 {
@@ -62,10 +46,7 @@ async fn a_connection_the_upstream_closed_is_not_reused_for_a_failing_request() 
         }
     })
     .await;
-    let gw = gateway(&format!(
-        "upstreams: {{ u: {{ targets: [{{ address: {addr} }}] }} }}\nroutes: [{{ name: r, match: {{ path_prefix: / }}, upstream: u }}]\n"
-    ))
-    .await;
+    let gw = gateway(&single_route(addr, "", ALL)).await;
     let c = client();
     for i in 0..30 {
         let got = send_with(&c, http::Request::get(gw.url("/")).body(full("")).expect("req")).await;

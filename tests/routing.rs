@@ -60,10 +60,7 @@ async fn requests_go_to_the_most_specific_route() {
 #[tokio::test]
 async fn a_regex_route_catches_what_no_prefix_does() {
     let regex = named("regex").await;
-    let yaml = format!(
-        "upstreams: {{ r: {{ targets: [{{ address: {} }}] }} }}\nroutes: [{{ name: r, match: {{ path_regex: '^/v[0-9]+/items$' }}, upstream: r }}]\n",
-        regex.address()
-    );
+    let yaml = single_route(regex.addr, "", "match: { path_regex: '^/v[0-9]+/items$' }");
     let gw = gateway(&yaml).await;
     assert_eq!(get(&gw.url("/v2/items")).await.text(), "regex");
     assert_eq!(get(&gw.url("/v2/items/1")).await.status, StatusCode::NOT_FOUND);
@@ -72,10 +69,7 @@ async fn a_regex_route_catches_what_no_prefix_does() {
 #[tokio::test]
 async fn strip_prefix_removes_the_matched_prefix_and_keeps_the_query() {
     let backend = Backend::echo().await;
-    let yaml = format!(
-        "upstreams: {{ u: {{ targets: [{{ address: {} }}] }} }}\nroutes: [{{ name: u, match: {{ path_prefix: /api/users }}, upstream: u, strip_prefix: true }}]\n",
-        backend.address()
-    );
+    let yaml = single_route(backend.addr, "", "match: { path_prefix: /api/users }, strip_prefix: true");
     let gw = gateway(&yaml).await;
     for (path, upstream_sees) in
         [("/api/users/42?x=1", "/42?x=1"), ("/api/users", "/"), ("/api/users/", "/"), ("/api/users?q", "/?q")]
@@ -88,10 +82,7 @@ async fn strip_prefix_removes_the_matched_prefix_and_keeps_the_query() {
 #[tokio::test]
 async fn routing_and_the_upstream_see_the_normalised_path() {
     let backend = Backend::echo().await;
-    let yaml = format!(
-        "upstreams: {{ u: {{ targets: [{{ address: {} }}] }} }}\nroutes: [{{ name: u, match: {{ path_prefix: /public }}, upstream: u }}]\n",
-        backend.address()
-    );
+    let yaml = single_route(backend.addr, "", "match: { path_prefix: /public }");
     let gw = gateway(&yaml).await;
     for (path, upstream_sees) in [
         ("/public/./a//b", "/public/a/b"),
@@ -110,10 +101,7 @@ async fn routing_and_the_upstream_see_the_normalised_path() {
 #[tokio::test]
 async fn ambiguous_paths_get_400_and_are_never_forwarded() {
     let backend = Backend::echo().await;
-    let yaml = format!(
-        "upstreams: {{ u: {{ targets: [{{ address: {} }}] }} }}\nroutes: [{{ name: u, match: {{ path_prefix: / }}, upstream: u }}]\n",
-        backend.address()
-    );
+    let yaml = single_route(backend.addr, "", ALL);
     let gw = gateway(&yaml).await;
     for path in ["/a%2fb", "/a%2Fb", "/a%5cb", "/a%00b", "/..", "/a/../../etc/passwd", "/bad%zzescape"] {
         let got =
@@ -128,10 +116,7 @@ async fn ambiguous_paths_get_400_and_are_never_forwarded() {
 #[tokio::test]
 async fn methods_narrow_a_route() {
     let backend = Backend::echo().await;
-    let yaml = format!(
-        "upstreams: {{ u: {{ targets: [{{ address: {} }}] }} }}\nroutes: [{{ name: u, match: {{ path: /only-get, methods: [GET] }}, upstream: u }}]\n",
-        backend.address()
-    );
+    let yaml = single_route(backend.addr, "", "match: { path: /only-get, methods: [GET] }");
     let gw = gateway(&yaml).await;
     assert_eq!(get(&gw.url("/only-get")).await.status, StatusCode::OK);
     let post = send(Request::post(gw.url("/only-get")).body(full("x")).expect("req")).await;

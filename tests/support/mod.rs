@@ -159,6 +159,32 @@ where
     addr
 }
 
+/// Config for one upstream `up` with a single target and one route `r` to it. `upstream`
+/// adds keys to the upstream (`", timeouts: { connect: 1s }"`); `route` is the route's match
+/// and any further keys (`ALL` for every path).
+pub fn single_route(target: impl std::fmt::Display, upstream: &str, route: &str) -> String {
+    format!(
+        "upstreams: {{ up: {{ targets: [{{ address: {target} }}]{upstream} }} }}\nroutes: [{{ name: r, upstream: up, {route} }}]\n"
+    )
+}
+
+/// The match of a route that takes every request.
+pub const ALL: &str = "match: { path_prefix: / }";
+
+/// Reads one HTTP/1 request head from a raw connection; false if the peer closed first.
+pub async fn read_head(s: &mut TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+    true
+}
+
 /// A gateway running in this process.
 pub struct TestGateway {
     pub addr: SocketAddr,
