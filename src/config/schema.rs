@@ -15,6 +15,7 @@ use super::node::{Node, Value};
 
 pub const DEFAULT_MAX_REQUEST_BODY: u64 = 10 << 20;
 pub const DEFAULT_MAX_HEADER_BYTES: u64 = 32 << 10;
+pub const DEFAULT_CLIENT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug)]
 pub struct Config {
@@ -55,6 +56,44 @@ pub struct UpstreamDef {
     pub max_connections_per_target: u32,
     /// Requests that may wait for a free connection beyond that; more get 503 at once.
     pub max_pending: u32,
+    pub retry: RetryDef,
+    /// A target back from unhealthy or ejection ramps its share up over this time.
+    pub slow_start: Option<Duration>,
+}
+
+/// When a failed try may be repeated on another target.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryDef {
+    /// Total tries including the first; 1 means no retries.
+    pub attempts: u32,
+    pub on: RetryOn,
+    /// Retries may add at most this share (per mille) of the live request rate (min 3/s).
+    pub budget_permille: u32,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    /// Bodies up to this size (declared by Content-Length) are buffered so a retry can replay them.
+    pub max_replay_body: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RetryOn {
+    pub connect_failure: bool,
+    pub reset: bool,
+    pub timeout: bool,
+    pub statuses: Vec<u16>,
+}
+
+impl Default for RetryDef {
+    fn default() -> Self {
+        RetryDef {
+            attempts: 1,
+            on: RetryOn { connect_failure: true, reset: true, timeout: true, statuses: vec![502, 503, 504] },
+            budget_permille: 200,
+            backoff_base: Duration::from_millis(25),
+            backoff_max: Duration::from_millis(250),
+            max_replay_body: 64 << 10,
+        }
+    }
 }
 
 /// Active health checking: a GET to `path` on every target each `interval` (jittered).
@@ -168,6 +207,8 @@ pub enum HostHeader {
 pub struct Limits {
     pub max_request_body: u64,
     pub max_header_bytes: u64,
+    /// Longest pause allowed between pieces of a request body before the gateway answers 408.
+    pub client_body_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -191,7 +232,11 @@ pub fn decode_config(node: &Node, p: &mut Problems) -> Config {
         admin: None,
         upstreams: Vec::new(),
         routes: Vec::new(),
-        limits: Limits { max_request_body: DEFAULT_MAX_REQUEST_BODY, max_header_bytes: DEFAULT_MAX_HEADER_BYTES },
+        limits: Limits {
+            max_request_body: DEFAULT_MAX_REQUEST_BODY,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            client_body_timeout: DEFAULT_CLIENT_BODY_TIMEOUT,
+        },
         access_log: AccessLogDef::Stdout,
         shutdown_timeout: Duration::from_secs(30),
         workers: None,
@@ -292,6 +337,8 @@ fn decode_upstream(node: &Node, path: &str, p: &mut Problems) -> Option<Upstream
         "passive_health",
         "max_connections_per_target",
         "circuit_breaker",
+        "retry",
+        "slow_start",
     ];
     let f = Fields::new(node, path, KEYS, p)?;
     let before = p.0.len();
@@ -367,7 +414,72 @@ fn decode_upstream(node: &Node, path: &str, p: &mut Problems) -> Option<Upstream
                 Some(bounded(&cb, "max_pending", 0..=1_000_000, 1000, p))
             })
             .unwrap_or(1000),
+        retry: f.opt("retry", p).unwrap_or_default(),
+        slow_start: f.opt::<Dur>("slow_start", p).map(|d| d.0).filter(|d| !d.is_zero()),
     })
+}
+
+impl Decode for RetryDef {
+    fn decode(node: &Node, path: &str, p: &mut Problems) -> Option<Self> {
+        let f = Fields::new(node, path, &["attempts", "on", "budget", "backoff", "max_replay_body"], p)?;
+        let d = RetryDef { attempts: 3, ..RetryDef::default() };
+        let on = f.opt::<Vec<Located<String>>>("on", p).map_or(d.on.clone(), |items| {
+            let mut on = RetryOn::default();
+            for item in items {
+                match item.value.as_str() {
+                    "connect_failure" => on.connect_failure = true,
+                    "reset" => on.reset = true,
+                    "timeout" => on.timeout = true,
+                    s => match s.parse::<u16>() {
+                        Ok(code) if (500..=599).contains(&code) => on.statuses.push(code),
+                        _ => p.add(
+                            item.pos,
+                            &item.path,
+                            format!("unknown retry condition {s:?}; expected connect_failure, reset, timeout or a 5xx status"),
+                        ),
+                    },
+                }
+            }
+            on
+        });
+        let budget_permille = f.opt::<Located<String>>("budget", p).map_or(d.budget_permille, |b| {
+            let pct = b.value.strip_suffix('%').and_then(|n| n.trim().parse::<f64>().ok());
+            match pct {
+                Some(v) if (0.0..=100.0).contains(&v) => (v * 10.0).round() as u32,
+                _ => {
+                    p.add(b.pos, &b.path, format!("invalid budget {:?}; expected a percentage such as 20%", b.value));
+                    d.budget_permille
+                }
+            }
+        });
+        let (backoff_base, backoff_max) = match f.node("backoff") {
+            Some(n) => {
+                let bpath = super::decode::child_path(path, "backoff");
+                match Fields::new(n, &bpath, &["base", "max"], p) {
+                    Some(b) => {
+                        let base = b.opt::<Dur>("base", p).map_or(d.backoff_base, |v| v.0);
+                        let max = b.opt::<Located<Dur>>("max", p).map_or(d.backoff_max, |v| {
+                            if v.value.0 < base {
+                                p.add(v.pos, &v.path, "backoff max must be at least its base");
+                            }
+                            v.value.0
+                        });
+                        (base, max)
+                    }
+                    None => (d.backoff_base, d.backoff_max),
+                }
+            }
+            None => (d.backoff_base, d.backoff_max),
+        };
+        Some(RetryDef {
+            attempts: bounded(&f, "attempts", 1..=10, 3, p),
+            on,
+            budget_permille,
+            backoff_base,
+            backoff_max,
+            max_replay_body: f.opt::<ByteSize>("max_replay_body", p).map_or(d.max_replay_body, |b| b.0),
+        })
+    }
 }
 
 /// A whole number in `range`, or the default when absent; out of range is reported.
@@ -653,7 +765,7 @@ impl Decode for HostHeader {
 
 impl Decode for Limits {
     fn decode(node: &Node, path: &str, p: &mut Problems) -> Option<Self> {
-        let f = Fields::new(node, path, &["max_request_body", "max_header_bytes"], p)?;
+        let f = Fields::new(node, path, &["max_request_body", "max_header_bytes", "client_body_timeout"], p)?;
         let max_header_bytes = f.opt::<Located<ByteSize>>("max_header_bytes", p).and_then(|b| {
             if b.value.0 < 1024 || b.value.0 > (1 << 20) {
                 p.add(b.pos, &b.path, "max_header_bytes must be between 1KiB and 1MiB");
@@ -665,6 +777,7 @@ impl Decode for Limits {
         Some(Limits {
             max_request_body: f.opt::<ByteSize>("max_request_body", p).map_or(DEFAULT_MAX_REQUEST_BODY, |b| b.0),
             max_header_bytes: max_header_bytes.unwrap_or(DEFAULT_MAX_HEADER_BYTES),
+            client_body_timeout: f.opt::<Dur>("client_body_timeout", p).map_or(DEFAULT_CLIENT_BODY_TIMEOUT, |d| d.0),
         })
     }
 }

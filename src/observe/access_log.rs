@@ -78,6 +78,8 @@ pub struct Entry {
     pub upstream_target: Option<Arc<str>>,
     pub status: u16,
     pub upstream_duration: Option<Duration>,
+    /// Tries repeated on another target.
+    pub retries: u32,
     pub exchange: Option<Arc<Exchange>>,
     pub bytes_out: u64,
     pub error: Option<&'static str>,
@@ -98,6 +100,7 @@ struct Line<'a> {
     bytes_out: u64,
     duration_ms: f64,
     upstream_duration_ms: Option<f64>,
+    retries: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<&'a str>,
 }
@@ -122,6 +125,7 @@ impl Entry {
             bytes_out: self.bytes_out,
             duration_ms: ms(self.start.elapsed()),
             upstream_duration_ms: self.upstream_duration.map(ms),
+            retries: self.retries,
             error: self.error,
         };
         if let Ok(mut text) = serde_json::to_string(&line) {

@@ -4,14 +4,17 @@
 //! route's size limit; `ResponseBody` forwards the upstream's body (or carries a gateway answer)
 //! and writes the access-log line once the body has ended, failed, or been abandoned.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
 
 use crate::observe::access_log::Entry;
 use crate::upstream::balance::InFlight;
@@ -23,6 +26,8 @@ pub enum RequestBodyError {
     TooLarge(u64),
     #[error("reading the client's request body failed: {0}")]
     Client(#[source] hyper::Error),
+    #[error("the client sent nothing of its request body for {0:?}")]
+    Timeout(Duration),
 }
 
 /// Counters shared by a request's two bodies and its access-log entry.
@@ -31,22 +36,39 @@ pub struct Exchange {
     pub bytes_in: AtomicU64,
 }
 
+enum Inner {
+    /// Streamed from the client as it arrives.
+    Client(Incoming),
+    /// Already in memory: a body buffered for replay, or none (`None` once sent).
+    Bytes(Option<Bytes>),
+}
+
 pub struct RequestBody {
-    /// `None` for requests the gateway makes itself (health checks): no body.
-    inner: Option<Incoming>,
+    inner: Inner,
     limit: u64,
     seen: u64,
     /// Shared with the access-log entry; `None` when nothing will read the count.
     exchange: Option<Arc<Exchange>>,
+    /// Longest pause allowed between pieces of the client's body (`client_body_timeout`).
+    idle_timeout: Duration,
+    /// Made only when the body first has to wait, so requests without a body allocate none.
+    idle: Option<Pin<Box<Sleep>>>,
 }
 
 impl RequestBody {
-    pub fn new(inner: Incoming, limit: u64, exchange: Option<Arc<Exchange>>) -> Self {
-        RequestBody { inner: Some(inner), limit, seen: 0, exchange }
+    /// The client's body, cut at `limit` bytes or after `idle_timeout` without data.
+    pub fn client(inner: Incoming, limit: u64, idle_timeout: Duration, exchange: Option<Arc<Exchange>>) -> Self {
+        RequestBody { inner: Inner::Client(inner), limit, seen: 0, exchange, idle_timeout, idle: None }
+    }
+
+    /// A body already in memory (empty for requests the gateway makes itself).
+    pub fn bytes(bytes: Bytes) -> Self {
+        let inner = Inner::Bytes((!bytes.is_empty()).then_some(bytes));
+        RequestBody { inner, limit: u64::MAX, seen: 0, exchange: None, idle_timeout: Duration::MAX, idle: None }
     }
 
     pub fn empty() -> Self {
-        RequestBody { inner: None, limit: 0, seen: 0, exchange: None }
+        RequestBody::bytes(Bytes::new())
     }
 }
 
@@ -56,7 +78,10 @@ impl Body for RequestBody {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
-        let Some(inner) = &mut this.inner else { return Poll::Ready(None) };
+        let inner = match &mut this.inner {
+            Inner::Bytes(b) => return Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Inner::Client(inner) => inner,
+        };
         match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
@@ -67,20 +92,37 @@ impl Body for RequestBody {
                     if this.seen > this.limit {
                         return Poll::Ready(Some(Err(RequestBodyError::TooLarge(this.limit))));
                     }
+                    if let Some(idle) = &mut this.idle {
+                        idle.as_mut().reset(Instant::now() + this.idle_timeout);
+                    }
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(RequestBodyError::Client(e)))),
-            other => other.map(|_| None),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                let timeout = this.idle_timeout;
+                let idle = this.idle.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                match idle.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(RequestBodyError::Timeout(timeout)))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(Incoming::is_end_stream)
+        match &self.inner {
+            Inner::Client(inner) => inner.is_end_stream(),
+            Inner::Bytes(b) => b.is_none(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.as_ref().map_or(SizeHint::with_exact(0), Incoming::size_hint)
+        match &self.inner {
+            Inner::Client(inner) => inner.size_hint(),
+            Inner::Bytes(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+        }
     }
 }
 

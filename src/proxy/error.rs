@@ -11,6 +11,7 @@ pub enum ErrorKind {
     HeadersTooLarge,
     BodyTooLarge,
     ClientBodyError,
+    ClientBodyTimeout,
     NoRoute,
     UpstreamConnectRefused,
     UpstreamConnectTimeout,
@@ -26,6 +27,7 @@ impl ErrorKind {
         match self {
             ErrorKind::BadRequest | ErrorKind::BadPath | ErrorKind::ClientBodyError => StatusCode::BAD_REQUEST,
             ErrorKind::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ErrorKind::ClientBodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorKind::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::NoRoute => StatusCode::NOT_FOUND,
             ErrorKind::UpstreamConnectRefused | ErrorKind::UpstreamReset | ErrorKind::UpstreamBadResponse => {
@@ -49,6 +51,7 @@ impl ErrorKind {
             | ErrorKind::HeadersTooLarge
             | ErrorKind::BodyTooLarge
             | ErrorKind::ClientBodyError
+            | ErrorKind::ClientBodyTimeout
             | ErrorKind::NoRoute
             | ErrorKind::NoHealthyTarget
             | ErrorKind::UpstreamSaturated => false,
@@ -63,6 +66,7 @@ impl ErrorKind {
             ErrorKind::HeadersTooLarge => "headers_too_large",
             ErrorKind::BodyTooLarge => "body_too_large",
             ErrorKind::ClientBodyError => "client_body_error",
+            ErrorKind::ClientBodyTimeout => "client_body_timeout",
             ErrorKind::NoRoute => "no_route",
             ErrorKind::UpstreamConnectRefused => "upstream_connect_failed",
             ErrorKind::UpstreamConnectTimeout => "upstream_connect_timeout",
@@ -82,6 +86,7 @@ impl ErrorKind {
             ErrorKind::HeadersTooLarge => "request headers too large",
             ErrorKind::BodyTooLarge => "request body too large",
             ErrorKind::ClientBodyError => "request body could not be read",
+            ErrorKind::ClientBodyTimeout => "request body arrived too slowly",
             ErrorKind::NoRoute => "no route matches this request",
             ErrorKind::UpstreamConnectRefused => "upstream connection failed",
             ErrorKind::UpstreamConnectTimeout => "upstream connect timed out",

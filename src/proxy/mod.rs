@@ -6,27 +6,29 @@
 
 pub mod body;
 pub mod error;
+mod forward;
 pub mod headers;
 pub mod request_id;
 
-use std::error::Error as StdError;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{Request, Response, Uri, Version};
+use http_body::Body as _;
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use self::body::{Exchange, RequestBody, RequestBodyError, ResponseBody};
+use self::body::{Exchange, RequestBody, ResponseBody};
 use self::error::ErrorKind;
+use self::forward::{Outgoing, Payload};
 use self::headers::{Peer, X_REQUEST_ID};
 use crate::config::HostHeader;
 use crate::observe::access_log::Entry;
 use crate::routing::{normalize_host, normalize_path};
 use crate::snapshot::{Gateway, Route, Snapshot};
-use crate::upstream::PickInput;
 use crate::upstream::balance::InFlight;
 
 /// What the request path knows about a request besides the request itself.
@@ -52,6 +54,7 @@ pub async fn handle(req: Request<Incoming>, peer: &Peer, gw: &Gateway) -> Respon
         upstream_target: None,
         status: 0,
         upstream_duration: None,
+        retries: 0,
         exchange: None,
         bytes_out: 0,
         error: None,
@@ -109,29 +112,13 @@ async fn route_and_forward(
         e.route = Some(route.name.clone());
     }
 
-    if declared_length(&parts.headers)?.is_some_and(|n| n > route.max_request_body) {
+    let declared = declared_length(&parts.headers)?;
+    if declared.is_some_and(|n| n > route.max_request_body) {
         return Err(ErrorKind::BodyTooLarge);
     }
 
     let upstream = &route.upstream;
-    let target = upstream
-        .pick_target(&PickInput { headers: &parts.headers, client_ip: ctx.peer.addr.ip(), path: &path })
-        .ok_or(ErrorKind::NoHealthyTarget)?;
-    let in_flight: InFlight = upstream.acquire_slot(target).await.map_err(|_| ErrorKind::UpstreamSaturated)?;
-    if let Some(e) = ctx.entry.as_deref_mut() {
-        e.upstream_target = Some(target.address.clone());
-    }
-
-    // The upstream URI: the normal path (less a stripped prefix) and the query byte for byte.
-    let path_and_query = upstream_path(&parts.uri, &path, route.strip_prefix)?;
-    let mut uri_parts = http::uri::Parts::default();
-    uri_parts.scheme = Some(Scheme::HTTP);
-    uri_parts.authority = Some(target.authority.clone());
-    uri_parts.path_and_query = Some(path_and_query);
-    parts.uri = Uri::from_parts(uri_parts).map_err(|_| ErrorKind::BadRequest)?;
-
     let client_version = parts.version;
-    parts.version = Version::HTTP_11;
     let te_trailers = headers::strip_hop_by_hop(&mut parts.headers);
     if te_trailers {
         parts.headers.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -143,33 +130,34 @@ async fn route_and_forward(
             Some(h) => parts.headers.insert(header::HOST, h.clone()),
             None => parts.headers.remove(header::HOST),
         },
-        HostHeader::Upstream => parts.headers.insert(header::HOST, target.host_value.clone()),
+        // Set per try, from the target it goes to.
+        HostHeader::Upstream => None,
         HostHeader::Literal(v) => parts.headers.insert(header::HOST, v.clone()),
     };
 
     // Bytes in are counted for the access log only; without one, nothing is allocated.
     let exchange = ctx.entry.as_deref_mut().map(|e| e.exchange.insert(Arc::new(Exchange::default())).clone());
-    let upstream_req = Request::from_parts(parts, RequestBody::new(body, route.max_request_body, exchange));
-    let sent = Instant::now();
-    let outcome =
-        tokio::time::timeout(upstream.timeouts().response_header, upstream.client.request(upstream_req)).await;
-    if let Some(e) = ctx.entry.as_deref_mut() {
-        e.upstream_duration = Some(sent.elapsed());
-    }
-    let result = match outcome {
-        Err(_elapsed) => Err(ErrorKind::UpstreamResponseTimeout),
-        Ok(Err(e)) => Err(classify(&e)),
-        Ok(Ok(resp)) => Ok((resp, in_flight)),
+    let client_body = RequestBody::client(body, route.max_request_body, snapshot.limits.client_body_timeout, exchange);
+    let retry = &upstream.def().retry;
+    let payload = if retry.attempts <= 1 {
+        Payload::Stream(client_body)
+    } else if client_body.is_end_stream() {
+        Payload::Replay(Bytes::new())
+    } else if declared.is_some_and(|n| n <= retry.max_replay_body) {
+        // Small enough to keep for a replay: read it whole (under the same limits) first.
+        let collected = client_body.collect().await.map_err(|e| forward::body_error_kind(&e))?;
+        Payload::Replay(collected.to_bytes())
+    } else {
+        Payload::Stream(client_body)
     };
-    // A failure counts as slow, so latency-aware balancing does not favour a target that
-    // fails fast.
-    target.stats.observe(if result.is_ok() { sent.elapsed() } else { upstream.timeouts().response_header });
-    let upstream_ok = match &result {
-        Ok((resp, _)) => !resp.status().is_server_error(),
-        Err(kind) => !kind.is_upstream_failure(),
+    let out = Outgoing {
+        path_and_query: upstream_path(&parts.uri, &path, route.strip_prefix)?,
+        method: parts.method,
+        headers: parts.headers,
+        host_from_target: route.host_header == HostHeader::Upstream,
+        body: payload,
     };
-    upstream.report(target, upstream_ok);
-    result
+    forward::forward(upstream, out, ctx.peer.addr.ip(), &path, ctx.entry, ctx.request_id).await
 }
 
 /// The host the client asked for. HTTP/2 carries it in `:authority`, HTTP/1.1 in `Host`
@@ -221,32 +209,4 @@ fn upstream_path(uri: &Uri, normal: &str, strip: Option<usize>) -> Result<PathAn
         s.push_str(q);
     }
     PathAndQuery::from_maybe_shared(Bytes::from(s)).map_err(|_| ErrorKind::BadRequest)
-}
-
-/// Maps a client error to the gateway's answer by walking its cause chain.
-fn classify(err: &hyper_util::client::legacy::Error) -> ErrorKind {
-    let mut source: Option<&(dyn StdError + 'static)> = err.source();
-    let mut saw_timeout = false;
-    while let Some(e) = source {
-        if let Some(body_err) = e.downcast_ref::<RequestBodyError>() {
-            return match body_err {
-                RequestBodyError::TooLarge(_) => ErrorKind::BodyTooLarge,
-                RequestBodyError::Client(_) => ErrorKind::ClientBodyError,
-            };
-        }
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            saw_timeout |= io.kind() == std::io::ErrorKind::TimedOut;
-        }
-        if let Some(h) = e.downcast_ref::<hyper::Error>()
-            && (h.is_parse() || h.is_parse_status())
-        {
-            return ErrorKind::UpstreamBadResponse;
-        }
-        source = e.source();
-    }
-    if err.is_connect() {
-        if saw_timeout { ErrorKind::UpstreamConnectTimeout } else { ErrorKind::UpstreamConnectRefused }
-    } else {
-        ErrorKind::UpstreamReset
-    }
 }

@@ -31,6 +31,8 @@ pub struct Health {
     passive_failures: AtomicU32,
     ejected_until_ms: AtomicU64,
     ejections: AtomicU32,
+    /// When the active checker last found the target healthy again (0: never).
+    healthy_again_ms: AtomicU64,
 }
 
 impl Default for Health {
@@ -41,6 +43,7 @@ impl Default for Health {
             passive_failures: AtomicU32::new(0),
             ejected_until_ms: AtomicU64::new(0),
             ejections: AtomicU32::new(0),
+            healthy_again_ms: AtomicU64::new(0),
         }
     }
 }
@@ -48,6 +51,15 @@ impl Default for Health {
 impl Health {
     pub fn is_available(&self, now_ms: u64) -> bool {
         self.active_up.load(Ordering::Relaxed) && self.ejected_until_ms.load(Ordering::Relaxed) <= now_ms
+    }
+
+    /// How long ago the target last came back, from unhealthy or from an ejection; `None` if
+    /// it never left.
+    pub fn back_for_ms(&self, now_ms: u64) -> Option<u64> {
+        let healthy_again = self.healthy_again_ms.load(Ordering::Relaxed);
+        let ejection_end = self.ejected_until_ms.load(Ordering::Relaxed);
+        let back = healthy_again.max(if ejection_end <= now_ms { ejection_end } else { 0 });
+        (back > 0).then(|| now_ms.saturating_sub(back))
     }
 
     pub fn is_ejected(&self, now_ms: u64) -> bool {
@@ -68,6 +80,9 @@ impl Health {
         let flip =
             if up { streak <= -(def.unhealthy_threshold as i32) } else { streak >= def.healthy_threshold as i32 };
         if flip {
+            if !up {
+                self.healthy_again_ms.store(now_ms().max(1), Ordering::Relaxed);
+            }
             self.active_up.store(!up, Ordering::Relaxed);
             Some(!up)
         } else {

@@ -7,6 +7,7 @@
 
 pub mod balance;
 pub mod health;
+pub mod retry;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -55,6 +56,8 @@ pub struct Upstream {
     pub client: Client<HttpConnector, RequestBody>,
     balancer: Balancer,
     checks_started: AtomicBool,
+    pub retry_budget: retry::Budget,
+    pub retry_stats: retry::RetryStats,
     /// Requests waiting for a connection permit, bounded by `circuit_breaker.max_pending`.
     pending: AtomicUsize,
     def: UpstreamDef,
@@ -122,6 +125,8 @@ impl Upstream {
             balancer,
             checks_started: AtomicBool::new(false),
             pending: AtomicUsize::new(0),
+            retry_budget: retry::Budget::new(def.retry.budget_permille),
+            retry_stats: retry::RetryStats::default(),
             def: def.clone(),
         })
     }
@@ -132,22 +137,44 @@ impl Upstream {
 
     /// The target for one request, by the upstream's balancer, among targets that are healthy
     /// and not ejected; `None` when there is none.
-    pub fn pick_target(&self, input: &PickInput<'_>) -> Option<&Target> {
+    pub fn pick_target(&self, input: &PickInput<'_>, tried: &[usize]) -> Option<(usize, &Target)> {
         let now = health::now_ms();
-        let available = |i: usize| self.targets[i].stats.health.is_available(now);
+        let n = self.targets.len();
+        let healthy = |i: usize| self.targets[i].stats.health.is_available(now);
+        let untried = |i: usize| healthy(i) && !tried.contains(&i);
+        // A retry never goes to a target already tried, unless no other is left.
+        let usable: &dyn Fn(usize) -> bool = if tried.is_empty() || !(0..n).any(untried) { &healthy } else { &untried };
         let stats = |i: usize| &*self.targets[i].stats;
         let i = match &self.balancer {
             Balancer::RoundRobin(rr) => rr.pick(),
             Balancer::LeastRequest { weights, rotate } => balance::pick_least_request(stats, weights, rotate),
             Balancer::P2cEwma { weights } => balance::pick_p2c_ewma(stats, weights),
             Balancer::ConsistentHash { ring, on } => {
-                return ring.pick_available(hash_key(on, input), available).map(|i| &self.targets[i]);
+                return ring.pick_available(hash_key(on, input), usable).map(|i| (i, &self.targets[i]));
             }
             Balancer::Random { cumulative } => balance::pick_random(cumulative),
         };
-        let n = self.targets.len();
-        // The balancer's choice is down: take the next available target after it.
-        (0..n).map(|k| (i + k) % n).find(|&j| available(j)).map(|j| &self.targets[j])
+        // The balancer's choice is unusable: take the next usable target after it, passing over
+        // targets still ramping up after slow start with the probability of their ramp.
+        let mut candidates = (0..n).map(|k| (i + k) % n).filter(|&j| usable(j));
+        let first = candidates.next()?;
+        let chosen = std::iter::once(first).chain(candidates).find(|&j| self.admits(j, now)).unwrap_or(first);
+        Some((chosen, &self.targets[chosen]))
+    }
+
+    /// Slow start: a target back from unhealthy or ejection `t` ago takes a request with
+    /// probability `t / slow_start` (at least 10%), so its share ramps up instead of jumping.
+    fn admits(&self, i: usize, now: u64) -> bool {
+        let Some(window) = self.def.slow_start else { return true };
+        let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX).max(1);
+        match self.targets[i].stats.health.back_for_ms(now) {
+            Some(t) if t < window_ms => balance::random_u64() % window_ms < t.max(window_ms / 10),
+            _ => true,
+        }
+    }
+
+    pub fn def(&self) -> &UpstreamDef {
+        &self.def
     }
 
     /// Takes a connection slot on `target`: at once when one is free, else by waiting behind

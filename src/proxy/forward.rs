@@ -1,0 +1,188 @@
+//! Forwarding a prepared request to its upstream: pick a target, take a connection slot, send,
+//! and, where the request is safe to replay and the retry budget allows, try another target
+//! after a retryable failure.
+//!
+//! Replay-safe means: the body is in memory (none, or buffered up to `max_replay_body`), and
+//! the method is idempotent, or the failure happened before the request could reach the
+//! upstream (the connection was never established). Nothing is retried once the response has
+//! been handed back, so no client ever sees a response byte from a try that is then repeated.
+
+use std::error::Error as StdError;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::uri::{PathAndQuery, Scheme};
+use http::{Method, Request, Response, Uri, Version};
+use hyper::body::Incoming;
+
+use super::body::{RequestBody, RequestBodyError};
+use super::error::ErrorKind;
+use crate::config::RetryOn;
+use crate::observe::access_log::Entry;
+use crate::upstream::balance::InFlight;
+use crate::upstream::retry::{self, Cause};
+use crate::upstream::{PickInput, Upstream};
+
+/// The request body as forwarding sees it.
+pub enum Payload {
+    /// Streamed from the client: one try only.
+    Stream(RequestBody),
+    /// In memory: every try sends it again.
+    Replay(Bytes),
+}
+
+/// A request ready to go upstream, bar what depends on the target (authority, and Host when
+/// the route says `host_header: upstream`).
+pub struct Outgoing {
+    pub method: Method,
+    pub path_and_query: PathAndQuery,
+    pub headers: HeaderMap,
+    pub host_from_target: bool,
+    pub body: Payload,
+}
+
+pub async fn forward(
+    upstream: &Upstream,
+    mut out: Outgoing,
+    client_ip: std::net::IpAddr,
+    path: &str,
+    mut entry: Option<&mut Entry>,
+    request_id: &HeaderValue,
+) -> Result<(Response<Incoming>, InFlight), ErrorKind> {
+    let policy = &upstream.def().retry;
+    let replayable = matches!(out.body, Payload::Replay(_));
+    let idempotent = matches!(
+        out.method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    );
+    let max_attempts = if replayable { policy.attempts } else { 1 };
+    if max_attempts > 1 {
+        upstream.retry_budget.on_request();
+    }
+    let mut tried: Vec<usize> = Vec::new();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let last = attempt >= max_attempts;
+        let input = PickInput { headers: &out.headers, client_ip, path };
+        let Some((index, target)) = upstream.pick_target(&input, &tried) else {
+            return Err(ErrorKind::NoHealthyTarget);
+        };
+        let slot = upstream.acquire_slot(target).await.map_err(|_| ErrorKind::UpstreamSaturated)?;
+
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(Scheme::HTTP);
+        uri.authority = Some(target.authority.clone());
+        uri.path_and_query = Some(out.path_and_query.clone());
+        // The last possible try takes the headers; earlier ones send a copy.
+        let mut headers = if last { std::mem::take(&mut out.headers) } else { out.headers.clone() };
+        if out.host_from_target {
+            headers.insert(header::HOST, target.host_value.clone());
+        }
+        let body = match &mut out.body {
+            Payload::Stream(b) => std::mem::replace(b, RequestBody::empty()),
+            Payload::Replay(bytes) => RequestBody::bytes(bytes.clone()),
+        };
+        let mut req = Request::new(body);
+        *req.method_mut() = out.method.clone();
+        *req.uri_mut() = Uri::from_parts(uri).map_err(|_| ErrorKind::BadRequest)?;
+        *req.version_mut() = Version::HTTP_11;
+        *req.headers_mut() = headers;
+
+        let sent = Instant::now();
+        let timeout = upstream.timeouts().response_header;
+        let outcome = match tokio::time::timeout(timeout, upstream.client.request(req)).await {
+            Err(_elapsed) => Err(ErrorKind::UpstreamResponseTimeout),
+            Ok(Err(e)) => Err(classify(&e)),
+            Ok(Ok(resp)) => Ok(resp),
+        };
+        if let Some(e) = entry.as_deref_mut() {
+            e.upstream_target = Some(target.address.clone());
+            e.upstream_duration = Some(sent.elapsed());
+        }
+        // A failure counts as slow, so latency-aware balancing does not favour a target that
+        // fails fast.
+        target.stats.observe(if outcome.is_ok() { sent.elapsed() } else { timeout });
+        upstream.report(
+            target,
+            match &outcome {
+                Ok(resp) => !resp.status().is_server_error(),
+                Err(kind) => !kind.is_upstream_failure(),
+            },
+        );
+
+        let cause = match &outcome {
+            Ok(resp) => policy.on.statuses.contains(&resp.status().as_u16()).then_some(Cause::Status),
+            Err(kind) => retry_cause(*kind, &policy.on),
+        };
+        if let Some(cause) = cause.filter(|c| !last && (idempotent || *c == Cause::ConnectFailure)) {
+            if upstream.retry_budget.try_retry() {
+                upstream.retry_stats.count(cause);
+                tracing::info!(
+                    request_id = request_id.to_str().unwrap_or("-"),
+                    upstream = %upstream.name,
+                    target = %target.address,
+                    attempt,
+                    cause = cause.label(),
+                    "retrying on another target"
+                );
+                if let Some(e) = entry.as_deref_mut() {
+                    e.retries += 1;
+                }
+                tried.push(index);
+                drop(outcome);
+                drop(slot);
+                tokio::time::sleep(retry::backoff(attempt, policy.backoff_base, policy.backoff_max)).await;
+                continue;
+            }
+            upstream.retry_stats.budget_exhausted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        return outcome.map(|resp| (resp, slot));
+    }
+}
+
+/// Which configured retry condition a gateway error meets, if any.
+fn retry_cause(kind: ErrorKind, on: &RetryOn) -> Option<Cause> {
+    match kind {
+        ErrorKind::UpstreamConnectRefused | ErrorKind::UpstreamConnectTimeout => {
+            on.connect_failure.then_some(Cause::ConnectFailure)
+        }
+        ErrorKind::UpstreamReset | ErrorKind::UpstreamBadResponse => on.reset.then_some(Cause::Reset),
+        ErrorKind::UpstreamResponseTimeout => on.timeout.then_some(Cause::Timeout),
+        _ => None,
+    }
+}
+
+pub fn body_error_kind(e: &RequestBodyError) -> ErrorKind {
+    match e {
+        RequestBodyError::TooLarge(_) => ErrorKind::BodyTooLarge,
+        RequestBodyError::Client(_) => ErrorKind::ClientBodyError,
+        RequestBodyError::Timeout(_) => ErrorKind::ClientBodyTimeout,
+    }
+}
+
+/// Maps a client error to the gateway's answer by walking its cause chain.
+fn classify(err: &hyper_util::client::legacy::Error) -> ErrorKind {
+    let mut source: Option<&(dyn StdError + 'static)> = err.source();
+    let mut saw_timeout = false;
+    while let Some(e) = source {
+        if let Some(body_err) = e.downcast_ref::<RequestBodyError>() {
+            return body_error_kind(body_err);
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            saw_timeout |= io.kind() == std::io::ErrorKind::TimedOut;
+        }
+        if let Some(h) = e.downcast_ref::<hyper::Error>()
+            && (h.is_parse() || h.is_parse_status())
+        {
+            return ErrorKind::UpstreamBadResponse;
+        }
+        source = e.source();
+    }
+    if err.is_connect() {
+        if saw_timeout { ErrorKind::UpstreamConnectTimeout } else { ErrorKind::UpstreamConnectRefused }
+    } else {
+        ErrorKind::UpstreamReset
+    }
+}
