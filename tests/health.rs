@@ -122,3 +122,27 @@ async fn consecutive_failures_eject_a_target_without_waiting_for_a_check() {
         assert_eq!(got.status, StatusCode::OK);
     }
 }
+
+#[tokio::test]
+async fn a_target_back_from_unhealthy_ramps_up_under_slow_start() {
+    let (a_ok, b_ok) = (Arc::new(AtomicBool::new(true)), Arc::new(AtomicBool::new(true)));
+    let (a, b) = (checked("a", a_ok.clone()).await, checked("b", b_ok.clone()).await);
+    let gw = gateway(&format!(
+        "upstreams:\n  pool:\n    targets: [{{ address: {} }}, {{ address: {} }}]\n    slow_start: 60s\n    health_check: {{ path: /healthz, interval: 30ms, timeout: 30ms, healthy_threshold: 1, unhealthy_threshold: 2 }}\n\
+         routes: [{{ name: all, match: {{ path_prefix: / }}, upstream: pool }}]\n",
+        a.address(),
+        b.address()
+    ))
+    .await;
+    let url = gw.url("/x");
+    // Before any trouble, round robin splits evenly: slow start applies only to a comeback.
+    let before = bodies(&url, 100).await.iter().filter(|s| *s == "b").count();
+    assert!(before >= 40, "b got {before} of 100 before any trouble");
+    b_ok.store(false, Ordering::SeqCst);
+    eventually(Duration::from_secs(5), || async { bodies(&url, 4).await.iter().all(|s| s == "a") }).await;
+    b_ok.store(true, Ordering::SeqCst);
+    eventually(Duration::from_secs(5), || async { bodies(&url, 20).await.contains(&"b".to_string()) }).await;
+    // Seconds into a 60 s ramp, `b` takes about 10% of its round-robin turns: ~5% overall.
+    let after = bodies(&url, 200).await.iter().filter(|s| *s == "b").count();
+    assert!(after < 40, "b got {after} of 200 right after coming back");
+}

@@ -152,8 +152,11 @@ pub struct ParseError {
 
 /// Parses YAML text into a node tree, substituting `${VAR}` and `${VAR:-default}` from `env`.
 pub fn parse(text: &str, env: std::collections::HashMap<String, String>) -> Result<Node, ParseError> {
+    // YAML 1.2 Core booleans only: in YAML 1.1 `on`, `off`, `yes`, `no` are booleans, which
+    // would turn the documented key `retry.on` into `true` (the "Norway problem").
     let options = serde_saphyr::options! {
         property_syntax: serde_saphyr::PropertySyntax::Braced,
+        strict_booleans: true,
     }
     .with_properties(env);
     serde_saphyr::from_str_with_options::<Node>(text, options).map_err(|e| {
@@ -193,6 +196,16 @@ mod tests {
     fn unset_variable_is_an_error_with_position() {
         let e = parse("a: 1\nb: ${FERROWAY_SURELY_UNSET}\n", Default::default()).expect_err("unset");
         assert_eq!(e.pos.map(|p| p.line), Some(2));
+    }
+
+    #[test]
+    fn only_yaml_1_2_spellings_are_booleans() {
+        let n = parse("on: [connect_failure]\noutput: off\nflag: yes\nreal: true\n", Default::default()).expect("yaml");
+        let Value::Map(top) = &n.value else { panic!("map") };
+        assert_eq!(top[0].0.name, "on");
+        assert_eq!(top[1].1.value, Value::Str("off".into()));
+        assert_eq!(top[2].1.value, Value::Str("yes".into()));
+        assert_eq!(top[3].1.value, Value::Bool(true));
     }
 
     #[test]

@@ -213,3 +213,29 @@ upstreams:
     assert!(p.iter().any(|m| m.contains("invalid expect_status \"200-700\"")), "{p:#?}");
     assert!(p.iter().any(|m| m.contains("max_ejected_percent must be between 0 and 100")), "{p:#?}");
 }
+
+#[test]
+fn retry_settings_are_checked() {
+    let yaml = "\
+listeners: [{ name: a, address: 127.0.0.1:1 }]
+upstreams:
+  u:
+    targets: [{ address: 127.0.0.1:2 }]
+    retry: { attempts: 0, on: [connect_failure, 404, nope], budget: 150%, backoff: { base: 1s, max: 10ms } }
+    slow_start: 30s
+";
+    let p = problems(yaml);
+    assert_eq!(p.len(), 5, "{p:#?}");
+    assert!(p.iter().any(|m| m.contains("attempts must be between 1 and 10")), "{p:#?}");
+    assert!(p.iter().any(|m| m.contains("unknown retry condition \"404\"")), "{p:#?}");
+    assert!(p.iter().any(|m| m.contains("unknown retry condition \"nope\"")), "{p:#?}");
+    assert!(p.iter().any(|m| m.contains("invalid budget \"150%\"")), "{p:#?}");
+    assert!(p.iter().any(|m| m.contains("backoff max must be at least its base")), "{p:#?}");
+    let ok = check(
+        "listeners: [{ name: a, address: 127.0.0.1:1 }]\nupstreams: { u: { targets: [{ address: 127.0.0.1:2 }], retry: { on: [reset, 503] } } }\n",
+    )
+    .expect("valid");
+    let retry = &ok.upstreams[0].1.as_ref().expect("upstream").retry;
+    assert_eq!(retry.attempts, 3);
+    assert_eq!(retry.on, RetryOn { connect_failure: false, reset: true, timeout: false, statuses: vec![503] });
+}

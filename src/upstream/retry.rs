@@ -18,6 +18,9 @@ const TOKEN: i64 = 1000;
 const MIN_PER_SECOND: i64 = 3;
 /// The most tokens that can be saved up: bounds a burst of retries after a quiet spell.
 const CAP: i64 = 100 * TOKEN;
+/// A new budget starts with ten seconds of the floor (as Finagle's retry budget does), so a
+/// freshly started or reloaded upstream can retry at once.
+const START: i64 = 10 * MIN_PER_SECOND * TOKEN;
 
 pub struct Budget {
     tokens: AtomicI64,
@@ -28,7 +31,7 @@ pub struct Budget {
 impl Budget {
     pub fn new(budget_permille: u32) -> Self {
         Budget {
-            tokens: AtomicI64::new(0),
+            tokens: AtomicI64::new(START),
             refilled_at_ms: AtomicU64::new(now_ms()),
             deposit: i64::from(budget_permille),
         }
@@ -118,8 +121,9 @@ mod tests {
     #[test]
     fn retries_are_a_bounded_share_of_requests() {
         let b = Budget::new(200);
-        // Freeze the floor's clock so only deposits count.
+        // Freeze the floor's clock and spend the starting tokens, so only deposits count.
         b.refilled_at_ms.store(u64::MAX, Ordering::Relaxed);
+        assert_eq!((0..100).filter(|_| b.try_retry()).count(), 30);
         let mut allowed = 0;
         for _ in 0..1000 {
             b.on_request();
@@ -136,6 +140,7 @@ mod tests {
     #[test]
     fn a_quiet_pool_still_gets_three_retries_a_second() {
         let b = Budget::new(0);
+        b.tokens.store(0, Ordering::Relaxed);
         let t0 = b.refilled_at_ms.load(Ordering::Relaxed);
         b.refill(t0 + 2000);
         let allowed = (0..10).filter(|_| b.try_retry_at(t0 + 2000)).count();

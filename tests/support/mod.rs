@@ -50,6 +50,8 @@ pub struct Backend {
     /// TCP connections accepted so far.
     pub connections: Arc<AtomicUsize>,
     seen: Arc<Mutex<Vec<Seen>>>,
+    /// The accept loop and every connection task, for `kill`.
+    tasks: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
 }
 
 impl Backend {
@@ -64,11 +66,13 @@ impl Backend {
         let addr = listener.local_addr().expect("backend addr");
         let connections = Arc::new(AtomicUsize::new(0));
         let counter = connections.clone();
-        tokio::spawn(async move {
+        let tasks = Arc::new(Mutex::new(Vec::new()));
+        let conn_tasks = tasks.clone();
+        let accept = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 counter.fetch_add(1, Ordering::SeqCst);
                 let handler = handler.clone();
-                tokio::spawn(async move {
+                let conn = tokio::spawn(async move {
                     let svc = service_fn(move |req| {
                         let handler = handler.clone();
                         async move { Ok::<_, Infallible>(handler(req).await) }
@@ -77,9 +81,18 @@ impl Backend {
                         .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                         .await;
                 });
+                conn_tasks.lock().expect("tasks lock").push(conn.abort_handle());
             }
         });
-        Backend { addr, connections, seen: Arc::new(Mutex::new(Vec::new())) }
+        tasks.lock().expect("tasks lock").push(accept.abort_handle());
+        Backend { addr, connections, seen: Arc::new(Mutex::new(Vec::new())), tasks }
+    }
+
+    /// Dies at once: stops listening and drops every open connection, mid-request or not.
+    pub fn kill(&self) {
+        for t in self.tasks.lock().expect("tasks lock").drain(..) {
+            t.abort();
+        }
     }
 
     /// A backend that records each request (body included) and answers with `respond`.
