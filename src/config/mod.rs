@@ -5,7 +5,9 @@
 
 mod decode;
 pub mod node;
+mod route;
 mod schema;
+mod upstream;
 mod validate;
 
 use std::collections::HashMap;
@@ -14,7 +16,9 @@ use std::path::{Path, PathBuf};
 
 pub use decode::{ByteSize, Located, Problem};
 pub use node::Pos;
+pub use route::*;
 pub use schema::*;
+pub use upstream::*;
 
 /// A config that could not be used, with everything wrong with it.
 #[derive(Debug, thiserror::Error)]

@@ -4,7 +4,8 @@
 use std::collections::HashMap;
 
 use super::decode::{Located, Problems, did_you_mean};
-use super::schema::{Config, PathSpec};
+use super::route::PathSpec;
+use super::schema::Config;
 
 /// Records `name` in `seen`, reporting it when an earlier `what` already took it.
 fn unique_name<'a>(seen: &mut HashMap<&'a str, u32>, name: &'a Located<String>, what: &str, p: &mut Problems) {
