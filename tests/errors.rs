@@ -214,3 +214,22 @@ async fn a_request_with_both_content_length_and_chunked_is_not_smuggled() {
     assert!(seen[0].body.is_empty());
     assert!(!seen[0].headers.contains_key("content-length"), "{seen:?}");
 }
+
+#[tokio::test]
+async fn an_upstream_that_stalls_mid_body_does_not_hold_the_client_forever() {
+    let addr = raw_backend(|mut s| async move {
+        read_head(&mut s).await;
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nsome of it").await;
+        // Then silence, with the connection left open.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    })
+    .await;
+    let gw = gateway(&route_to(addr, "connect: 1s, idle: 300ms", "")).await;
+    let start = Instant::now();
+    let resp =
+        client().request(Request::get(gw.url("/")).body(full("")).expect("request")).await.expect("headers arrive");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = tokio::time::timeout(Duration::from_secs(20), resp.into_body().collect()).await;
+    assert!(matches!(body, Ok(Err(_))), "the stalled body is aborted, not ended cleanly and not waited on forever");
+    assert!(start.elapsed() >= Duration::from_millis(300));
+}

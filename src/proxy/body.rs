@@ -30,6 +30,16 @@ pub enum RequestBodyError {
     Timeout(Duration),
 }
 
+/// Why an upstream's response body stopped before its end; the client's response is then
+/// aborted, never ended cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamBodyError {
+    #[error("reading the upstream's response body failed: {0}")]
+    Read(#[source] hyper::Error),
+    #[error("the upstream sent nothing of its response body for {0:?}")]
+    Stalled(Duration),
+}
+
 /// Counters shared by a request's two bodies and its access-log entry.
 #[derive(Default)]
 pub struct Exchange {
@@ -50,21 +60,45 @@ pub struct RequestBody {
     /// Shared with the access-log entry; `None` when nothing will read the count.
     exchange: Option<Arc<Exchange>>,
     /// Longest pause allowed between pieces of the client's body (`client_body_timeout`).
-    idle_timeout: Duration,
-    /// Made only when the body first has to wait, so requests without a body allocate none.
-    idle: Option<Pin<Box<Sleep>>>,
+    idle: IdleTimer,
+}
+
+/// A deadline that restarts whenever data moves. The timer itself is made only once a body
+/// first has to wait, so bodies that never wait (none, or already buffered) allocate nothing.
+struct IdleTimer {
+    timeout: Duration,
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl IdleTimer {
+    fn new(timeout: Duration) -> Self {
+        IdleTimer { timeout, sleep: None }
+    }
+
+    fn progressed(&mut self) {
+        if let Some(sleep) = &mut self.sleep {
+            sleep.as_mut().reset(Instant::now() + self.timeout);
+        }
+    }
+
+    /// Called when the body is waiting: true once it has waited longer than the timeout.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let timeout = self.timeout;
+        let sleep = self.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        sleep.as_mut().poll(cx).is_ready()
+    }
 }
 
 impl RequestBody {
     /// The client's body, cut at `limit` bytes or after `idle_timeout` without data.
     pub fn client(inner: Incoming, limit: u64, idle_timeout: Duration, exchange: Option<Arc<Exchange>>) -> Self {
-        RequestBody { inner: Inner::Client(inner), limit, seen: 0, exchange, idle_timeout, idle: None }
+        RequestBody { inner: Inner::Client(inner), limit, seen: 0, exchange, idle: IdleTimer::new(idle_timeout) }
     }
 
     /// A body already in memory (empty for requests the gateway makes itself).
     pub fn bytes(bytes: Bytes) -> Self {
         let inner = Inner::Bytes((!bytes.is_empty()).then_some(bytes));
-        RequestBody { inner, limit: u64::MAX, seen: 0, exchange: None, idle_timeout: Duration::MAX, idle: None }
+        RequestBody { inner, limit: u64::MAX, seen: 0, exchange: None, idle: IdleTimer::new(Duration::MAX) }
     }
 
     pub fn empty() -> Self {
@@ -92,22 +126,16 @@ impl Body for RequestBody {
                     if this.seen > this.limit {
                         return Poll::Ready(Some(Err(RequestBodyError::TooLarge(this.limit))));
                     }
-                    if let Some(idle) = &mut this.idle {
-                        idle.as_mut().reset(Instant::now() + this.idle_timeout);
-                    }
+                    this.idle.progressed();
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(RequestBodyError::Client(e)))),
             Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => {
-                let timeout = this.idle_timeout;
-                let idle = this.idle.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-                match idle.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Some(Err(RequestBodyError::Timeout(timeout)))),
-                    Poll::Pending => Poll::Pending,
-                }
+            Poll::Pending if this.idle.expired(cx) => {
+                Poll::Ready(Some(Err(RequestBodyError::Timeout(this.idle.timeout))))
             }
+            Poll::Pending => Poll::Pending,
         }
     }
 
@@ -127,10 +155,12 @@ impl Body for RequestBody {
 }
 
 enum Source {
-    /// The upstream's body, and the target's in-flight slot it holds until it ends.
+    /// The upstream's body, the target's in-flight slot it holds until it ends, and the
+    /// upstream's `idle` timeout: a body silent that long is aborted, not waited on forever.
     Upstream {
         body: Incoming,
         _in_flight: InFlight,
+        idle: IdleTimer,
     },
     Fixed(Option<Bytes>),
 }
@@ -144,8 +174,9 @@ pub struct ResponseBody {
 }
 
 impl ResponseBody {
-    pub fn upstream(body: Incoming, log: Option<Entry>, in_flight: InFlight) -> Self {
-        ResponseBody { source: Source::Upstream { body, _in_flight: in_flight }, sent: 0, ended: false, log }
+    pub fn upstream(body: Incoming, log: Option<Entry>, in_flight: InFlight, idle: Duration) -> Self {
+        let source = Source::Upstream { body, _in_flight: in_flight, idle: IdleTimer::new(idle) };
+        ResponseBody { source, sent: 0, ended: false, log }
     }
 
     pub fn fixed(bytes: Bytes, log: Option<Entry>) -> Self {
@@ -159,13 +190,22 @@ impl ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = UpstreamBodyError;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
         let polled = match &mut this.source {
             Source::Fixed(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Source::Upstream { body, .. } => Pin::new(body).poll_frame(cx),
+            Source::Upstream { body, idle, .. } => match Pin::new(body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    idle.progressed();
+                    Poll::Ready(Some(Ok(frame)))
+                }
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(UpstreamBodyError::Read(e)))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending if idle.expired(cx) => Poll::Ready(Some(Err(UpstreamBodyError::Stalled(idle.timeout)))),
+                Poll::Pending => Poll::Pending,
+            },
         };
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {

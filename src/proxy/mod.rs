@@ -11,7 +11,7 @@ pub mod headers;
 pub mod request_id;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -62,7 +62,7 @@ pub async fn handle(req: Request<Incoming>, peer: &Peer, gw: &Gateway) -> Respon
     let ctx = Ctx { peer, request_id: &request_id, entry: entry.as_mut() };
     let result = route_and_forward(req, ctx, &snapshot).await;
     match result {
-        Ok((mut resp, in_flight)) => {
+        Ok((mut resp, in_flight, idle)) => {
             headers::strip_hop_by_hop(resp.headers_mut());
             let via = headers::via_value(resp.version());
             resp.headers_mut().append(header::VIA, via);
@@ -71,7 +71,7 @@ pub async fn handle(req: Request<Incoming>, peer: &Peer, gw: &Gateway) -> Respon
             if let Some(e) = entry.as_mut() {
                 e.status = resp.status().as_u16();
             }
-            resp.map(|b| ResponseBody::upstream(b, entry, in_flight))
+            resp.map(|b| ResponseBody::upstream(b, entry, in_flight, idle))
         }
         Err(kind) => error_response(kind, &request_id, entry),
     }
@@ -97,7 +97,7 @@ async fn route_and_forward(
     req: Request<Incoming>,
     mut ctx: Ctx<'_>,
     snapshot: &Snapshot,
-) -> Result<(Response<Incoming>, InFlight), ErrorKind> {
+) -> Result<(Response<Incoming>, InFlight, Duration), ErrorKind> {
     // Early limits, before any routing work.
     if headers::header_bytes(req.headers()) > snapshot.limits.max_header_bytes {
         return Err(ErrorKind::HeadersTooLarge);
@@ -157,7 +157,9 @@ async fn route_and_forward(
         host_from_target: route.host_header == HostHeader::Upstream,
         body: payload,
     };
-    forward::forward(upstream, out, ctx.peer.addr.ip(), &path, ctx.entry, ctx.request_id).await
+    let (resp, in_flight) =
+        forward::forward(upstream, out, ctx.peer.addr.ip(), &path, ctx.entry, ctx.request_id).await?;
+    Ok((resp, in_flight, upstream.timeouts().idle))
 }
 
 /// The host the client asked for. HTTP/2 carries it in `:authority`, HTTP/1.1 in `Host`
