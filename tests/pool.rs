@@ -53,3 +53,29 @@ async fn a_connection_the_upstream_closed_is_not_reused_for_a_failing_request() 
         assert_eq!(got.status, StatusCode::OK, "request {i}: {}", got.text());
     }
 }
+
+#[tokio::test]
+async fn pool_and_health_figures_are_exposed_for_metrics() {
+    let backend = Backend::text("ok").await;
+    let gw = gateway(&single_route(backend.addr, ", timeouts: { idle: 300ms }", ALL)).await;
+    let c = client();
+    for _ in 0..3 {
+        assert_eq!(
+            send_with(&c, http::Request::get(gw.url("/")).body(full("")).expect("req")).await.status,
+            StatusCode::OK
+        );
+    }
+    let view = || gw.running.gateway.snapshot().upstreams[0].view();
+    let t = view().targets[0].clone();
+    assert_eq!(t.address.as_ref(), backend.address());
+    assert!(t.healthy && !t.ejected);
+    assert_eq!((t.in_flight, t.open_connections, t.idle_connections), (0, 1, 1), "{t:?}");
+    assert!(t.ewma_latency > Duration::ZERO);
+    assert_eq!(view().pending, 0);
+    // The pooled connection closes after `idle`, and the count follows.
+    let start = Instant::now();
+    while view().targets[0].open_connections != 0 {
+        assert!(start.elapsed() < Duration::from_secs(10), "the open-connection count never dropped");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -63,6 +63,8 @@ async fn retries_go_to_a_different_target_each_time() {
     assert_eq!(got.status, StatusCode::SERVICE_UNAVAILABLE, "the last answer is passed on when tries run out");
     let hits = [ha.load(Ordering::SeqCst), hb.load(Ordering::SeqCst), hc.load(Ordering::SeqCst)];
     assert_eq!(hits, [1, 1, 1], "three tries, three different targets");
+    let view = gw.running.gateway.snapshot().upstreams[0].view();
+    assert_eq!(view.retries, [("connect_failure", 0), ("reset", 0), ("timeout", 0), ("status", 2)]);
 }
 
 #[tokio::test]

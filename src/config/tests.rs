@@ -239,3 +239,12 @@ upstreams:
     assert_eq!(retry.attempts, 3);
     assert_eq!(retry.on, RetryOn { connect_failure: false, reset: true, timeout: false, statuses: vec![503] });
 }
+
+#[test]
+fn a_target_listed_twice_is_an_error() {
+    let p = problems(
+        "listeners: [{ name: a, address: 127.0.0.1:1 }]\nupstreams: { u: { targets: [{ address: 127.0.0.1:2 }, { address: 127.0.0.1:2 }] } }\n",
+    );
+    assert_eq!(p.len(), 1, "{p:#?}");
+    assert!(p[0].contains("upstreams.u.targets: target 127.0.0.1:2 is listed twice"), "{p:#?}");
+}

@@ -170,6 +170,15 @@ fn decode_upstream(node: &Node, path: &str, p: &mut Problems) -> Option<Upstream
     } else if targets.is_empty() && p.0.len() == before {
         p.add(f.pos(), path, "an upstream needs at least one target");
     }
+    for (i, t) in targets.iter().enumerate() {
+        if targets[..i].iter().any(|earlier| earlier.address == t.address) {
+            p.add(
+                f.pos(),
+                &format!("{path}.targets"),
+                format!("target {} is listed twice; give it a weight instead", t.address),
+            );
+        }
+    }
     let total: u32 = targets.iter().map(|t| t.weight).sum();
     if total > MAX_TOTAL_WEIGHT {
         p.add(f.pos(), path, format!("the weights of one upstream add up to {total}; at most {MAX_TOTAL_WEIGHT}"));

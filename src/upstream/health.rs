@@ -62,6 +62,14 @@ impl Health {
         (back > 0).then(|| now_ms.saturating_sub(back))
     }
 
+    pub fn passes_checks(&self) -> bool {
+        self.active_up.load(Ordering::Relaxed)
+    }
+
+    pub fn ejections(&self) -> u32 {
+        self.ejections.load(Ordering::Relaxed)
+    }
+
     pub fn is_ejected(&self, now_ms: u64) -> bool {
         self.ejected_until_ms.load(Ordering::Relaxed) > now_ms
     }

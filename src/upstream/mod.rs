@@ -6,6 +6,7 @@
 //! atomics only; no lock is taken on the request path.
 
 pub mod balance;
+mod connector;
 pub mod health;
 pub mod retry;
 
@@ -33,6 +34,8 @@ pub struct Target {
     pub stats: Arc<TargetStats>,
     /// `max_connections_per_target` permits; a request holds one until its response ends.
     pub permits: Arc<tokio::sync::Semaphore>,
+    /// Connections open to this target, counted by the pool's connector.
+    open_connections: Arc<AtomicUsize>,
 }
 
 enum Balancer {
@@ -41,6 +44,34 @@ enum Balancer {
     P2cEwma { weights: Vec<u32> },
     ConsistentHash { ring: Ring, on: HashOn },
     Random { cumulative: Vec<u64> },
+}
+
+/// One target as metrics see it.
+#[derive(Debug, Clone)]
+pub struct TargetView {
+    pub address: Arc<str>,
+    /// The active checker's verdict (true without active checks).
+    pub healthy: bool,
+    pub ejected: bool,
+    /// Consecutive ejections so far (reset by a success after the target is back).
+    pub ejections: u32,
+    pub in_flight: u32,
+    pub ewma_latency: std::time::Duration,
+    pub open_connections: usize,
+    /// Open connections not carrying a request right now.
+    pub idle_connections: usize,
+}
+
+/// One upstream as metrics see it.
+#[derive(Debug, Clone)]
+pub struct UpstreamView {
+    pub name: Arc<str>,
+    pub targets: Vec<TargetView>,
+    /// Requests waiting for a connection slot.
+    pub pending: usize,
+    /// Retries by cause label.
+    pub retries: [(&'static str, u64); 4],
+    pub retry_budget_exhausted: u64,
 }
 
 /// What a balancer may look at in a request.
@@ -53,7 +84,7 @@ pub struct PickInput<'a> {
 pub struct Upstream {
     pub name: Arc<str>,
     pub targets: Vec<Target>,
-    pub client: Client<HttpConnector, RequestBody>,
+    pub client: Client<connector::CountingConnector, RequestBody>,
     balancer: Balancer,
     checks_started: AtomicBool,
     pub retry_budget: retry::Budget,
@@ -84,6 +115,7 @@ impl Upstream {
                     host_value,
                     stats: Arc::default(),
                     permits: Arc::new(tokio::sync::Semaphore::new(def.max_connections_per_target as usize)),
+                    open_connections: Arc::default(),
                 })
             })
             .collect::<Result<Vec<_>, String>>()?;
@@ -91,6 +123,8 @@ impl Upstream {
         connector.set_connect_timeout(Some(def.timeouts.connect));
         connector.set_nodelay(true);
         connector.enforce_http(true);
+        let open = targets.iter().map(|t| (t.authority.as_str().to_owned(), t.open_connections.clone())).collect();
+        let connector = connector::CountingConnector::new(connector, Arc::new(open));
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(def.timeouts.idle)
             .pool_timer(TokioTimer::new())
@@ -170,6 +204,38 @@ impl Upstream {
         match self.targets[i].stats.health.back_for_ms(now) {
             Some(t) if t < window_ms => balance::random_u64() % window_ms < t.max(window_ms / 10),
             _ => true,
+        }
+    }
+
+    /// What the metrics and admin endpoints publish about this upstream, read from atomics.
+    pub fn view(&self) -> UpstreamView {
+        let now = health::now_ms();
+        let targets = self
+            .targets
+            .iter()
+            .map(|t| {
+                let in_flight = t.stats.in_flight.load(Ordering::Relaxed);
+                let open = t.open_connections.load(Ordering::Relaxed);
+                TargetView {
+                    address: t.address.clone(),
+                    healthy: t.stats.health.passes_checks(),
+                    ejected: t.stats.health.is_ejected(now),
+                    ejections: t.stats.health.ejections(),
+                    in_flight,
+                    ewma_latency: std::time::Duration::from_nanos(t.stats.ewma_ns.load(Ordering::Relaxed)),
+                    open_connections: open,
+                    idle_connections: open.saturating_sub(in_flight as usize),
+                }
+            })
+            .collect();
+        let s = &self.retry_stats;
+        let causes = [retry::Cause::ConnectFailure, retry::Cause::Reset, retry::Cause::Timeout, retry::Cause::Status];
+        UpstreamView {
+            name: self.name.clone(),
+            targets,
+            pending: self.pending.load(Ordering::Relaxed),
+            retries: causes.map(|c| (c.label(), s.by_cause[c as usize].load(Ordering::Relaxed))),
+            retry_budget_exhausted: s.budget_exhausted.load(Ordering::Relaxed),
         }
     }
 

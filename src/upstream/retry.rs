@@ -78,10 +78,10 @@ pub fn backoff(retry: u32, base: Duration, max: Duration) -> Duration {
 /// Why a try is repeated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Cause {
-    ConnectFailure,
-    Reset,
-    Timeout,
-    Status,
+    ConnectFailure = 0,
+    Reset = 1,
+    Timeout = 2,
+    Status = 3,
 }
 
 impl Cause {
@@ -104,13 +104,7 @@ pub struct RetryStats {
 
 impl RetryStats {
     pub fn count(&self, cause: Cause) {
-        let i = match cause {
-            Cause::ConnectFailure => 0,
-            Cause::Reset => 1,
-            Cause::Timeout => 2,
-            Cause::Status => 3,
-        };
-        self.by_cause[i].fetch_add(1, Ordering::Relaxed);
+        self.by_cause[cause as usize].fetch_add(1, Ordering::Relaxed);
     }
 }
 
