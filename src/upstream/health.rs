@@ -240,6 +240,18 @@ mod tests {
     }
 
     #[test]
+    fn probes_are_jittered_so_gateways_do_not_probe_in_lockstep() {
+        let interval = Duration::from_secs(10);
+        let firsts: Vec<Duration> = (0..200).map(|_| jittered(interval, 0, 100)).collect();
+        assert!(firsts.iter().all(|d| *d <= interval));
+        let early = firsts.iter().filter(|d| **d < interval / 2).count();
+        assert!((60..=140).contains(&early), "first probes spread over the interval: {early} of 200 in its first half");
+        let later: Vec<Duration> = (0..200).map(|_| jittered(interval, 90, 110)).collect();
+        assert!(later.iter().all(|d| *d >= interval.mul_f64(0.9) && *d <= interval.mul_f64(1.1)));
+        assert!(later.iter().any(|d| *d != later[0]), "intervals vary");
+    }
+
+    #[test]
     fn the_ejection_cap_is_respected() {
         let h = Health::default();
         let def = PassiveHealthDef {
