@@ -12,7 +12,11 @@ use std::time::Duration;
 /// Live counters of one target, read by the balancers and (later) by metrics.
 #[derive(Default)]
 pub struct TargetStats {
+    /// Requests holding a slot on this target (bounded by `max_connections_per_target`).
     pub in_flight: AtomicU32,
+    /// Requests waiting for a slot; a release wakes one only when this is non-zero.
+    waiting: AtomicU32,
+    freed: tokio::sync::Notify,
     /// Exponentially weighted moving average of time to response headers, in nanoseconds
     /// (0 until the first response).
     pub ewma_ns: AtomicU64,
@@ -34,19 +38,51 @@ impl TargetStats {
 /// response has ended).
 pub struct InFlight {
     stats: std::sync::Arc<TargetStats>,
-    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl InFlight {
-    pub fn start(stats: &std::sync::Arc<TargetStats>, permit: Option<tokio::sync::OwnedSemaphorePermit>) -> Self {
-        stats.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight { stats: stats.clone(), _permit: permit }
+    /// Takes a slot if fewer than `max` are held: one compare-and-swap, no lock.
+    pub fn try_start(stats: &std::sync::Arc<TargetStats>, max: u32) -> Option<Self> {
+        stats
+            .in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .ok()
+            .map(|_| InFlight { stats: stats.clone() })
+    }
+
+    /// Waits until a slot frees and takes it. The lock inside `Notify` is taken only on this
+    /// slow path and by releases while someone waits, never by an uncontended request.
+    pub async fn wait_start(stats: &std::sync::Arc<TargetStats>, max: u32) -> Self {
+        stats.waiting.fetch_add(1, Ordering::AcqRel);
+        let _waiting = WaitingGuard(stats);
+        loop {
+            let freed = stats.freed.notified();
+            tokio::pin!(freed);
+            // Register before re-checking, so a release between the check and the wait is seen.
+            freed.as_mut().enable();
+            if let Some(slot) = InFlight::try_start(stats, max) {
+                return slot;
+            }
+            freed.await;
+        }
+    }
+}
+
+/// Keeps `waiting` right even when a wait is abandoned (timed out or cancelled).
+struct WaitingGuard<'a>(&'a TargetStats);
+
+impl Drop for WaitingGuard<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.stats.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if self.stats.waiting.load(Ordering::Acquire) > 0 {
+            self.stats.freed.notify_one();
+        }
     }
 }
 
@@ -225,6 +261,37 @@ mod tests {
         let longest_a = picks.split(|&p| p == 1).map(<[usize]>::len).max().unwrap_or(0);
         assert!(longest_a <= 3 && longest_b <= 1, "{longest_a} {longest_b}");
         assert_eq!(smooth_schedule(&[5, 1, 1]), [0, 0, 1, 0, 2, 0, 0]);
+    }
+
+    #[tokio::test]
+    async fn slots_are_capped_and_a_release_wakes_a_waiter() {
+        let stats = std::sync::Arc::new(TargetStats::default());
+        let a = InFlight::try_start(&stats, 2).expect("first slot");
+        let _b = InFlight::try_start(&stats, 2).expect("second slot");
+        assert!(InFlight::try_start(&stats, 2).is_none(), "the cap holds");
+        let waiter = tokio::spawn({
+            let stats = stats.clone();
+            async move { InFlight::wait_start(&stats, 2).await }
+        });
+        // Let the waiter register, then free a slot: it must get it.
+        while stats.waiting.load(Ordering::Acquire) == 0 {
+            tokio::task::yield_now().await;
+        }
+        drop(a);
+        let c = tokio::time::timeout(Duration::from_secs(5), waiter).await.expect("woken").expect("task");
+        assert_eq!(stats.in_flight.load(Ordering::Acquire), 2);
+        drop(c);
+        assert_eq!(stats.in_flight.load(Ordering::Acquire), 1);
+        assert_eq!(stats.waiting.load(Ordering::Acquire), 0);
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_wait_leaves_no_trace() {
+        let stats = std::sync::Arc::new(TargetStats::default());
+        let _held = InFlight::try_start(&stats, 1).expect("slot");
+        let waited = tokio::time::timeout(Duration::from_millis(20), InFlight::wait_start(&stats, 1)).await;
+        assert!(waited.is_err());
+        assert_eq!(stats.waiting.load(Ordering::Acquire), 0);
     }
 
     #[test]

@@ -32,8 +32,6 @@ pub struct Target {
     /// The value sent as Host when a route says `host_header: upstream`.
     pub host_value: HeaderValue,
     pub stats: Arc<TargetStats>,
-    /// `max_connections_per_target` permits; a request holds one until its response ends.
-    pub permits: Arc<tokio::sync::Semaphore>,
     /// Connections open to this target, counted by the pool's connector.
     open_connections: Arc<AtomicUsize>,
 }
@@ -114,7 +112,6 @@ impl Upstream {
                     authority,
                     host_value,
                     stats: Arc::default(),
-                    permits: Arc::new(tokio::sync::Semaphore::new(def.max_connections_per_target as usize)),
                     open_connections: Arc::default(),
                 })
             })
@@ -247,24 +244,18 @@ impl Upstream {
     /// at most `max_pending` other requests, for at most the connect timeout; past either
     /// bound the request is refused instead of queueing without limit (the circuit breaker).
     pub async fn acquire_slot(&self, target: &Target) -> Result<balance::InFlight, SlotError> {
-        let permit = match target.permits.clone().try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => {
-                if self.pending.fetch_add(1, Ordering::AcqRel) >= self.def.max_pending as usize {
-                    self.pending.fetch_sub(1, Ordering::AcqRel);
-                    return Err(SlotError::Saturated);
-                }
-                let waited =
-                    tokio::time::timeout(self.def.timeouts.connect, target.permits.clone().acquire_owned()).await;
-                self.pending.fetch_sub(1, Ordering::AcqRel);
-                match waited {
-                    Ok(Ok(p)) => p,
-                    // Timed out, or the semaphore was closed (it never is).
-                    Ok(Err(_)) | Err(_) => return Err(SlotError::Saturated),
-                }
-            }
-        };
-        Ok(balance::InFlight::start(&target.stats, Some(permit)))
+        let max = self.def.max_connections_per_target;
+        if let Some(slot) = balance::InFlight::try_start(&target.stats, max) {
+            return Ok(slot);
+        }
+        if self.pending.fetch_add(1, Ordering::AcqRel) >= self.def.max_pending as usize {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+            return Err(SlotError::Saturated);
+        }
+        let waited =
+            tokio::time::timeout(self.def.timeouts.connect, balance::InFlight::wait_start(&target.stats, max)).await;
+        self.pending.fetch_sub(1, Ordering::AcqRel);
+        waited.map_err(|_| SlotError::Saturated)
     }
 
     /// Counts a request's outcome for passive health (a 5xx answer, a refused or reset
