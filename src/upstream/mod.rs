@@ -335,3 +335,25 @@ impl Registry {
         Ok(fresh)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookies_are_found_across_fields_and_pairs() {
+        let mut h = HeaderMap::new();
+        h.append(http::header::COOKIE, HeaderValue::from_static("a=1; session=abc"));
+        h.append(http::header::COOKIE, HeaderValue::from_static("b=2"));
+        assert_eq!(cookie(&h, "session"), Some("abc"));
+        assert_eq!(cookie(&h, "b"), Some("2"));
+        assert_eq!(cookie(&h, "sess"), None);
+        // Keys of the same cookie map to the same ring position; missing ones hash as empty.
+        let on = HashOn::Cookie("session".into());
+        let input = PickInput { headers: &h, client_ip: IpAddr::from([127, 0, 0, 1]), path: "/" };
+        assert_eq!(hash_key(&on, &input), balance::stable_hash(b"abc"));
+        let none = HeaderMap::new();
+        let input = PickInput { headers: &none, client_ip: IpAddr::from([127, 0, 0, 1]), path: "/" };
+        assert_eq!(hash_key(&on, &input), balance::stable_hash(b""));
+    }
+}
