@@ -3,6 +3,7 @@
 //! The library holds everything; `main.rs` is only the command line. See DESIGN.md in the
 //! shared folder for how a request travels through these modules.
 
+pub mod admin;
 pub mod config;
 pub mod demo;
 pub mod observe;

@@ -47,7 +47,7 @@ fn main() -> ExitCode {
             Some(path) => run_config(&path, true),
             None => config::load_str(DEMO_YAML, Path::new("examples/demo.yaml"), std::env::vars().collect())
                 .map_err(anyhow::Error::from)
-                .and_then(|c| serve(c, true)),
+                .and_then(|c| serve(c, None, true)),
         }),
     }
 }
@@ -83,15 +83,17 @@ fn check(path: &Path) -> ExitCode {
 
 fn run_config(path: &Path, demo: bool) -> anyhow::Result<()> {
     let config = config::load(path)?;
-    serve(config, demo)
+    serve(config, Some(path.to_owned()), demo)
 }
 
-fn serve(config: Config, demo: bool) -> anyhow::Result<()> {
+fn serve(config: Config, path: Option<std::path::PathBuf>, demo: bool) -> anyhow::Result<()> {
     init_logging();
     let runtime = build_runtime(config.workers).context("starting the runtime")?;
     runtime.block_on(async move {
         // Handlers first: a stop signal that arrives while listeners start must still drain.
         let stop = stop_signal()?;
+        let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("installing the SIGHUP handler")?;
         if demo {
             for (name, addr) in demo::BACKENDS {
                 let addr = addr.parse().context("demo backend address")?;
@@ -100,7 +102,8 @@ fn serve(config: Config, demo: bool) -> anyhow::Result<()> {
                     .with_context(|| format!("starting demo backend {name} on {addr}"))?;
             }
         }
-        let running = server::start(&config).await?;
+        let running = server::start_with_file(&config, path).await?;
+        reload_on_sighup(hup, running.control.clone());
         tracing::info!("ferroway running: {}", snapshot::summary(&config));
         if demo {
             println!("{}", demo::CURL_LINES);
@@ -125,6 +128,18 @@ fn build_runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runt
     } else {
         tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build()
     }
+}
+
+/// SIGHUP reloads the config file; a failed reload is logged and changes nothing.
+fn reload_on_sighup(mut hup: tokio::signal::unix::Signal, control: std::sync::Arc<server::Control>) {
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            match control.reload_from_file().await {
+                Ok(s) => tracing::info!(added = ?s.listeners_added, removed = ?s.listeners_removed, "config reloaded"),
+                Err(e) => tracing::error!("reload failed; the running config keeps serving:\n{e}"),
+            }
+        }
+    });
 }
 
 /// Installs the SIGTERM and SIGINT handlers now; the returned future ends at the first signal.

@@ -28,6 +28,8 @@ pub struct Snapshot {
     pub router: Router<Arc<Route>>,
     pub limits: Limits,
     pub upstreams: Vec<Arc<Upstream>>,
+    /// Names of the upstreams some route uses (readiness looks at these only).
+    pub routed: Vec<Arc<str>>,
 }
 
 /// Why a checked config still could not be compiled (for example an upstream address that
@@ -70,7 +72,10 @@ pub fn compile(config: &Config, registry: &Registry) -> Result<Snapshot, Compile
     let router = Router::new(specs).map_err(|e| CompileError(format!("route regexes: {e}")))?;
     let mut upstreams: Vec<Arc<Upstream>> = upstreams.into_values().collect();
     upstreams.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(Snapshot { router, limits: config.limits, upstreams })
+    let mut routed: Vec<Arc<str>> = config.routes.iter().map(|r| Arc::from(r.upstream.value.as_str())).collect();
+    routed.sort();
+    routed.dedup();
+    Ok(Snapshot { router, limits: config.limits, upstreams, routed })
 }
 
 /// One line describing a config, for `ferroway check` and the startup log.
@@ -108,9 +113,19 @@ impl Gateway {
 
     /// Compiles `config` beside the running snapshot and swaps it in only if that succeeds.
     pub fn reload(&self, config: &Config) -> Result<(), CompileError> {
-        let next = compile(config, &self.registry)?;
+        let next = self.prepare(config)?;
+        self.install(next);
+        Ok(())
+    }
+
+    /// Compiles a snapshot without installing it (unchanged upstreams are shared).
+    pub fn prepare(&self, config: &Config) -> Result<Snapshot, CompileError> {
+        compile(config, &self.registry)
+    }
+
+    /// Makes `next` the snapshot new requests use; requests in flight keep theirs.
+    pub fn install(&self, next: Snapshot) {
         next.upstreams.iter().for_each(Upstream::start_health_checks);
         self.current.store(Arc::new(next));
-        Ok(())
     }
 }

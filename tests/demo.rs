@@ -19,7 +19,7 @@ async fn the_demo_config_does_what_its_curl_lines_say() {
     }
     let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
     yaml = yaml.replace("127.0.0.1:9009", &closed.to_string()).replace("127.0.0.1:8080", "127.0.0.1:0");
-    yaml = yaml.replace("output: stderr", "output: off");
+    yaml = yaml.replace("output: stderr", "output: off").replace("127.0.0.1:9901", "127.0.0.1:0");
     let gw = gateway(&yaml).await;
 
     for line in ["/api/users/42", "/api/orders?id=7", "/nowhere", "/broken"] {

@@ -41,6 +41,8 @@ pub struct ListenerDef {
 #[derive(Debug)]
 pub struct AdminDef {
     pub address: Located<SocketAddr>,
+    /// When set, every admin request must carry `Authorization: Bearer <token>`.
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -132,8 +134,21 @@ fn decode_listener(node: &Node, path: &str, p: &mut Problems) -> Option<Listener
 
 impl Decode for AdminDef {
     fn decode(node: &Node, path: &str, p: &mut Problems) -> Option<Self> {
-        let f = Fields::new(node, path, &["address"], p)?;
-        Some(AdminDef { address: f.req("address", p)? })
+        let f = Fields::new(node, path, &["address", "token"], p)?;
+        let address: Located<SocketAddr> = f.req("address", p)?;
+        let token: Option<String> = f.opt::<String>("token", p).filter(|t| !t.is_empty());
+        // The admin API can reload the config: without a token it stays on loopback.
+        if token.is_none() && !address.value.ip().is_loopback() {
+            p.add(
+                address.pos,
+                &address.path,
+                format!(
+                    "admin address {} is not loopback; set admin.token (e.g. token: ${{ADMIN_TOKEN}}) or use 127.0.0.1",
+                    address.value
+                ),
+            );
+        }
+        Some(AdminDef { address, token })
     }
 }
 

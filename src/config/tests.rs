@@ -248,3 +248,14 @@ fn a_target_listed_twice_is_an_error() {
     assert_eq!(p.len(), 1, "{p:#?}");
     assert!(p[0].contains("upstreams.u.targets: target 127.0.0.1:2 is listed twice"), "{p:#?}");
 }
+
+#[test]
+fn port_zero_addresses_never_clash_and_a_public_admin_needs_a_token() {
+    check("listeners: [{ name: a, address: 127.0.0.1:0 }, { name: b, address: 127.0.0.1:0 }]\nadmin: { address: 127.0.0.1:0 }\n")
+        .expect("port 0 is any free port");
+    let p = problems("listeners: [{ name: a, address: 127.0.0.1:1 }]\nadmin: { address: 0.0.0.0:9901 }\n");
+    assert_eq!(p.len(), 1, "{p:#?}");
+    assert!(p[0].contains("admin address 0.0.0.0:9901 is not loopback; set admin.token"), "{p:#?}");
+    check("listeners: [{ name: a, address: 127.0.0.1:1 }]\nadmin: { address: 0.0.0.0:9901, token: s3cret }\n")
+        .expect("valid");
+}

@@ -19,6 +19,10 @@ pub(super) fn validate(config: &Config, p: &mut Problems) {
     let mut listener_addrs = HashMap::new();
     for l in &config.listeners {
         unique_name(&mut listener_names, &l.name, "listener", p);
+        // Port 0 means "any free port": two of those never clash.
+        if l.address.value.port() == 0 {
+            continue;
+        }
         if let Some(line) = listener_addrs.insert(l.address.value, l.address.pos.line) {
             p.add(
                 l.address.pos,

@@ -1,23 +1,27 @@
 //! Listeners and connections: accept TCP, serve HTTP/1.1 and HTTP/2 (prior knowledge) on the
-//! same port with upgrades enabled, hand each request to the proxy, and drain on shutdown.
+//! same port with upgrades enabled, hand each request to the proxy, reload without dropping a
+//! connection, and drain on shutdown.
 //!
 //! Nothing here knows about routes or upstreams; it owns sockets, protocol settings and the
-//! connection lifecycle.
+//! connection lifecycle. The listener set is behind a mutex that only reload and shutdown
+//! take, never a request.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tokio::task::JoinSet;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
 
-use crate::config::{Config, Limits};
+use crate::config::{self, Config, ConfigError, Limits};
 use crate::observe::access_log::AccessLog;
 use crate::proxy::headers::Peer;
 use crate::snapshot::{CompileError, Gateway};
@@ -32,64 +36,250 @@ pub enum StartError {
     Compile(#[from] CompileError),
 }
 
-/// A started gateway: its bound addresses, and the handle that stops it.
-pub struct Running {
-    /// Listener name and the address it actually bound (useful with port 0).
-    pub listeners: Vec<(String, SocketAddr)>,
-    pub gateway: Arc<Gateway>,
+/// Why a reload changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Compile(#[from] CompileError),
+    #[error("listener {name}: cannot bind {address}: {source}")]
+    Bind { name: String, address: SocketAddr, source: std::io::Error },
+    #[error("no config file to reload from (the gateway was started from text)")]
+    NoFile,
+}
+
+/// What a successful reload changed in the listener set.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct ReloadSummary {
+    pub listeners_added: Vec<String>,
+    pub listeners_removed: Vec<String>,
+}
+
+struct ListenerHandle {
+    name: String,
+    /// As configured (may have port 0); reloads compare this, not the bound address.
+    configured: SocketAddr,
+    bound: SocketAddr,
     stop: watch::Sender<bool>,
-    accept_loops: JoinSet<()>,
-    graceful: Arc<GracefulShutdown>,
+    task: JoinHandle<()>,
+}
+
+/// Open connections, and a wake-up when the last one ends (for draining).
+#[derive(Default)]
+struct Connections {
+    open: AtomicUsize,
+    drained: Notify,
+}
+
+struct ConnectionGuard(Arc<Connections>);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.drained.notify_waiters();
+        }
+    }
+}
+
+/// Shared by the accept loops, the admin listener and whoever holds `Running`.
+pub struct Control {
+    pub gateway: Arc<Gateway>,
+    listeners: Mutex<Vec<ListenerHandle>>,
+    builder: ArcSwap<auto::Builder<TokioExecutor>>,
+    connections: Arc<Connections>,
+    /// Tells every open connection to finish its in-flight requests and close.
+    drain: watch::Sender<bool>,
+    shutting_down: AtomicBool,
     shutdown_timeout: Duration,
+    config_path: Option<PathBuf>,
+    /// Serialises reloads (SIGHUP, admin, file watch) without touching the request path.
+    reloading: tokio::sync::Mutex<()>,
+    admin_address: Mutex<Option<SocketAddr>>,
+}
+
+/// A started gateway.
+pub struct Running {
+    pub gateway: Arc<Gateway>,
+    pub control: Arc<Control>,
 }
 
 impl Running {
+    /// Listener names and the addresses they actually bound (useful with port 0).
+    pub fn listeners(&self) -> Vec<(String, SocketAddr)> {
+        self.control.listeners()
+    }
+
     pub fn address(&self, listener: &str) -> Option<SocketAddr> {
-        self.listeners.iter().find(|(n, _)| n == listener).map(|(_, a)| *a)
+        self.listeners().into_iter().find(|(n, _)| n == listener).map(|(_, a)| a)
+    }
+
+    /// See [`Control::shutdown`].
+    pub async fn shutdown(self) -> usize {
+        self.control.shutdown().await
+    }
+}
+
+impl Control {
+    pub fn listeners(&self) -> Vec<(String, SocketAddr)> {
+        self.lock_listeners().iter().map(|l| (l.name.clone(), l.bound)).collect()
+    }
+
+    /// Where the admin listener bound, if there is one.
+    pub fn admin_address(&self) -> Option<SocketAddr> {
+        *self.admin_address.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn set_admin_address(&self, addr: SocketAddr) {
+        *self.admin_address.lock().unwrap_or_else(|e| e.into_inner()) = Some(addr);
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
+    }
+
+    fn lock_listeners(&self) -> std::sync::MutexGuard<'_, Vec<ListenerHandle>> {
+        // Poisoning only means a reload panicked; the list itself is still consistent.
+        self.listeners.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reads the config file again and reloads it.
+    pub async fn reload_from_file(self: &Arc<Self>) -> Result<ReloadSummary, ReloadError> {
+        let path = self.config_path.as_ref().ok_or(ReloadError::NoFile)?;
+        let config = config::load(path)?;
+        self.reload(&config).await
+    }
+
+    /// Applies a new config as a whole or not at all: the snapshot is compiled and new
+    /// listeners are bound before anything changes; then the snapshot is swapped in and
+    /// listeners the config no longer has stop accepting (their open connections finish).
+    /// Changes to `access_log` and `workers` take a restart.
+    pub async fn reload(self: &Arc<Self>, config: &Config) -> Result<ReloadSummary, ReloadError> {
+        let _one_at_a_time = self.reloading.lock().await;
+        let snapshot = self.gateway.prepare(config)?;
+        let existing: Vec<(String, SocketAddr)> =
+            self.lock_listeners().iter().map(|l| (l.name.clone(), l.configured)).collect();
+        let mut fresh = Vec::new();
+        for l in &config.listeners {
+            let (name, address) = (l.name.value.clone(), l.address.value);
+            if existing.contains(&(name.clone(), address)) {
+                continue;
+            }
+            match TcpListener::bind(address).await.and_then(|t| t.local_addr().map(|a| (t, a))) {
+                Ok((listener, bound)) => fresh.push((name, address, bound, listener)),
+                Err(source) => return Err(ReloadError::Bind { name, address, source }),
+            }
+        }
+        self.gateway.install(snapshot);
+        self.builder.store(Arc::new(connection_builder(&config.limits)));
+        let wanted: Vec<(String, SocketAddr)> =
+            config.listeners.iter().map(|l| (l.name.value.clone(), l.address.value)).collect();
+        let mut summary = ReloadSummary::default();
+        let mut list = self.lock_listeners();
+        list.retain(|l| {
+            let keep = wanted.contains(&(l.name.clone(), l.configured));
+            if !keep {
+                tracing::info!(listener = %l.name, address = %l.bound, "listener removed");
+                let _ = l.stop.send(true);
+                summary.listeners_removed.push(l.name.clone());
+            }
+            keep
+        });
+        for (name, configured, bound, listener) in fresh {
+            tracing::info!(listener = %name, address = %bound, "listening");
+            summary.listeners_added.push(name.clone());
+            list.push(self.spawn_listener(name, configured, bound, listener));
+        }
+        Ok(summary)
     }
 
     /// Stops accepting, lets open connections finish their in-flight requests (idle
     /// keep-alive connections are closed, HTTP/2 clients get GOAWAY), and cuts whatever is
     /// still open after the shutdown timeout. Returns how many connections were cut.
-    pub async fn shutdown(mut self) -> usize {
-        let _ = self.stop.send(true);
-        while self.accept_loops.join_next().await.is_some() {}
-        // Every accept loop (the only other holders) has ended.
-        let Ok(graceful) = Arc::try_unwrap(self.graceful) else { return 0 };
-        let open = graceful.count();
-        match tokio::time::timeout(self.shutdown_timeout, graceful.shutdown()).await {
-            Ok(()) => 0,
-            Err(_) => open,
+    pub async fn shutdown(&self) -> usize {
+        self.shutting_down.store(true, Ordering::Release);
+        let listeners: Vec<ListenerHandle> = self.lock_listeners().drain(..).collect();
+        for l in &listeners {
+            let _ = l.stop.send(true);
         }
+        for l in listeners {
+            let _ = l.task.await;
+        }
+        let _ = self.drain.send(true);
+        let drained = async {
+            loop {
+                let wait = self.connections.drained.notified();
+                tokio::pin!(wait);
+                wait.as_mut().enable();
+                if self.connections.open.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                wait.await;
+            }
+        };
+        match tokio::time::timeout(self.shutdown_timeout, drained).await {
+            Ok(()) => 0,
+            Err(_) => self.connections.open.load(Ordering::Acquire),
+        }
+    }
+
+    fn spawn_listener(
+        self: &Arc<Self>,
+        name: String,
+        configured: SocketAddr,
+        bound: SocketAddr,
+        listener: TcpListener,
+    ) -> ListenerHandle {
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(accept_loop(listener, self.clone(), stop_rx));
+        ListenerHandle { name, configured, bound, stop, task }
     }
 }
 
 pub async fn start(config: &Config) -> Result<Running, StartError> {
+    start_with_file(config, None).await
+}
+
+/// Starts the gateway; `config_path` is where reloads read the config again.
+pub async fn start_with_file(config: &Config, config_path: Option<PathBuf>) -> Result<Running, StartError> {
     let access_log = AccessLog::open(&config.access_log).map_err(StartError::AccessLog)?;
     let gateway = Arc::new(Gateway::new(config, access_log)?);
     let mut bound = Vec::new();
     for l in &config.listeners {
-        let address = l.address.value;
-        let listener = TcpListener::bind(address).await.map_err(|source| StartError::Bind {
-            name: l.name.value.clone(),
-            address,
+        let (name, address) = (l.name.value.clone(), l.address.value);
+        match TcpListener::bind(address).await.and_then(|t| t.local_addr().map(|a| (t, a))) {
+            Ok((listener, actual)) => bound.push((name, address, actual, listener)),
+            Err(source) => return Err(StartError::Bind { name, address, source }),
+        }
+    }
+    let control = Arc::new(Control {
+        gateway: gateway.clone(),
+        listeners: Mutex::new(Vec::new()),
+        builder: ArcSwap::from_pointee(connection_builder(&config.limits)),
+        connections: Arc::default(),
+        drain: watch::channel(false).0,
+        shutting_down: AtomicBool::new(false),
+        shutdown_timeout: config.shutdown_timeout,
+        config_path,
+        reloading: tokio::sync::Mutex::new(()),
+        admin_address: Mutex::new(None),
+    });
+    let handles: Vec<ListenerHandle> = bound
+        .into_iter()
+        .map(|(name, configured, actual, listener)| {
+            tracing::info!(listener = %name, address = %actual, "listening");
+            control.spawn_listener(name, configured, actual, listener)
+        })
+        .collect();
+    control.lock_listeners().extend(handles);
+    if let Some(admin) = &config.admin {
+        crate::admin::start(admin, control.clone()).await.map_err(|source| StartError::Bind {
+            name: "admin".into(),
+            address: admin.address.value,
             source,
         })?;
-        let actual =
-            listener.local_addr().map_err(|source| StartError::Bind { name: l.name.value.clone(), address, source })?;
-        bound.push((l.name.value.clone(), actual, listener));
     }
-    let (stop, stop_rx) = watch::channel(false);
-    let graceful = Arc::new(GracefulShutdown::new());
-    let builder = Arc::new(connection_builder(&config.limits));
-    let mut accept_loops = JoinSet::new();
-    let mut listeners = Vec::new();
-    for (name, addr, listener) in bound {
-        tracing::info!(listener = %name, address = %addr, "listening");
-        listeners.push((name, addr));
-        accept_loops.spawn(accept_loop(listener, builder.clone(), gateway.clone(), graceful.clone(), stop_rx.clone()));
-    }
-    Ok(Running { listeners, gateway, stop, accept_loops, graceful, shutdown_timeout: config.shutdown_timeout })
+    Ok(Running { gateway, control })
 }
 
 fn connection_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
@@ -109,13 +299,7 @@ fn connection_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     b
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    gateway: Arc<Gateway>,
-    graceful: Arc<GracefulShutdown>,
-    mut stop: watch::Receiver<bool>,
-) {
+async fn accept_loop(listener: TcpListener, control: Arc<Control>, mut stop: watch::Receiver<bool>) {
     loop {
         let (stream, addr) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -131,16 +315,33 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let peer = Arc::new(Peer::new(addr, false));
-        let gw = gateway.clone();
+        let gw = control.gateway.clone();
         let service = service_fn(move |req| {
             let gw = gw.clone();
             let peer = peer.clone();
             async move { Ok::<_, Infallible>(crate::proxy::handle(req, &peer, &gw).await) }
         });
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-        let conn = graceful.watch(conn);
+        let builder = control.builder.load_full();
+        control.connections.open.fetch_add(1, Ordering::AcqRel);
+        let guard = ConnectionGuard(control.connections.clone());
+        let mut drain = control.drain.subscribe();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let _guard = guard;
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            // On drain: finish in-flight requests, then close (HTTP/2: GOAWAY).
+            let ended = tokio::select! {
+                ended = conn.as_mut() => Some(ended),
+                _ = drain.wait_for(|d| *d) => None,
+            };
+            let ended = match ended {
+                Some(ended) => ended,
+                None => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = ended {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });

@@ -224,7 +224,7 @@ pub async fn gateway(yaml: &str) -> TestGateway {
     let config =
         ferroway::config::load_str(&text, Path::new("test.yaml"), Default::default()).unwrap_or_else(|e| panic!("{e}"));
     let running = ferroway::server::start(&config).await.expect("gateway starts");
-    let addr = running.listeners[0].1;
+    let addr = running.listeners()[0].1;
     TestGateway { addr, running }
 }
 
