@@ -118,3 +118,26 @@ async fn run_serves_from_the_config_in_ferroway_config_and_exits_cleanly_on_sigt
     assert_eq!(exit.code(), Some(0), "{exit:?}");
     assert!(std::net::TcpStream::connect(addr).is_err(), "the listener is closed after exit");
 }
+
+#[tokio::test]
+async fn sighup_reloads_the_config_file_and_a_bad_file_changes_nothing() {
+    let (a, b) = (Backend::text("a").await, Backend::text("b").await);
+    let yaml = |to: &Backend| {
+        format!(
+            "listeners: [{{ name: public, address: 127.0.0.1:0 }}]\naccess_log: {{ output: off }}\n{}",
+            single_route(to.addr, "", ALL)
+        )
+    };
+    let gw = GatewayProcess::start(&yaml(&a));
+    let url = format!("http://{}/", gw.addr);
+    assert_eq!(get(&url).await.text(), "a");
+
+    std::fs::write(&gw.config, "routes: [").expect("write");
+    gw.signal("HUP");
+    gw.wait_for_log("reload failed", 1);
+    assert_eq!(get(&url).await.text(), "a", "a bad file changes nothing");
+    std::fs::write(&gw.config, yaml(&b)).expect("write");
+    gw.signal("HUP");
+    gw.wait_for_log("config reloaded", 1);
+    assert_eq!(get(&url).await.text(), "b");
+}

@@ -290,6 +290,10 @@ pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> String {
 pub struct GatewayProcess {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The config file the process runs from (rewrite it and send SIGHUP to reload).
+    pub config: std::path::PathBuf,
+    /// Every line the process has logged so far.
+    log: Arc<Mutex<Vec<String>>>,
     _dir: tempfile::TempDir,
 }
 
@@ -308,9 +312,12 @@ impl GatewayProcess {
             .expect("spawn ferroway");
         let stderr = child.stderr.take().expect("stderr piped");
         let (tx, rx) = std::sync::mpsc::channel();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let lines = log.clone();
         std::thread::spawn(move || {
             let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                lines.lock().expect("log lock").push(line.clone());
                 if let Some(addr) = line.split("address=").nth(1).and_then(|a| a.split_whitespace().next())
                     && let (Some(tx), Ok(addr)) = (tx.take(), addr.parse::<SocketAddr>())
                 {
@@ -319,7 +326,20 @@ impl GatewayProcess {
             }
         });
         let addr = rx.recv_timeout(Duration::from_secs(30)).expect("the gateway reports its listening address");
-        GatewayProcess { child, addr, _dir: dir }
+        GatewayProcess { child, addr, config: path, log, _dir: dir }
+    }
+
+    /// Waits (polling) until the process has logged `count` lines containing `text`.
+    pub fn wait_for_log(&self, text: &str, count: usize) {
+        let start = std::time::Instant::now();
+        loop {
+            let seen = self.log.lock().expect("log lock").iter().filter(|l| l.contains(text)).count();
+            if seen >= count {
+                return;
+            }
+            assert!(start.elapsed() < Duration::from_secs(10), "no log line {text:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Peak resident memory of the process so far, in bytes (Linux).

@@ -1,0 +1,263 @@
+//! Operations: reloads that drop nothing and change nothing when invalid, listeners bound and
+//! closed by reload, the admin endpoints, SIGHUP, and a graceful shutdown.
+
+mod support;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use http::{Method, Request, Response, StatusCode};
+use support::*;
+
+/// Writes `yaml` to `path` and starts a gateway that reloads from it.
+async fn gateway_from_file(path: &Path, yaml: &str) -> TestGateway {
+    std::fs::write(path, yaml).expect("write config");
+    let config = ferroway::config::load(path).unwrap_or_else(|e| panic!("{e}"));
+    let running = ferroway::server::start_with_file(&config, Some(path.to_owned())).await.expect("gateway starts");
+    let addr = running.listeners()[0].1;
+    TestGateway { addr, running }
+}
+
+fn two_backends_config(a: &Backend, b: &Backend, route_to: &str, extra: &str) -> String {
+    format!(
+        "listeners: [{{ name: public, address: 127.0.0.1:0 }}]\naccess_log: {{ output: off }}\nadmin: {{ address: 127.0.0.1:0 }}\n\
+         upstreams:\n  a: {{ targets: [{{ address: {} }}] }}\n  b: {{ targets: [{{ address: {} }}] }}\n\
+         routes: [{{ name: v, match: {{ path_prefix: / }}, upstream: {route_to} }}]\n{extra}",
+        a.address(),
+        b.address()
+    )
+}
+
+async fn admin(gw: &TestGateway, method: Method, path: &str) -> Got {
+    let addr = gw.running.control.admin_address().expect("admin listener");
+    send(Request::builder().method(method).uri(format!("http://{addr}{path}")).body(full("")).expect("req")).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_reloads_under_load_drop_nothing_and_take_effect_at_once() {
+    let (a, b) = (Backend::text("a").await, Backend::text("b").await);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("gw.yaml");
+    let gw = gateway_from_file(&path, &two_backends_config(&a, &b, "a", "")).await;
+
+    // Steady load over many keep-alive connections until told to stop.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut load = Vec::new();
+    for _ in 0..16 {
+        let (url, stop, ok, failed) = (gw.url("/"), stop.clone(), ok.clone(), failed.clone());
+        load.push(tokio::spawn(async move {
+            let c = client();
+            while !stop.load(Ordering::Relaxed) {
+                match c.request(Request::get(&url).body(full("")).expect("req")).await {
+                    Ok(r) if r.status() == StatusCode::OK => {
+                        let _ = http_body_util::BodyExt::collect(r.into_body()).await;
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    let started = Instant::now();
+    let probe = client();
+    for i in 0..20 {
+        // Pace the reloads over five seconds of load.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if i % 5 == 4 {
+            std::fs::write(&path, "listeners: [ { name: public, address: nope } ]\nroutes: 7\n").expect("write");
+            let err = gw.running.control.reload_from_file().await.expect_err("invalid config is refused");
+            assert!(err.to_string().contains("gw.yaml:1:"), "{err}");
+            continue;
+        }
+        let target = if i % 2 == 0 { "b" } else { "a" };
+        std::fs::write(&path, two_backends_config(&a, &b, target, "")).expect("write");
+        gw.running.control.reload_from_file().await.expect("reload");
+        // The very next request already takes the new route (well within 100 ms).
+        let got = send_with(&probe, Request::get(gw.url("/")).body(full("")).expect("req")).await;
+        assert_eq!(got.text(), target, "reload {i}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.await.expect("load task");
+    }
+    assert!(started.elapsed() >= Duration::from_secs(5));
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    assert!(ok >= 2000, "only {ok} requests went through");
+    assert_eq!(failed, 0, "{failed} requests failed during reloads ({ok} succeeded)");
+}
+
+#[tokio::test]
+async fn an_invalid_reload_through_the_admin_api_reports_and_changes_nothing() {
+    let (a, b) = (Backend::text("a").await, Backend::text("b").await);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("gw.yaml");
+    let gw = gateway_from_file(&path, &two_backends_config(&a, &b, "a", "")).await;
+    std::fs::write(&path, two_backends_config(&a, &b, "missing", "")).expect("write");
+    let got = admin(&gw, Method::POST, "/reload").await;
+    assert_eq!(got.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let body = got.json();
+    assert_eq!(body["status"], "failed");
+    let errors = body["errors"].to_string();
+    assert!(errors.contains("gw.yaml:7:") && errors.contains("unknown upstream \\\"missing\\\""), "{errors}");
+    assert_eq!(get(&gw.url("/")).await.text(), "a", "the old config keeps serving");
+    std::fs::write(&path, two_backends_config(&a, &b, "b", "")).expect("write");
+    let got = admin(&gw, Method::POST, "/reload").await;
+    assert_eq!(got.json()["status"], "reloaded");
+    assert_eq!(get(&gw.url("/")).await.text(), "b");
+}
+
+#[tokio::test]
+async fn reload_binds_new_listeners_closes_removed_ones_and_refuses_an_unbindable_port() {
+    let (a, b) = (Backend::text("a").await, Backend::text("b").await);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("gw.yaml");
+    let gw = gateway_from_file(&path, &two_backends_config(&a, &b, "a", "")).await;
+    let second = "listeners: [{ name: public, address: 127.0.0.1:0 }, { name: extra, address: 127.0.0.1:0 }]\n";
+    let with_extra = two_backends_config(&a, &b, "a", "").replacen(
+        "listeners: [{ name: public, address: 127.0.0.1:0 }]\n",
+        second,
+        1,
+    );
+    std::fs::write(&path, &with_extra).expect("write");
+    let summary = gw.running.control.reload_from_file().await.expect("reload");
+    assert_eq!(summary.listeners_added, ["extra"]);
+    let extra = gw.running.address("extra").expect("extra listener");
+    assert_eq!(get(&format!("http://{extra}/")).await.text(), "a");
+
+    // A port already taken fails the whole reload: the route change does not happen either.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let clash = two_backends_config(&a, &b, "b", "").replacen(
+        "listeners: [{ name: public, address: 127.0.0.1:0 }]\n",
+        &format!(
+            "listeners: [{{ name: public, address: 127.0.0.1:0 }}, {{ name: clash, address: {} }}]\n",
+            taken.local_addr().expect("addr")
+        ),
+        1,
+    );
+    std::fs::write(&path, &clash).expect("write");
+    let err = gw.running.control.reload_from_file().await.expect_err("port in use");
+    assert!(err.to_string().contains("listener clash: cannot bind"), "{err}");
+    assert_eq!(get(&gw.url("/")).await.text(), "a");
+    assert!(gw.running.address("extra").is_some());
+
+    // Dropping `extra` from the config closes it.
+    std::fs::write(&path, two_backends_config(&a, &b, "a", "")).expect("write");
+    let summary = gw.running.control.reload_from_file().await.expect("reload");
+    assert_eq!(summary.listeners_removed, ["extra"]);
+    let start = Instant::now();
+    while tokio::net::TcpStream::connect(extra).await.is_ok() {
+        assert!(start.elapsed() < Duration::from_secs(5), "the removed listener still accepts");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn admin_reports_health_readiness_and_upstreams_and_honours_its_token() {
+    let (a, b) = (Backend::text("a").await, Backend::text("b").await);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("gw.yaml");
+    let gw = gateway_from_file(&path, &two_backends_config(&a, &b, "a", "")).await;
+    assert_eq!(admin(&gw, Method::GET, "/healthz").await.status, StatusCode::OK);
+    assert_eq!(admin(&gw, Method::GET, "/ready").await.json()["ready"], true);
+    get(&gw.url("/")).await;
+    let ups = admin(&gw, Method::GET, "/upstreams").await.json();
+    let first = &ups["upstreams"][0];
+    assert_eq!(first["name"], "a");
+    assert_eq!(first["targets"][0]["address"], a.address());
+    assert_eq!(first["targets"][0]["open_connections"], 1);
+    assert_eq!(admin(&gw, Method::GET, "/nothing").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(admin(&gw, Method::DELETE, "/ready").await.status, StatusCode::METHOD_NOT_ALLOWED);
+
+    // With a token, requests without it are refused.
+    let with_token = two_backends_config(&a, &b, "a", "")
+        .replace("admin: { address: 127.0.0.1:0 }", "admin: { address: 127.0.0.1:0, token: s3cret }");
+    let dir2 = tempfile::tempdir().expect("tempdir");
+    let gw2 = gateway_from_file(&dir2.path().join("gw.yaml"), &with_token).await;
+    assert_eq!(admin(&gw2, Method::GET, "/healthz").await.status, StatusCode::UNAUTHORIZED);
+    let addr = gw2.running.control.admin_address().expect("admin");
+    let authed = send(
+        Request::get(format!("http://{addr}/healthz"))
+            .header("authorization", "Bearer s3cret")
+            .body(full(""))
+            .expect("req"),
+    )
+    .await;
+    assert_eq!(authed.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn ready_turns_503_when_a_routed_upstream_has_no_available_target() {
+    let a = Backend::text("a").await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let yaml = format!(
+        "listeners: [{{ name: public, address: 127.0.0.1:0 }}]\naccess_log: {{ output: off }}\nadmin: {{ address: 127.0.0.1:0 }}\n\
+         upstreams:\n  live: {{ targets: [{{ address: {} }}] }}\n  gone:\n    targets: [{{ address: {dead} }}]\n    health_check: {{ path: /h, interval: 30ms, timeout: 30ms, unhealthy_threshold: 1 }}\n\
+         routes: [{{ name: v, match: {{ path_prefix: / }}, upstream: live }}, {{ name: g, match: {{ path_prefix: /g }}, upstream: gone }}]\n",
+        a.address()
+    );
+    let gw = gateway_from_file(&dir.path().join("gw.yaml"), &yaml).await;
+    let start = Instant::now();
+    loop {
+        let got = admin(&gw, Method::GET, "/ready").await;
+        if got.status == StatusCode::SERVICE_UNAVAILABLE {
+            assert_eq!(got.json()["upstreams"][0], "gone");
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "never became unready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_in_flight_requests_and_refuses_new_connections() {
+    let slow = Backend::serve(|_req| async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        Response::new(full(vec![b'x'; 100_000]))
+    })
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let yaml = format!(
+        "listeners: [{{ name: public, address: 127.0.0.1:0 }}]\naccess_log: {{ output: off }}\nadmin: {{ address: 127.0.0.1:0 }}\n{}",
+        single_route(slow.addr, "", ALL)
+    );
+    let gw = gateway_from_file(&dir.path().join("gw.yaml"), &yaml).await;
+    let url = gw.url("/slow");
+    let in_flight = tokio::spawn(async move { get(&url).await });
+    // Wait until the request has reached the backend, then shut down.
+    let start = Instant::now();
+    while slow.connections.load(Ordering::SeqCst) == 0 {
+        assert!(start.elapsed() < Duration::from_secs(5));
+        tokio::task::yield_now().await;
+    }
+    let control = gw.running.control.clone();
+    let admin_addr = control.admin_address().expect("admin");
+    let shutdown = tokio::spawn({
+        let control = control.clone();
+        async move { control.shutdown().await }
+    });
+    // Readiness turns 503 at once, and the listener stops accepting.
+    let start = Instant::now();
+    loop {
+        let ready = get(&format!("http://{admin_addr}/ready")).await;
+        if ready.status == StatusCode::SERVICE_UNAVAILABLE {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5));
+        tokio::task::yield_now().await;
+    }
+    let start = Instant::now();
+    while tokio::net::TcpStream::connect(gw.addr).await.is_ok() {
+        assert!(start.elapsed() < Duration::from_secs(5), "new connections still accepted");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let got = in_flight.await.expect("request task");
+    assert_eq!(got.status, StatusCode::OK);
+    assert_eq!(got.body.len(), 100_000, "the in-flight response arrived whole");
+    assert_eq!(shutdown.await.expect("shutdown task"), 0, "nothing had to be cut");
+}
