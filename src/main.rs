@@ -104,6 +104,9 @@ fn serve(config: Config, path: Option<std::path::PathBuf>, demo: bool) -> anyhow
         }
         let running = server::start_with_file(&config, path).await?;
         reload_on_sighup(hup, running.control.clone());
+        // Held until the gateway stops: dropping it would end the watch.
+        let _watch =
+            if config.watch { running.control.watch_config().context("watching the config file")? } else { None };
         tracing::info!("ferroway running: {}", snapshot::summary(&config));
         if demo {
             println!("{}", demo::CURL_LINES);

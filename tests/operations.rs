@@ -261,3 +261,32 @@ async fn shutdown_finishes_in_flight_requests_and_refuses_new_connections() {
     assert_eq!(got.body.len(), 100_000, "the in-flight response arrived whole");
     assert_eq!(shutdown.await.expect("shutdown task"), 0, "nothing had to be cut");
 }
+
+#[tokio::test]
+async fn a_changed_config_file_is_reloaded_by_itself() {
+    let (a, b) = (Backend::text("a").await, Backend::text("b").await);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("gw.yaml");
+    let gw = gateway_from_file(&path, &two_backends_config(&a, &b, "a", "")).await;
+    let _watch = gw.running.control.watch_config().expect("watch").expect("a file to watch");
+    // Replace the file the way editors and ConfigMaps do: write beside it, rename over it.
+    let tmp = dir.path().join(".gw.yaml.tmp");
+    std::fs::write(&tmp, two_backends_config(&a, &b, "b", "")).expect("write");
+    std::fs::rename(&tmp, &path).expect("rename");
+    let start = Instant::now();
+    while get(&gw.url("/")).await.text() != "b" {
+        assert!(start.elapsed() < Duration::from_secs(10), "the file change was never picked up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[test]
+fn watching_can_be_turned_off() {
+    let c = ferroway::config::load_str(
+        "listeners: [{ name: a, address: 127.0.0.1:0 }]\nwatch: false\n",
+        Path::new("w.yaml"),
+        Default::default(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!c.watch);
+}

@@ -30,6 +30,8 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Worker threads; `None` means one per available CPU.
     pub workers: Option<usize>,
+    /// Reload when the config file changes.
+    pub watch: bool,
 }
 
 #[derive(Debug)]
@@ -63,7 +65,7 @@ pub enum AccessLogDef {
 
 pub fn decode_config(node: &Node, p: &mut Problems) -> Config {
     const KEYS: &[&str] =
-        &["listeners", "admin", "upstreams", "routes", "limits", "access_log", "shutdown_timeout", "workers"];
+        &["listeners", "admin", "upstreams", "routes", "limits", "access_log", "shutdown_timeout", "workers", "watch"];
     let empty = Config {
         listeners: Vec::new(),
         admin: None,
@@ -77,6 +79,7 @@ pub fn decode_config(node: &Node, p: &mut Problems) -> Config {
         access_log: AccessLogDef::Stdout,
         shutdown_timeout: Duration::from_secs(30),
         workers: None,
+        watch: true,
     };
     let Some(f) = Fields::new(node, "", KEYS, p) else { return empty };
     let listeners = if f.has("listeners") {
@@ -105,6 +108,7 @@ pub fn decode_config(node: &Node, p: &mut Problems) -> Config {
                 None
             }
         }),
+        watch: f.opt("watch", p).unwrap_or(true),
     }
 }
 

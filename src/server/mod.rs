@@ -6,6 +6,8 @@
 //! connection lifecycle. The listener set is behind a mutex that only reload and shutdown
 //! take, never a request.
 
+mod file_watch;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -141,6 +143,14 @@ impl Control {
     fn lock_listeners(&self) -> std::sync::MutexGuard<'_, Vec<ListenerHandle>> {
         // Poisoning only means a reload panicked; the list itself is still consistent.
         self.listeners.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reloads whenever the config file changes (see `file_watch`); the watch ends with the task.
+    pub fn watch_config(self: &Arc<Self>) -> Result<Option<JoinHandle<()>>, notify::Error> {
+        match &self.config_path {
+            Some(path) => file_watch::watch_config(self.clone(), path).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// Reads the config file again and reloads it.
