@@ -11,6 +11,7 @@ use arc_swap::ArcSwap;
 
 use crate::config::{Config, HostHeader, Limits, PathSpec};
 use crate::observe::access_log::AccessLog;
+use crate::observe::metrics::{Metrics, RouteMetrics};
 use crate::proxy::request_id::IdSource;
 use crate::routing::{RouteSpec, Router};
 use crate::upstream::{Registry, Upstream};
@@ -22,6 +23,8 @@ pub struct Route {
     pub strip_prefix: Option<usize>,
     pub host_header: HostHeader,
     pub max_request_body: u64,
+    /// This route's counters, shared with every snapshot that has a route of this name.
+    pub metrics: Arc<RouteMetrics>,
 }
 
 pub struct Snapshot {
@@ -38,7 +41,7 @@ pub struct Snapshot {
 #[error("{0}")]
 pub struct CompileError(pub String);
 
-pub fn compile(config: &Config, registry: &Registry) -> Result<Snapshot, CompileError> {
+pub fn compile(config: &Config, registry: &Registry, metrics: &Metrics) -> Result<Snapshot, CompileError> {
     let mut upstreams = std::collections::HashMap::new();
     for (name, def) in &config.upstreams {
         let def = def.as_ref().ok_or_else(|| CompileError(format!("upstream {} is invalid", name.value)))?;
@@ -60,6 +63,7 @@ pub fn compile(config: &Config, registry: &Registry) -> Result<Snapshot, Compile
             strip_prefix,
             host_header: r.host_header.clone(),
             max_request_body: r.limits.max_request_body.unwrap_or(config.limits.max_request_body),
+            metrics: metrics.route(&r.name.value),
         };
         specs.push(RouteSpec {
             host: r.matcher.host.as_ref().map(|h| h.value.clone()),
@@ -95,14 +99,22 @@ pub struct Gateway {
     registry: Registry,
     pub access_log: Arc<AccessLog>,
     pub ids: IdSource,
+    pub metrics: Metrics,
 }
 
 impl Gateway {
     pub fn new(config: &Config, access_log: Arc<AccessLog>) -> Result<Gateway, CompileError> {
         let registry = Registry::default();
-        let snapshot = compile(config, &registry)?;
+        let metrics = Metrics::default();
+        let snapshot = compile(config, &registry, &metrics)?;
         snapshot.upstreams.iter().for_each(Upstream::start_health_checks);
-        Ok(Gateway { current: ArcSwap::from_pointee(snapshot), registry, access_log, ids: IdSource::default() })
+        Ok(Gateway {
+            current: ArcSwap::from_pointee(snapshot),
+            registry,
+            access_log,
+            ids: IdSource::default(),
+            metrics,
+        })
     }
 
     /// The snapshot a new request should use; it stays valid for that request whatever
@@ -120,7 +132,7 @@ impl Gateway {
 
     /// Compiles a snapshot without installing it (unchanged upstreams are shared).
     pub fn prepare(&self, config: &Config) -> Result<Snapshot, CompileError> {
-        compile(config, &self.registry)
+        compile(config, &self.registry, &self.metrics)
     }
 
     /// Makes `next` the snapshot new requests use; requests in flight keep theirs.

@@ -290,3 +290,55 @@ fn watching_can_be_turned_off() {
     .unwrap_or_else(|e| panic!("{e}"));
     assert!(!c.watch);
 }
+
+#[tokio::test]
+async fn metrics_are_valid_prometheus_text_with_bounded_labels() {
+    let (a, b) = (Backend::text("a").await, Backend::text("b").await);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("gw.yaml");
+    let gw = gateway_from_file(&path, &two_backends_config(&a, &b, "a", "")).await;
+    for _ in 0..3 {
+        assert_eq!(get(&gw.url("/some/path?q=1")).await.status, StatusCode::OK);
+    }
+    let odd = send(Request::builder().method("BREW").uri(gw.url("/x")).body(full("")).expect("req")).await;
+    assert_eq!(odd.status, StatusCode::OK);
+    std::fs::write(&path, "routes: [").expect("write");
+    assert!(gw.running.control.reload_from_file().await.is_err());
+
+    let got = admin(&gw, Method::GET, "/metrics").await;
+    assert_eq!(got.status, StatusCode::OK);
+    assert!(got.header("content-type").is_some_and(|c| c.starts_with("text/plain; version=0.0.4")));
+    let text = got.text();
+    for line in [
+        "ferroway_requests_total{route=\"v\",method=\"GET\",status_class=\"2xx\"} 3",
+        "ferroway_requests_total{route=\"v\",method=\"other\",status_class=\"2xx\"} 1",
+        "ferroway_request_duration_seconds_count{route=\"v\"} 4",
+        "ferroway_reloads_total{outcome=\"failed\"} 1",
+        "ferroway_upstream_connections_open{upstream=\"a\",target=\"",
+        "ferroway_upstream_target_healthy{upstream=\"a\",target=\"",
+        "ferroway_upstream_request_duration_seconds_count{upstream=\"a\",target=\"",
+        "ferroway_upstream_retries_total{upstream=\"a\",cause=\"reset\"} 0",
+        "ferroway_build_info{version=\"",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in:\n{text}");
+    }
+    assert!(!text.contains("/some/path") && !text.contains("BREW"), "request data never becomes a label");
+
+    // Real validation: promtool from Debian's prometheus package (installed by scripts/test).
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool is installed (scripts/test installs Debian's prometheus package)");
+    use std::io::Write;
+    promtool.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("write metrics");
+    let out = promtool.wait_with_output().expect("promtool runs");
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

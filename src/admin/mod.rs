@@ -76,6 +76,7 @@ async fn answer(req: Request<Incoming>, control: &Arc<Control>, token: Option<&s
         (&Method::GET, "/healthz") => reply(StatusCode::OK, json!({ "status": "alive" })),
         (&Method::GET, "/ready") => ready(control),
         (&Method::GET, "/upstreams") => upstreams(control),
+        (&Method::GET, "/metrics") => metrics(control),
         (&Method::POST, "/reload") => match control.reload_from_file().await {
             Ok(s) => reply(
                 StatusCode::OK,
@@ -87,7 +88,7 @@ async fn answer(req: Request<Incoming>, control: &Arc<Control>, token: Option<&s
                 reply(StatusCode::UNPROCESSABLE_ENTITY, json!({ "status": "failed", "errors": errors }))
             }
         },
-        (_, "/healthz" | "/ready" | "/upstreams" | "/reload") => {
+        (_, "/healthz" | "/ready" | "/upstreams" | "/metrics" | "/reload") => {
             reply(StatusCode::METHOD_NOT_ALLOWED, json!({ "error": "method not allowed" }))
         }
         _ => reply(StatusCode::NOT_FOUND, json!({ "error": "no such admin endpoint" })),
@@ -116,6 +117,24 @@ fn ready(control: &Control) -> Response<Full<Bytes>> {
             json!({ "ready": false, "reason": "no available target", "upstreams": down }),
         )
     }
+}
+
+fn metrics(control: &Control) -> Response<Full<Bytes>> {
+    let snapshot = control.gateway.snapshot();
+    let scrape = crate::observe::metrics::Scrape {
+        metrics: &control.gateway.metrics,
+        upstreams: snapshot.upstreams.iter().map(|u| u.view()).collect(),
+        target_latency: snapshot
+            .upstreams
+            .iter()
+            .flat_map(|u| u.targets.iter().map(move |t| (u.name.clone(), t.address.clone(), &t.stats.latency)))
+            .collect(),
+        active_connections: control.open_connections(),
+    };
+    let mut r = Response::new(Full::new(Bytes::from(crate::observe::metrics::render(&scrape))));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    r
 }
 
 fn upstreams(control: &Control) -> Response<Full<Bytes>> {

@@ -17,6 +17,7 @@ use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use crate::observe::access_log::Entry;
+use crate::observe::metrics::RouteMetrics;
 use crate::upstream::balance::InFlight;
 
 /// Why a request body stopped before its end.
@@ -165,26 +166,35 @@ enum Source {
     Fixed(Option<Bytes>),
 }
 
+/// What is recorded in the route's metrics once the response is over.
+pub struct Done {
+    pub metrics: Arc<RouteMetrics>,
+    pub method: usize,
+    pub status: u16,
+    pub start: std::time::Instant,
+}
+
 /// The body the client receives.
 pub struct ResponseBody {
     source: Source,
     sent: u64,
     ended: bool,
     log: Option<Entry>,
+    done: Option<Done>,
 }
 
 impl ResponseBody {
-    pub fn upstream(body: Incoming, log: Option<Entry>, in_flight: InFlight, idle: Duration) -> Self {
+    pub fn upstream(body: Incoming, log: Option<Entry>, done: Done, in_flight: InFlight, idle: Duration) -> Self {
         let source = Source::Upstream { body, _in_flight: in_flight, idle: IdleTimer::new(idle) };
-        ResponseBody { source, sent: 0, ended: false, log }
+        ResponseBody { source, sent: 0, ended: false, log, done: Some(done) }
     }
 
-    pub fn fixed(bytes: Bytes, log: Option<Entry>) -> Self {
-        ResponseBody { source: Source::Fixed(Some(bytes)), sent: 0, ended: false, log }
+    pub fn fixed(bytes: Bytes, log: Option<Entry>, done: Done) -> Self {
+        ResponseBody { source: Source::Fixed(Some(bytes)), sent: 0, ended: false, log, done: Some(done) }
     }
 
     pub fn empty() -> Self {
-        ResponseBody { source: Source::Fixed(None), sent: 0, ended: true, log: None }
+        ResponseBody { source: Source::Fixed(None), sent: 0, ended: true, log: None, done: None }
     }
 }
 
@@ -242,6 +252,9 @@ impl Body for ResponseBody {
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
+        if let Some(d) = self.done.take() {
+            d.metrics.record(d.method, d.status, d.start.elapsed());
+        }
         if let Some(mut entry) = self.log.take() {
             let complete = self.ended || self.is_end_stream();
             if !complete && entry.error.is_none() {

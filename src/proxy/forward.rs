@@ -103,7 +103,11 @@ pub async fn forward(
         }
         // A failure counts as slow, so latency-aware balancing does not favour a target that
         // fails fast.
-        target.stats.observe(if outcome.is_ok() { sent.elapsed() } else { timeout });
+        let took = sent.elapsed();
+        if outcome.is_ok() {
+            target.stats.latency.observe(took);
+        }
+        target.stats.observe(if outcome.is_ok() { took } else { timeout });
         upstream.report(
             target,
             match &outcome {

@@ -21,12 +21,13 @@ use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use self::body::{Exchange, RequestBody, ResponseBody};
+use self::body::{Done, Exchange, RequestBody, ResponseBody};
 use self::error::ErrorKind;
 use self::forward::{Outgoing, Payload};
 use self::headers::{Peer, X_REQUEST_ID};
 use crate::config::HostHeader;
 use crate::observe::access_log::Entry;
+use crate::observe::metrics::{self, RouteMetrics};
 use crate::routing::{normalize_host, normalize_path};
 use crate::snapshot::{Gateway, Route, Snapshot};
 use crate::upstream::balance::InFlight;
@@ -36,15 +37,20 @@ struct Ctx<'a> {
     peer: &'a Peer,
     request_id: &'a HeaderValue,
     entry: Option<&'a mut Entry>,
+    /// Set once a route matched: whose metrics the response is counted in.
+    route_metrics: &'a mut Option<Arc<RouteMetrics>>,
 }
 
 pub async fn handle(req: Request<Incoming>, peer: &Peer, gw: &Gateway) -> Response<ResponseBody> {
     let snapshot = gw.snapshot();
     let request_id = gw.ids.for_request(req.headers());
     let version = req.version();
+    let start = Instant::now();
+    let method = metrics::method_index(req.method());
+    let mut route_metrics = None;
     let mut entry = gw.access_log.enabled().then(|| Entry {
         sink: gw.access_log.clone(),
-        start: Instant::now(),
+        start,
         request_id: request_id.clone(),
         client: peer.addr,
         method: req.method().clone(),
@@ -59,8 +65,9 @@ pub async fn handle(req: Request<Incoming>, peer: &Peer, gw: &Gateway) -> Respon
         bytes_out: 0,
         error: None,
     });
-    let ctx = Ctx { peer, request_id: &request_id, entry: entry.as_mut() };
+    let ctx = Ctx { peer, request_id: &request_id, entry: entry.as_mut(), route_metrics: &mut route_metrics };
     let result = route_and_forward(req, ctx, &snapshot).await;
+    let metrics = route_metrics.unwrap_or_else(|| gw.metrics.unmatched.clone());
     match result {
         Ok((mut resp, in_flight, idle)) => {
             headers::strip_hop_by_hop(resp.headers_mut());
@@ -68,23 +75,33 @@ pub async fn handle(req: Request<Incoming>, peer: &Peer, gw: &Gateway) -> Respon
             resp.headers_mut().append(header::VIA, via);
             resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
             *resp.version_mut() = version;
+            let status = resp.status().as_u16();
             if let Some(e) = entry.as_mut() {
-                e.status = resp.status().as_u16();
+                e.status = status;
             }
-            resp.map(|b| ResponseBody::upstream(b, entry, in_flight, idle))
+            let done = Done { metrics, method, status, start };
+            resp.map(|b| ResponseBody::upstream(b, entry, done, in_flight, idle))
         }
-        Err(kind) => error_response(kind, &request_id, entry),
+        Err(kind) => {
+            let done = Done { metrics, method, status: kind.status().as_u16(), start };
+            error_response(kind, &request_id, entry, done)
+        }
     }
 }
 
-fn error_response(kind: ErrorKind, request_id: &HeaderValue, mut entry: Option<Entry>) -> Response<ResponseBody> {
+fn error_response(
+    kind: ErrorKind,
+    request_id: &HeaderValue,
+    mut entry: Option<Entry>,
+    done: Done,
+) -> Response<ResponseBody> {
     let status = kind.status();
     if let Some(e) = entry.as_mut() {
         e.status = status.as_u16();
         e.error = Some(kind.label());
     }
     let body = error::json_body(kind, request_id.to_str().unwrap_or("-"));
-    let mut resp = Response::new(ResponseBody::fixed(body, entry));
+    let mut resp = Response::new(ResponseBody::fixed(body, entry, done));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -108,6 +125,7 @@ async fn route_and_forward(
     let host = host_value.as_ref().and_then(|h| h.to_str().ok()).map(normalize_host).unwrap_or_default();
     let route: &Arc<Route> =
         snapshot.router.lookup(&host, &path, &parts.method, &parts.headers).ok_or(ErrorKind::NoRoute)?;
+    *ctx.route_metrics = Some(route.metrics.clone());
     if let Some(e) = ctx.entry.as_deref_mut() {
         e.route = Some(route.name.clone());
     }

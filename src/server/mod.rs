@@ -156,8 +156,18 @@ impl Control {
     /// Reads the config file again and reloads it.
     pub async fn reload_from_file(self: &Arc<Self>) -> Result<ReloadSummary, ReloadError> {
         let path = self.config_path.as_ref().ok_or(ReloadError::NoFile)?;
-        let config = config::load(path)?;
-        self.reload(&config).await
+        match config::load(path) {
+            Ok(config) => self.reload(&config).await,
+            Err(e) => {
+                self.gateway.metrics.reloads_failed.fetch_add(1, Ordering::Relaxed);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Client connections open right now.
+    pub fn open_connections(&self) -> usize {
+        self.connections.open.load(Ordering::Relaxed)
     }
 
     /// Applies a new config as a whole or not at all: the snapshot is compiled and new
@@ -165,6 +175,14 @@ impl Control {
     /// listeners the config no longer has stop accepting (their open connections finish).
     /// Changes to `access_log` and `workers` take a restart.
     pub async fn reload(self: &Arc<Self>, config: &Config) -> Result<ReloadSummary, ReloadError> {
+        let result = self.apply(config).await;
+        let counter =
+            if result.is_ok() { &self.gateway.metrics.reloads_ok } else { &self.gateway.metrics.reloads_failed };
+        counter.fetch_add(1, Ordering::Relaxed);
+        result
+    }
+
+    async fn apply(self: &Arc<Self>, config: &Config) -> Result<ReloadSummary, ReloadError> {
         let _one_at_a_time = self.reloading.lock().await;
         let snapshot = self.gateway.prepare(config)?;
         let existing: Vec<(String, SocketAddr)> =

@@ -21,6 +21,8 @@ pub struct TargetStats {
     /// (0 until the first response).
     pub ewma_ns: AtomicU64,
     pub health: super::health::Health,
+    /// Time from sending a try to its response headers.
+    pub latency: crate::observe::metrics::Histogram,
 }
 
 impl TargetStats {
