@@ -87,7 +87,7 @@ fn run_config(path: &Path, demo: bool) -> anyhow::Result<()> {
 }
 
 fn serve(config: Config, path: Option<std::path::PathBuf>, demo: bool) -> anyhow::Result<()> {
-    init_logging();
+    init_logging(&config.log_level);
     let runtime = build_runtime(config.workers).context("starting the runtime")?;
     runtime.block_on(async move {
         // Handlers first: a stop signal that arrives while listeners start must still drain.
@@ -158,17 +158,19 @@ fn stop_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     })
 }
 
-fn init_logging() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// The gateway's own logs go to stderr: readable on a terminal, one JSON object per line
+/// otherwise (for log shippers). The level comes from `RUST_LOG`, else from `log_level`.
+fn init_logging(level: &str) {
     use std::io::IsTerminal;
-    let ansi = std::io::stderr().is_terminal();
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let terminal = std::io::stderr().is_terminal();
     // log_internal_errors(false): by default a failed log write is reported with eprintln!,
     // which panics when stderr itself is gone; a gateway must outlive its log reader.
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(ansi)
+        .with_ansi(terminal)
         .log_internal_errors(false)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = if terminal { builder.try_init() } else { builder.json().flatten_event(true).try_init() };
 }

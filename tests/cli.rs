@@ -104,9 +104,7 @@ async fn run_serves_from_the_config_in_ferroway_config_and_exits_cleanly_on_sigt
     // running when whoever reads its log goes away.
     let addr = tokio::task::spawn_blocking(move || {
         use std::io::BufRead;
-        std::io::BufReader::new(stderr).lines().map_while(Result::ok).find_map(|l| {
-            l.split("address=").nth(1).and_then(|a| a.split_whitespace().next()?.parse::<std::net::SocketAddr>().ok())
-        })
+        std::io::BufReader::new(stderr).lines().map_while(Result::ok).find_map(|l| listening_address(&l))
     })
     .await
     .expect("reader")
@@ -140,4 +138,9 @@ async fn sighup_reloads_the_config_file_and_a_bad_file_changes_nothing() {
     gw.signal("HUP");
     gw.wait_for_log("config reloaded", 1);
     assert_eq!(get(&url).await.text(), "b");
+    // Off a terminal, the gateway's own log is one JSON object per line.
+    for line in gw.log_lines() {
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v["level"].is_string() && v["message"].is_string(), "{line}");
+    }
 }

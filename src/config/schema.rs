@@ -32,6 +32,8 @@ pub struct Config {
     pub workers: Option<usize>,
     /// Reload when the config file changes.
     pub watch: bool,
+    /// The gateway's own log level when `RUST_LOG` is not set.
+    pub log_level: String,
 }
 
 #[derive(Debug)]
@@ -64,8 +66,18 @@ pub enum AccessLogDef {
 }
 
 pub fn decode_config(node: &Node, p: &mut Problems) -> Config {
-    const KEYS: &[&str] =
-        &["listeners", "admin", "upstreams", "routes", "limits", "access_log", "shutdown_timeout", "workers", "watch"];
+    const KEYS: &[&str] = &[
+        "listeners",
+        "admin",
+        "upstreams",
+        "routes",
+        "limits",
+        "access_log",
+        "shutdown_timeout",
+        "workers",
+        "watch",
+        "log_level",
+    ];
     let empty = Config {
         listeners: Vec::new(),
         admin: None,
@@ -80,6 +92,7 @@ pub fn decode_config(node: &Node, p: &mut Problems) -> Config {
         shutdown_timeout: Duration::from_secs(30),
         workers: None,
         watch: true,
+        log_level: "info".into(),
     };
     let Some(f) = Fields::new(node, "", KEYS, p) else { return empty };
     let listeners = if f.has("listeners") {
@@ -109,6 +122,22 @@ pub fn decode_config(node: &Node, p: &mut Problems) -> Config {
             }
         }),
         watch: f.opt("watch", p).unwrap_or(true),
+        log_level: f.opt::<Located<String>>("log_level", p).map_or_else(
+            || "info".to_owned(),
+            |l| {
+                const LEVELS: &[&str] = &["error", "warn", "info", "debug", "trace"];
+                if LEVELS.contains(&l.value.as_str()) {
+                    l.value
+                } else {
+                    p.add(
+                        l.pos,
+                        &l.path,
+                        format!("unknown log level {:?}; expected one of: {}", l.value, LEVELS.join(", ")),
+                    );
+                    "info".to_owned()
+                }
+            },
+        ),
     }
 }
 

@@ -259,3 +259,13 @@ fn port_zero_addresses_never_clash_and_a_public_admin_needs_a_token() {
     check("listeners: [{ name: a, address: 127.0.0.1:1 }]\nadmin: { address: 0.0.0.0:9901, token: s3cret }\n")
         .expect("valid");
 }
+
+#[test]
+fn log_level_is_checked() {
+    let p = problems("listeners: [{ name: a, address: 127.0.0.1:1 }]\nlog_level: loud\n");
+    assert_eq!(p, ["2:12: log_level: unknown log level \"loud\"; expected one of: error, warn, info, debug, trace"]);
+    assert_eq!(
+        check("listeners: [{ name: a, address: 127.0.0.1:1 }]\nlog_level: debug\n").expect("valid").log_level,
+        "debug"
+    );
+}

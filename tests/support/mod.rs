@@ -286,6 +286,22 @@ pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The address in a gateway log line announcing a (non-admin) listener. Off a terminal the
+/// gateway logs JSON objects; on one, `key=value` text.
+pub fn listening_address(line: &str) -> Option<SocketAddr> {
+    if line.starts_with('{') {
+        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        if v["message"] != "listening" || v["listener"] == "admin" {
+            return None;
+        }
+        return v["address"].as_str()?.parse().ok();
+    }
+    if line.contains("listener=admin") {
+        return None;
+    }
+    line.split("address=").nth(1)?.split_whitespace().next()?.parse().ok()
+}
+
 /// The real `ferroway` binary, started with a config file.
 pub struct GatewayProcess {
     pub child: Child,
@@ -318,8 +334,8 @@ impl GatewayProcess {
             let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 lines.lock().expect("log lock").push(line.clone());
-                if let Some(addr) = line.split("address=").nth(1).and_then(|a| a.split_whitespace().next())
-                    && let (Some(tx), Ok(addr)) = (tx.take(), addr.parse::<SocketAddr>())
+                if let Some(addr) = listening_address(&line)
+                    && let Some(tx) = tx.take()
                 {
                     let _ = tx.send(addr);
                 }
@@ -327,6 +343,11 @@ impl GatewayProcess {
         });
         let addr = rx.recv_timeout(Duration::from_secs(30)).expect("the gateway reports its listening address");
         GatewayProcess { child, addr, config: path, log, _dir: dir }
+    }
+
+    /// Every line the process has logged so far.
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.lock().expect("log lock").clone()
     }
 
     /// Waits (polling) until the process has logged `count` lines containing `text`.
