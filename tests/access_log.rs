@@ -36,6 +36,8 @@ async fn each_request_writes_one_json_line_with_its_facts() {
     assert_eq!(first["bytes_out"], 5);
     assert!(first["duration_ms"].as_f64().is_some());
     assert!(first["upstream_duration_ms"].as_f64().is_some());
+    assert_eq!(first["trace_id"].as_str().map(str::len), Some(32), "the trace id sent upstream is logged");
+    assert_eq!(first["retries"], 0);
     let second: serde_json::Value = serde_json::from_str(&lines[1]).expect("JSON line");
     assert_eq!(second["status"], 404);
     assert_eq!(second["error"], "no_route");

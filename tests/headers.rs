@@ -137,3 +137,30 @@ async fn gateway_errors_carry_the_request_id_in_header_and_body() {
     assert_eq!(body["error"], "no route matches this request");
     assert_eq!(got.header("content-type"), Some("application/json"));
 }
+
+#[tokio::test]
+async fn trace_context_is_continued_or_started() {
+    let backend = Backend::echo().await;
+    let gw = gateway(&config(&backend, "preserve")).await;
+    let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    send(
+        Request::get(gw.url("/"))
+            .header("traceparent", incoming)
+            .header("tracestate", "v=1")
+            .body(full(""))
+            .expect("req"),
+    )
+    .await;
+    let h = backend.last().headers;
+    let sent = h["traceparent"].to_str().expect("ascii").to_owned();
+    assert_eq!(&sent[..36], &incoming[..36], "same trace");
+    assert_ne!(&sent[36..52], &incoming[36..52], "the gateway's own span");
+    assert_eq!(h["tracestate"], "v=1");
+
+    send(Request::get(gw.url("/")).header("tracestate", "v=1").body(full("")).expect("req")).await;
+    let h = backend.last().headers;
+    let started = h["traceparent"].to_str().expect("ascii");
+    assert_eq!(started.len(), 55);
+    assert!(started.starts_with("00-") && started.ends_with("-01"));
+    assert!(!h.contains_key("tracestate"), "tracestate without a valid traceparent is dropped");
+}

@@ -80,6 +80,8 @@ pub struct Entry {
     pub upstream_duration: Option<Duration>,
     /// Tries repeated on another target.
     pub retries: u32,
+    /// The `traceparent` sent upstream (its trace id goes in the log).
+    pub traceparent: Option<HeaderValue>,
     pub exchange: Option<Arc<Exchange>>,
     pub bytes_out: u64,
     pub error: Option<&'static str>,
@@ -101,6 +103,8 @@ struct Line<'a> {
     duration_ms: f64,
     upstream_duration_ms: Option<f64>,
     retries: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trace_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<&'a str>,
 }
@@ -126,6 +130,7 @@ impl Entry {
             duration_ms: ms(self.start.elapsed()),
             upstream_duration_ms: self.upstream_duration.map(ms),
             retries: self.retries,
+            trace_id: self.traceparent.as_ref().and_then(|t| t.to_str().ok()).and_then(|t| t.get(3..35)),
             error: self.error,
         };
         if let Ok(mut text) = serde_json::to_string(&line) {

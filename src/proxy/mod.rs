@@ -9,6 +9,7 @@ pub mod error;
 mod forward;
 pub mod headers;
 pub mod request_id;
+pub mod trace;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -61,6 +62,7 @@ pub async fn handle(req: Request<Incoming>, peer: &Peer, gw: &Gateway) -> Respon
         status: 0,
         upstream_duration: None,
         retries: 0,
+        traceparent: None,
         exchange: None,
         bytes_out: 0,
         error: None,
@@ -143,6 +145,10 @@ async fn route_and_forward(
     }
     headers::add_forwarding(&mut parts.headers, ctx.peer, host_value.as_ref(), client_version);
     parts.headers.insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
+    let traceparent = trace::propagate(&mut parts.headers);
+    if let Some(e) = ctx.entry.as_deref_mut() {
+        e.traceparent = Some(traceparent);
+    }
     match &route.host_header {
         HostHeader::Preserve => match &host_value {
             Some(h) => parts.headers.insert(header::HOST, h.clone()),
