@@ -94,6 +94,8 @@ fn serve(config: Config, path: Option<std::path::PathBuf>, demo: bool) -> anyhow
         let stop = stop_signal()?;
         let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .context("installing the SIGHUP handler")?;
+        let usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
+            .context("installing the SIGUSR1 handler")?;
         if demo {
             for (name, addr) in demo::BACKENDS {
                 let addr = addr.parse().context("demo backend address")?;
@@ -104,6 +106,7 @@ fn serve(config: Config, path: Option<std::path::PathBuf>, demo: bool) -> anyhow
         }
         let running = server::start_with_file(&config, path).await?;
         reload_on_sighup(hup, running.control.clone());
+        reopen_log_on_sigusr1(usr1, running.gateway.access_log.clone());
         // Held until the gateway stops: dropping it would end the watch.
         let _watch =
             if config.watch { running.control.watch_config().context("watching the config file")? } else { None };
@@ -141,6 +144,19 @@ fn reload_on_sighup(mut hup: tokio::signal::unix::Signal, control: std::sync::Ar
                 Ok(s) => tracing::info!(added = ?s.listeners_added, removed = ?s.listeners_removed, "config reloaded"),
                 Err(e) => tracing::error!("reload failed; the running config keeps serving:\n{e}"),
             }
+        }
+    });
+}
+
+/// SIGUSR1 reopens the access-log file, so logrotate can move it away.
+fn reopen_log_on_sigusr1(
+    mut usr1: tokio::signal::unix::Signal,
+    log: std::sync::Arc<ferroway::observe::access_log::AccessLog>,
+) {
+    tokio::spawn(async move {
+        while usr1.recv().await.is_some() {
+            log.reopen();
+            tracing::info!("access log reopened");
         }
     });
 }

@@ -56,3 +56,38 @@ async fn wait_for_lines(path: &std::path::Path, n: usize) -> Vec<String> {
     }
     panic!("{n} access-log lines did not appear");
 }
+
+#[tokio::test]
+async fn the_combined_format_and_reopening_after_logrotate() {
+    let backend = Backend::echo().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("access.log");
+    let yaml = format!(
+        "access_log: {{ output: {}, format: combined }}\n{}",
+        log.display(),
+        single_route(backend.addr, "", "match: { path_prefix: /users }")
+    );
+    let gw = gateway(&yaml).await;
+    let req = Request::get(gw.url("/users/1?x=y"))
+        .header("referer", "https://app.example/")
+        .header("user-agent", "test \"agent\"")
+        .body(full(""))
+        .expect("req");
+    assert_eq!(send(req).await.status, StatusCode::OK);
+    let lines = wait_for_lines(&log, 1).await;
+    let line = &lines[0];
+    assert!(line.starts_with("127.0.0.1 - - ["), "{line}");
+    assert!(
+        line.ends_with("] \"GET /users/1?x=y HTTP/1.1\" 200 - \"https://app.example/\" \"test \\\"agent\\\"\""),
+        "{line}"
+    );
+
+    // logrotate moves the file, then signals; new lines go to a new file at the old path.
+    let rotated = dir.path().join("access.log.1");
+    std::fs::rename(&log, &rotated).expect("rotate");
+    gw.running.gateway.access_log.reopen();
+    get(&gw.url("/users/2")).await;
+    let fresh = wait_for_lines(&log, 1).await;
+    assert!(fresh[0].contains("/users/2"), "{fresh:?}");
+    assert_eq!(std::fs::read_to_string(&rotated).expect("rotated").lines().count(), 1);
+}

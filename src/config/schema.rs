@@ -58,11 +58,25 @@ pub struct Limits {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub enum AccessLogDef {
+pub struct AccessLogDef {
+    pub output: LogOutput,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum LogOutput {
     Off,
     Stdout,
     Stderr,
+    /// Appended to; reopened on SIGUSR1 (for logrotate).
     File(std::path::PathBuf),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LogFormat {
+    Json,
+    /// The NCSA combined log format, as NGINX and Apache write it.
+    Combined,
 }
 
 pub fn decode_config(node: &Node, p: &mut Problems) -> Config {
@@ -88,7 +102,7 @@ pub fn decode_config(node: &Node, p: &mut Problems) -> Config {
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             client_body_timeout: DEFAULT_CLIENT_BODY_TIMEOUT,
         },
-        access_log: AccessLogDef::Stdout,
+        access_log: AccessLogDef { output: LogOutput::Stdout, format: LogFormat::Json },
         shutdown_timeout: Duration::from_secs(30),
         workers: None,
         watch: true,
@@ -111,7 +125,7 @@ pub fn decode_config(node: &Node, p: &mut Problems) -> Config {
         upstreams,
         routes: lenient_list(&f, "routes", p, decode_route),
         limits: f.opt("limits", p).unwrap_or(empty.limits),
-        access_log: f.opt("access_log", p).unwrap_or(AccessLogDef::Stdout),
+        access_log: f.opt("access_log", p).unwrap_or(empty.access_log.clone()),
         shutdown_timeout: f.opt::<Dur>("shutdown_timeout", p).map_or(empty.shutdown_timeout, |d| d.0),
         workers: f.opt::<Located<u32>>("workers", p).and_then(|w| {
             if (1..=1024).contains(&w.value) {
@@ -214,17 +228,26 @@ impl Decode for Limits {
 
 impl Decode for AccessLogDef {
     fn decode(node: &Node, path: &str, p: &mut Problems) -> Option<Self> {
-        let f = Fields::new(node, path, &["output"], p)?;
+        let f = Fields::new(node, path, &["output", "format"], p)?;
+        let format = f.opt::<Located<String>>("format", p).map_or(LogFormat::Json, |v| match v.value.as_str() {
+            "json" => LogFormat::Json,
+            "combined" => LogFormat::Combined,
+            other => {
+                p.add(v.pos, &v.path, format!("unknown access log format {other:?}; expected json or combined"));
+                LogFormat::Json
+            }
+        });
         // `output: off` is the documented spelling; `output: false` means the same.
         if f.node("output").is_some_and(|n| n.value == Value::Bool(false)) {
-            return Some(AccessLogDef::Off);
+            return Some(AccessLogDef { output: LogOutput::Off, format });
         }
         let out: Option<String> = f.opt("output", p);
-        Some(match out.as_deref() {
-            None | Some("stdout") => AccessLogDef::Stdout,
-            Some("stderr") => AccessLogDef::Stderr,
-            Some("off") => AccessLogDef::Off,
-            Some(file) => AccessLogDef::File(file.into()),
-        })
+        let output = match out.as_deref() {
+            None | Some("stdout") => LogOutput::Stdout,
+            Some("stderr") => LogOutput::Stderr,
+            Some("off") => LogOutput::Off,
+            Some(file) => LogOutput::File(file.into()),
+        };
+        Some(AccessLogDef { output, format })
     }
 }

@@ -14,36 +14,62 @@ use std::time::{Duration, Instant, SystemTime};
 use http::{HeaderValue, Method, Version};
 use serde::Serialize;
 
-use crate::config::AccessLogDef;
+use crate::config::{AccessLogDef, LogFormat, LogOutput};
 use crate::proxy::body::Exchange;
 
 const QUEUE: usize = 16 * 1024;
 
+enum Msg {
+    Line(String),
+    /// Close and open the file again (after logrotate moved it).
+    Reopen,
+}
+
 pub struct AccessLog {
-    tx: Option<SyncSender<String>>,
+    tx: Option<SyncSender<Msg>>,
+    format: LogFormat,
     pub dropped: AtomicU64,
+}
+
+fn open_file(path: &std::path::Path) -> std::io::Result<Box<dyn Write + Send>> {
+    Ok(Box::new(std::fs::OpenOptions::new().create(true).append(true).open(path)?))
 }
 
 impl AccessLog {
     pub fn open(def: &AccessLogDef) -> std::io::Result<Arc<AccessLog>> {
-        let out: Box<dyn Write + Send> = match def {
-            AccessLogDef::Off => return Ok(Arc::new(AccessLog { tx: None, dropped: AtomicU64::new(0) })),
-            AccessLogDef::Stdout => Box::new(std::io::stdout()),
-            AccessLogDef::Stderr => Box::new(std::io::stderr()),
-            AccessLogDef::File(path) => Box::new(std::fs::OpenOptions::new().create(true).append(true).open(path)?),
+        let (out, path): (Box<dyn Write + Send>, _) = match &def.output {
+            LogOutput::Off => {
+                return Ok(Arc::new(AccessLog { tx: None, format: def.format, dropped: AtomicU64::new(0) }));
+            }
+            LogOutput::Stdout => (Box::new(std::io::stdout()), None),
+            LogOutput::Stderr => (Box::new(std::io::stderr()), None),
+            LogOutput::File(path) => (open_file(path)?, Some(path.clone())),
         };
         let (tx, rx) = sync_channel(QUEUE);
-        std::thread::Builder::new().name("ferroway-access-log".into()).spawn(move || drain(rx, out))?;
-        Ok(Arc::new(AccessLog { tx: Some(tx), dropped: AtomicU64::new(0) }))
+        std::thread::Builder::new().name("ferroway-access-log".into()).spawn(move || drain(rx, out, path))?;
+        Ok(Arc::new(AccessLog { tx: Some(tx), format: def.format, dropped: AtomicU64::new(0) }))
     }
 
     pub fn enabled(&self) -> bool {
         self.tx.is_some()
     }
 
+    /// Whether lines need the Referer and User-Agent (the combined format does).
+    pub fn wants_agent(&self) -> bool {
+        self.format == LogFormat::Combined
+    }
+
+    /// Reopens a file output (SIGUSR1, after logrotate has moved the file).
+    pub fn reopen(&self) {
+        if let Some(tx) = &self.tx {
+            // Blocking is fine: this is a signal handler's task, not a request.
+            let _ = tx.send(Msg::Reopen);
+        }
+    }
+
     fn send(&self, line: String) {
         if let Some(tx) = &self.tx {
-            match tx.try_send(line) {
+            match tx.try_send(Msg::Line(line)) {
                 Ok(()) => {}
                 Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                     self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -53,12 +79,28 @@ impl AccessLog {
     }
 }
 
-fn drain(rx: Receiver<String>, out: Box<dyn Write + Send>) {
+fn drain(rx: Receiver<Msg>, out: Box<dyn Write + Send>, path: Option<std::path::PathBuf>) {
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
-    while let Ok(line) = rx.recv() {
-        let _ = out.write_all(line.as_bytes());
-        while let Ok(line) = rx.try_recv() {
+    let handle = |msg: Msg, out: &mut std::io::BufWriter<Box<dyn Write + Send>>| match msg {
+        Msg::Line(line) => {
             let _ = out.write_all(line.as_bytes());
+        }
+        Msg::Reopen => {
+            let _ = out.flush();
+            if let Some(path) = &path {
+                match open_file(path) {
+                    Ok(file) => *out = std::io::BufWriter::with_capacity(64 * 1024, file),
+                    Err(e) => {
+                        tracing::warn!(error = %e, path = %path.display(), "cannot reopen the access log; still writing to the old file")
+                    }
+                }
+            }
+        }
+    };
+    while let Ok(msg) = rx.recv() {
+        handle(msg, &mut out);
+        while let Ok(msg) = rx.try_recv() {
+            handle(msg, &mut out);
         }
         let _ = out.flush();
     }
@@ -82,6 +124,8 @@ pub struct Entry {
     pub retries: u32,
     /// The `traceparent` sent upstream (its trace id goes in the log).
     pub traceparent: Option<HeaderValue>,
+    /// Referer and User-Agent, captured only for the combined format.
+    pub agent: Option<(Option<HeaderValue>, Option<HeaderValue>)>,
     pub exchange: Option<Arc<Exchange>>,
     pub bytes_out: u64,
     pub error: Option<&'static str>,
@@ -111,6 +155,11 @@ struct Line<'a> {
 
 impl Entry {
     pub fn write(self) {
+        if self.sink.format == LogFormat::Combined {
+            let line = self.combined();
+            self.sink.send(line);
+            return;
+        }
         let line = Line {
             ts: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
             request_id: self.request_id.to_str().unwrap_or("-"),
@@ -140,6 +189,71 @@ impl Entry {
     }
 }
 
+impl Entry {
+    /// `client - - [date] "METHOD uri PROTO" status bytes "referer" "user-agent"`.
+    fn combined(&self) -> String {
+        let quoted = |v: &Option<HeaderValue>| {
+            v.as_ref()
+                .and_then(|v| v.to_str().ok())
+                .map_or_else(|| "-".to_owned(), |s| s.replace('\\', "\\\\").replace('"', "\\\""))
+        };
+        let (referer, agent) =
+            self.agent.as_ref().map_or(("-".to_owned(), "-".to_owned()), |(r, a)| (quoted(r), quoted(a)));
+        let proto = match self.version {
+            Version::HTTP_2 => "HTTP/2.0",
+            Version::HTTP_10 => "HTTP/1.0",
+            _ => "HTTP/1.1",
+        };
+        let bytes = if self.bytes_out == 0 { "-".to_owned() } else { self.bytes_out.to_string() };
+        format!(
+            "{} - - [{}] \"{} {} {proto}\" {} {bytes} \"{referer}\" \"{agent}\"\n",
+            self.client.ip(),
+            clf_date(SystemTime::now()),
+            self.method,
+            self.uri,
+            self.status
+        )
+    }
+}
+
+/// `24/Nov/2026:07:31:16 +0000` (UTC), the Common Log Format's date.
+fn clf_date(t: SystemTime) -> String {
+    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    let secs = t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{day:02}/{}/{year}:{:02}:{:02}:{:02} +0000",
+        MONTHS[(month - 1) as usize],
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
 fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clf_dates_are_right() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_505_476);
+        assert_eq!(clf_date(t), "24/Nov/2026:07:31:16 +0000");
+        assert_eq!(clf_date(SystemTime::UNIX_EPOCH), "01/Jan/1970:00:00:00 +0000");
+        // 2024-02-29 12:00:00, a leap day.
+        assert_eq!(clf_date(SystemTime::UNIX_EPOCH + Duration::from_secs(1_709_208_000)), "29/Feb/2024:12:00:00 +0000");
+    }
 }

@@ -63,6 +63,10 @@ pub async fn handle(req: Request<Incoming>, peer: &Peer, gw: &Gateway) -> Respon
         upstream_duration: None,
         retries: 0,
         traceparent: None,
+        agent: gw
+            .access_log
+            .wants_agent()
+            .then(|| (req.headers().get(header::REFERER).cloned(), req.headers().get(header::USER_AGENT).cloned())),
         exchange: None,
         bytes_out: 0,
         error: None,
