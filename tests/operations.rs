@@ -30,6 +30,26 @@ fn two_backends_config(a: &Backend, b: &Backend, route_to: &str, extra: &str) ->
     )
 }
 
+/// Two backends answering "a" and "b", and a gateway running from a config file that routes
+/// everything to one of them.
+struct Fixture {
+    a: Backend,
+    b: Backend,
+    gw: TestGateway,
+    path: std::path::PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    async fn new() -> Fixture {
+        let (a, b) = (Backend::text("a").await, Backend::text("b").await);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("gw.yaml");
+        let gw = gateway_from_file(&path, &two_backends_config(&a, &b, "a", "")).await;
+        Fixture { a, b, gw, path, dir }
+    }
+}
+
 async fn admin(gw: &TestGateway, method: Method, path: &str) -> Got {
     let addr = gw.running.control.admin_address().expect("admin listener");
     send(Request::builder().method(method).uri(format!("http://{addr}{path}")).body(full("")).expect("req")).await
@@ -37,10 +57,8 @@ async fn admin(gw: &TestGateway, method: Method, path: &str) -> Got {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_reloads_under_load_drop_nothing_and_take_effect_at_once() {
-    let (a, b) = (Backend::text("a").await, Backend::text("b").await);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("gw.yaml");
-    let gw = gateway_from_file(&path, &two_backends_config(&a, &b, "a", "")).await;
+    let f = Fixture::new().await;
+    let (a, b, gw, path) = (&f.a, &f.b, &f.gw, &f.path);
 
     // Steady load over many keep-alive connections until told to stop.
     let stop = Arc::new(AtomicBool::new(false));
@@ -93,10 +111,8 @@ async fn twenty_reloads_under_load_drop_nothing_and_take_effect_at_once() {
 
 #[tokio::test]
 async fn an_invalid_reload_through_the_admin_api_reports_and_changes_nothing() {
-    let (a, b) = (Backend::text("a").await, Backend::text("b").await);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("gw.yaml");
-    let gw = gateway_from_file(&path, &two_backends_config(&a, &b, "a", "")).await;
+    let f = Fixture::new().await;
+    let (a, b, gw, path) = (&f.a, &f.b, &f.gw, &f.path);
     std::fs::write(&path, two_backends_config(&a, &b, "missing", "")).expect("write");
     let got = admin(&gw, Method::POST, "/reload").await;
     assert_eq!(got.status, StatusCode::UNPROCESSABLE_ENTITY);
@@ -113,10 +129,8 @@ async fn an_invalid_reload_through_the_admin_api_reports_and_changes_nothing() {
 
 #[tokio::test]
 async fn reload_binds_new_listeners_closes_removed_ones_and_refuses_an_unbindable_port() {
-    let (a, b) = (Backend::text("a").await, Backend::text("b").await);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("gw.yaml");
-    let gw = gateway_from_file(&path, &two_backends_config(&a, &b, "a", "")).await;
+    let f = Fixture::new().await;
+    let (a, b, gw, path) = (&f.a, &f.b, &f.gw, &f.path);
     let second = "listeners: [{ name: public, address: 127.0.0.1:0 }, { name: extra, address: 127.0.0.1:0 }]\n";
     let with_extra = two_backends_config(&a, &b, "a", "").replacen(
         "listeners: [{ name: public, address: 127.0.0.1:0 }]\n",
@@ -158,10 +172,8 @@ async fn reload_binds_new_listeners_closes_removed_ones_and_refuses_an_unbindabl
 
 #[tokio::test]
 async fn admin_reports_health_readiness_and_upstreams_and_honours_its_token() {
-    let (a, b) = (Backend::text("a").await, Backend::text("b").await);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("gw.yaml");
-    let gw = gateway_from_file(&path, &two_backends_config(&a, &b, "a", "")).await;
+    let f = Fixture::new().await;
+    let (a, b, gw) = (&f.a, &f.b, &f.gw);
     assert_eq!(admin(&gw, Method::GET, "/healthz").await.status, StatusCode::OK);
     assert_eq!(admin(&gw, Method::GET, "/ready").await.json()["ready"], true);
     get(&gw.url("/")).await;
@@ -264,13 +276,11 @@ async fn shutdown_finishes_in_flight_requests_and_refuses_new_connections() {
 
 #[tokio::test]
 async fn a_changed_config_file_is_reloaded_by_itself() {
-    let (a, b) = (Backend::text("a").await, Backend::text("b").await);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("gw.yaml");
-    let gw = gateway_from_file(&path, &two_backends_config(&a, &b, "a", "")).await;
+    let f = Fixture::new().await;
+    let (a, b, gw, path) = (&f.a, &f.b, &f.gw, &f.path);
     let _watch = gw.running.control.watch_config().expect("watch").expect("a file to watch");
     // Replace the file the way editors and ConfigMaps do: write beside it, rename over it.
-    let tmp = dir.path().join(".gw.yaml.tmp");
+    let tmp = f.dir.path().join(".gw.yaml.tmp");
     std::fs::write(&tmp, two_backends_config(&a, &b, "b", "")).expect("write");
     std::fs::rename(&tmp, &path).expect("rename");
     let start = Instant::now();
@@ -293,10 +303,8 @@ fn watching_can_be_turned_off() {
 
 #[tokio::test]
 async fn metrics_are_valid_prometheus_text_with_bounded_labels() {
-    let (a, b) = (Backend::text("a").await, Backend::text("b").await);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("gw.yaml");
-    let gw = gateway_from_file(&path, &two_backends_config(&a, &b, "a", "")).await;
+    let f = Fixture::new().await;
+    let (gw, path) = (&f.gw, &f.path);
     for _ in 0..3 {
         assert_eq!(get(&gw.url("/some/path?q=1")).await.status, StatusCode::OK);
     }
