@@ -87,13 +87,13 @@ async fn twenty_reloads_under_load_drop_nothing_and_take_effect_at_once() {
         // Pace the reloads over five seconds of load.
         tokio::time::sleep(Duration::from_millis(250)).await;
         if i % 5 == 4 {
-            std::fs::write(&path, "listeners: [ { name: public, address: nope } ]\nroutes: 7\n").expect("write");
+            std::fs::write(path, "listeners: [ { name: public, address: nope } ]\nroutes: 7\n").expect("write");
             let err = gw.running.control.reload_from_file().await.expect_err("invalid config is refused");
             assert!(err.to_string().contains("gw.yaml:1:"), "{err}");
             continue;
         }
         let target = if i % 2 == 0 { "b" } else { "a" };
-        std::fs::write(&path, two_backends_config(&a, &b, target, "")).expect("write");
+        std::fs::write(path, two_backends_config(a, b, target, "")).expect("write");
         gw.running.control.reload_from_file().await.expect("reload");
         // The very next request already takes the new route (well within 100 ms).
         let got = send_with(&probe, Request::get(gw.url("/")).body(full("")).expect("req")).await;
@@ -113,16 +113,16 @@ async fn twenty_reloads_under_load_drop_nothing_and_take_effect_at_once() {
 async fn an_invalid_reload_through_the_admin_api_reports_and_changes_nothing() {
     let f = Fixture::new().await;
     let (a, b, gw, path) = (&f.a, &f.b, &f.gw, &f.path);
-    std::fs::write(&path, two_backends_config(&a, &b, "missing", "")).expect("write");
-    let got = admin(&gw, Method::POST, "/reload").await;
+    std::fs::write(path, two_backends_config(a, b, "missing", "")).expect("write");
+    let got = admin(gw, Method::POST, "/reload").await;
     assert_eq!(got.status, StatusCode::UNPROCESSABLE_ENTITY);
     let body = got.json();
     assert_eq!(body["status"], "failed");
     let errors = body["errors"].to_string();
     assert!(errors.contains("gw.yaml:7:") && errors.contains("unknown upstream \\\"missing\\\""), "{errors}");
     assert_eq!(get(&gw.url("/")).await.text(), "a", "the old config keeps serving");
-    std::fs::write(&path, two_backends_config(&a, &b, "b", "")).expect("write");
-    let got = admin(&gw, Method::POST, "/reload").await;
+    std::fs::write(path, two_backends_config(a, b, "b", "")).expect("write");
+    let got = admin(gw, Method::POST, "/reload").await;
     assert_eq!(got.json()["status"], "reloaded");
     assert_eq!(get(&gw.url("/")).await.text(), "b");
 }
@@ -132,12 +132,9 @@ async fn reload_binds_new_listeners_closes_removed_ones_and_refuses_an_unbindabl
     let f = Fixture::new().await;
     let (a, b, gw, path) = (&f.a, &f.b, &f.gw, &f.path);
     let second = "listeners: [{ name: public, address: 127.0.0.1:0 }, { name: extra, address: 127.0.0.1:0 }]\n";
-    let with_extra = two_backends_config(&a, &b, "a", "").replacen(
-        "listeners: [{ name: public, address: 127.0.0.1:0 }]\n",
-        second,
-        1,
-    );
-    std::fs::write(&path, &with_extra).expect("write");
+    let with_extra =
+        two_backends_config(a, b, "a", "").replacen("listeners: [{ name: public, address: 127.0.0.1:0 }]\n", second, 1);
+    std::fs::write(path, &with_extra).expect("write");
     let summary = gw.running.control.reload_from_file().await.expect("reload");
     assert_eq!(summary.listeners_added, ["extra"]);
     let extra = gw.running.address("extra").expect("extra listener");
@@ -145,7 +142,7 @@ async fn reload_binds_new_listeners_closes_removed_ones_and_refuses_an_unbindabl
 
     // A port already taken fails the whole reload: the route change does not happen either.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let clash = two_backends_config(&a, &b, "b", "").replacen(
+    let clash = two_backends_config(a, b, "b", "").replacen(
         "listeners: [{ name: public, address: 127.0.0.1:0 }]\n",
         &format!(
             "listeners: [{{ name: public, address: 127.0.0.1:0 }}, {{ name: clash, address: {} }}]\n",
@@ -153,14 +150,14 @@ async fn reload_binds_new_listeners_closes_removed_ones_and_refuses_an_unbindabl
         ),
         1,
     );
-    std::fs::write(&path, &clash).expect("write");
+    std::fs::write(path, &clash).expect("write");
     let err = gw.running.control.reload_from_file().await.expect_err("port in use");
     assert!(err.to_string().contains("listener clash: cannot bind"), "{err}");
     assert_eq!(get(&gw.url("/")).await.text(), "a");
     assert!(gw.running.address("extra").is_some());
 
     // Dropping `extra` from the config closes it.
-    std::fs::write(&path, two_backends_config(&a, &b, "a", "")).expect("write");
+    std::fs::write(path, two_backends_config(a, b, "a", "")).expect("write");
     let summary = gw.running.control.reload_from_file().await.expect("reload");
     assert_eq!(summary.listeners_removed, ["extra"]);
     let start = Instant::now();
@@ -174,19 +171,19 @@ async fn reload_binds_new_listeners_closes_removed_ones_and_refuses_an_unbindabl
 async fn admin_reports_health_readiness_and_upstreams_and_honours_its_token() {
     let f = Fixture::new().await;
     let (a, b, gw) = (&f.a, &f.b, &f.gw);
-    assert_eq!(admin(&gw, Method::GET, "/healthz").await.status, StatusCode::OK);
-    assert_eq!(admin(&gw, Method::GET, "/ready").await.json()["ready"], true);
+    assert_eq!(admin(gw, Method::GET, "/healthz").await.status, StatusCode::OK);
+    assert_eq!(admin(gw, Method::GET, "/ready").await.json()["ready"], true);
     get(&gw.url("/")).await;
-    let ups = admin(&gw, Method::GET, "/upstreams").await.json();
+    let ups = admin(gw, Method::GET, "/upstreams").await.json();
     let first = &ups["upstreams"][0];
     assert_eq!(first["name"], "a");
     assert_eq!(first["targets"][0]["address"], a.address());
     assert_eq!(first["targets"][0]["open_connections"], 1);
-    assert_eq!(admin(&gw, Method::GET, "/nothing").await.status, StatusCode::NOT_FOUND);
-    assert_eq!(admin(&gw, Method::DELETE, "/ready").await.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(admin(gw, Method::GET, "/nothing").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(admin(gw, Method::DELETE, "/ready").await.status, StatusCode::METHOD_NOT_ALLOWED);
 
     // With a token, requests without it are refused.
-    let with_token = two_backends_config(&a, &b, "a", "")
+    let with_token = two_backends_config(a, b, "a", "")
         .replace("admin: { address: 127.0.0.1:0 }", "admin: { address: 127.0.0.1:0, token: s3cret }");
     let dir2 = tempfile::tempdir().expect("tempdir");
     let gw2 = gateway_from_file(&dir2.path().join("gw.yaml"), &with_token).await;
@@ -281,8 +278,8 @@ async fn a_changed_config_file_is_reloaded_by_itself() {
     let _watch = gw.running.control.watch_config().expect("watch").expect("a file to watch");
     // Replace the file the way editors and ConfigMaps do: write beside it, rename over it.
     let tmp = f.dir.path().join(".gw.yaml.tmp");
-    std::fs::write(&tmp, two_backends_config(&a, &b, "b", "")).expect("write");
-    std::fs::rename(&tmp, &path).expect("rename");
+    std::fs::write(&tmp, two_backends_config(a, b, "b", "")).expect("write");
+    std::fs::rename(&tmp, path).expect("rename");
     let start = Instant::now();
     while get(&gw.url("/")).await.text() != "b" {
         assert!(start.elapsed() < Duration::from_secs(10), "the file change was never picked up");
@@ -310,10 +307,10 @@ async fn metrics_are_valid_prometheus_text_with_bounded_labels() {
     }
     let odd = send(Request::builder().method("BREW").uri(gw.url("/x")).body(full("")).expect("req")).await;
     assert_eq!(odd.status, StatusCode::OK);
-    std::fs::write(&path, "routes: [").expect("write");
+    std::fs::write(path, "routes: [").expect("write");
     assert!(gw.running.control.reload_from_file().await.is_err());
 
-    let got = admin(&gw, Method::GET, "/metrics").await;
+    let got = admin(gw, Method::GET, "/metrics").await;
     assert_eq!(got.status, StatusCode::OK);
     assert!(got.header("content-type").is_some_and(|c| c.starts_with("text/plain; version=0.0.4")));
     let text = got.text();
