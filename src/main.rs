@@ -64,7 +64,7 @@ fn exit(result: anyhow::Result<()>) -> ExitCode {
 
 fn check(path: &Path) -> ExitCode {
     match config::load(path) {
-        Ok(c) => match snapshot::compile(&c, &Default::default(), &Default::default()) {
+        Ok(c) => match snapshot::compile(&c, &Default::default()) {
             Ok(_) => {
                 println!("{}: ok: {}", path.display(), snapshot::summary(&c));
                 ExitCode::SUCCESS

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::config::{Config, HostHeader, Limits, PathSpec};
+use crate::middleware;
 use crate::observe::access_log::AccessLog;
 use crate::observe::metrics::{Metrics, RouteMetrics};
 use crate::proxy::request_id::IdSource;
@@ -25,6 +26,8 @@ pub struct Route {
     pub max_request_body: u64,
     /// This route's counters, shared with every snapshot that has a route of this name.
     pub metrics: Arc<RouteMetrics>,
+    /// The route's middleware, `None` when it has none.
+    pub chain: Option<Arc<middleware::Chain>>,
 }
 
 pub struct Snapshot {
@@ -33,6 +36,10 @@ pub struct Snapshot {
     pub upstreams: Vec<Arc<Upstream>>,
     /// Names of the upstreams some route uses (readiness looks at these only).
     pub routed: Vec<Arc<str>>,
+    /// Peers whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Key sets this config fetches in the background.
+    pub jwks: Vec<Arc<middleware::jwt::Jwks>>,
 }
 
 /// Why a checked config still could not be compiled (for example an upstream address that
@@ -41,7 +48,17 @@ pub struct Snapshot {
 #[error("{0}")]
 pub struct CompileError(pub String);
 
-pub fn compile(config: &Config, registry: &Registry, metrics: &Metrics) -> Result<Snapshot, CompileError> {
+/// State that outlives snapshots: upstream pools, middleware state, metrics.
+#[derive(Default)]
+pub struct Registries {
+    pub upstreams: Registry,
+    pub middleware: middleware::Registry,
+    pub metrics: Metrics,
+}
+
+pub fn compile(config: &Config, registries: &Registries) -> Result<Snapshot, CompileError> {
+    let (registry, metrics) = (&registries.upstreams, &registries.metrics);
+    let compiled = middleware::compile(config, &registries.middleware);
     let mut upstreams = std::collections::HashMap::new();
     for (name, def) in &config.upstreams {
         let def = def.as_ref().ok_or_else(|| CompileError(format!("upstream {} is invalid", name.value)))?;
@@ -64,6 +81,7 @@ pub fn compile(config: &Config, registry: &Registry, metrics: &Metrics) -> Resul
             host_header: r.host_header.clone(),
             max_request_body: r.limits.max_request_body.unwrap_or(config.limits.max_request_body),
             metrics: metrics.route(&r.name.value),
+            chain: compiled.chain(&r.middleware),
         };
         specs.push(RouteSpec {
             host: r.matcher.host.as_ref().map(|h| h.value.clone()),
@@ -79,7 +97,14 @@ pub fn compile(config: &Config, registry: &Registry, metrics: &Metrics) -> Resul
     let mut routed: Vec<Arc<str>> = config.routes.iter().map(|r| Arc::from(r.upstream.value.as_str())).collect();
     routed.sort();
     routed.dedup();
-    Ok(Snapshot { router, limits: config.limits, upstreams, routed })
+    Ok(Snapshot {
+        router,
+        limits: config.limits,
+        upstreams,
+        routed,
+        trusted_proxies: config.trusted_proxies.clone(),
+        jwks: compiled.jwks,
+    })
 }
 
 /// One line describing a config, for `ferroway check` and the startup log.
@@ -96,25 +121,17 @@ pub fn summary(config: &Config) -> String {
 /// The running gateway's shared state: the current snapshot and what outlives it.
 pub struct Gateway {
     current: ArcSwap<Snapshot>,
-    registry: Registry,
+    pub registries: Registries,
     pub access_log: Arc<AccessLog>,
     pub ids: IdSource,
-    pub metrics: Metrics,
 }
 
 impl Gateway {
     pub fn new(config: &Config, access_log: Arc<AccessLog>) -> Result<Gateway, CompileError> {
-        let registry = Registry::default();
-        let metrics = Metrics::default();
-        let snapshot = compile(config, &registry, &metrics)?;
-        snapshot.upstreams.iter().for_each(Upstream::start_health_checks);
-        Ok(Gateway {
-            current: ArcSwap::from_pointee(snapshot),
-            registry,
-            access_log,
-            ids: IdSource::default(),
-            metrics,
-        })
+        let registries = Registries::default();
+        let snapshot = compile(config, &registries)?;
+        start_background(&snapshot);
+        Ok(Gateway { current: ArcSwap::from_pointee(snapshot), registries, access_log, ids: IdSource::default() })
     }
 
     /// The snapshot a new request should use; it stays valid for that request whatever
@@ -132,12 +149,23 @@ impl Gateway {
 
     /// Compiles a snapshot without installing it (unchanged upstreams are shared).
     pub fn prepare(&self, config: &Config) -> Result<Snapshot, CompileError> {
-        compile(config, &self.registry, &self.metrics)
+        compile(config, &self.registries)
     }
 
     /// Makes `next` the snapshot new requests use; requests in flight keep theirs.
     pub fn install(&self, next: Snapshot) {
-        next.upstreams.iter().for_each(Upstream::start_health_checks);
+        start_background(&next);
         self.current.store(Arc::new(next));
     }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.registries.metrics
+    }
+}
+
+/// Health checks and key fetches a snapshot needs (each starts once, however many snapshots
+/// share it).
+fn start_background(s: &Snapshot) {
+    s.upstreams.iter().for_each(Upstream::start_health_checks);
+    s.jwks.iter().for_each(middleware::jwt::Jwks::start);
 }

@@ -122,7 +122,7 @@ fn ready(control: &Control) -> Response<Full<Bytes>> {
 fn metrics(control: &Control) -> Response<Full<Bytes>> {
     let snapshot = control.gateway.snapshot();
     let scrape = crate::observe::metrics::Scrape {
-        metrics: &control.gateway.metrics,
+        metrics: control.gateway.metrics(),
         upstreams: snapshot.upstreams.iter().map(|u| u.view()).collect(),
         target_latency: snapshot
             .upstreams
@@ -130,6 +130,7 @@ fn metrics(control: &Control) -> Response<Full<Bytes>> {
             .flat_map(|u| u.targets.iter().map(move |t| (u.name.clone(), t.address.clone(), &t.stats.latency)))
             .collect(),
         active_connections: control.open_connections(),
+        middleware: control.gateway.registries.middleware.metrics(),
     };
     let mut r = Response::new(Full::new(Bytes::from(crate::observe::metrics::render(&scrape))));
     r.headers_mut()

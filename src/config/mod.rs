@@ -4,6 +4,7 @@
 //! path and what was expected. Nothing here binds a socket or opens a connection.
 
 mod decode;
+mod middleware;
 pub mod node;
 mod route;
 mod schema;
@@ -15,6 +16,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use decode::{ByteSize, Located, Problem};
+pub use middleware::*;
 pub use node::Pos;
 pub use route::*;
 pub use schema::*;

@@ -15,6 +15,8 @@ pub struct RouteDef {
     pub strip_prefix: Option<Located<bool>>,
     pub host_header: HostHeader,
     pub limits: RouteLimits,
+    /// Middleware names, run in this order.
+    pub middleware: Vec<Located<String>>,
 }
 
 #[derive(Debug)]
@@ -50,7 +52,7 @@ pub enum HostHeader {
 }
 
 pub(super) fn decode_route(node: &Node, path: &str, p: &mut Problems) -> Option<RouteDef> {
-    const KEYS: &[&str] = &["name", "match", "upstream", "strip_prefix", "host_header", "limits"];
+    const KEYS: &[&str] = &["name", "match", "upstream", "strip_prefix", "host_header", "limits", "middleware"];
     let f = Fields::new(node, path, KEYS, p)?;
     let name = f.req("name", p);
     let matcher = f.req("match", p);
@@ -58,7 +60,16 @@ pub(super) fn decode_route(node: &Node, path: &str, p: &mut Problems) -> Option<
     let strip_prefix = f.opt("strip_prefix", p);
     let host_header = f.opt("host_header", p).unwrap_or(HostHeader::Preserve);
     let limits = f.opt("limits", p).unwrap_or_default();
-    Some(RouteDef { name: name?, matcher: matcher?, upstream: upstream?, strip_prefix, host_header, limits })
+    let middleware = f.opt("middleware", p).unwrap_or_default();
+    Some(RouteDef {
+        name: name?,
+        matcher: matcher?,
+        upstream: upstream?,
+        strip_prefix,
+        host_header,
+        limits,
+        middleware,
+    })
 }
 
 impl Decode for MatchDef {

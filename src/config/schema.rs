@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::decode::{ByteSize, Decode, Dur, Fields, Located, Problems, item_path, parse_str};
+use super::middleware::{MiddlewareDef, RedisDef, decode_middleware};
 use super::node::{Node, Value};
 use super::route::{RouteDef, decode_route};
 use super::upstream::{UpstreamDef, decode_upstreams};
@@ -34,6 +35,11 @@ pub struct Config {
     pub watch: bool,
     /// The gateway's own log level when `RUST_LOG` is not set.
     pub log_level: String,
+    /// Middleware by name, in file order.
+    pub middleware: Vec<MiddlewareDef>,
+    /// Peers allowed to say who the client is through `X-Forwarded-For`.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub redis: Option<RedisDef>,
 }
 
 #[derive(Debug)]
@@ -91,6 +97,9 @@ pub fn decode_config(node: &Node, p: &mut Problems) -> Config {
         "workers",
         "watch",
         "log_level",
+        "middleware",
+        "trusted_proxies",
+        "redis",
     ];
     let empty = Config {
         listeners: Vec::new(),
@@ -107,6 +116,9 @@ pub fn decode_config(node: &Node, p: &mut Problems) -> Config {
         workers: None,
         watch: true,
         log_level: "info".into(),
+        middleware: Vec::new(),
+        trusted_proxies: Vec::new(),
+        redis: None,
     };
     let Some(f) = Fields::new(node, "", KEYS, p) else { return empty };
     let listeners = if f.has("listeners") {
@@ -119,7 +131,14 @@ pub fn decode_config(node: &Node, p: &mut Problems) -> Config {
         Some(n) => decode_upstreams(n, "upstreams", p),
         None => Vec::new(),
     };
+    let middleware = match f.node("middleware") {
+        Some(n) => decode_middleware(n, "middleware", p),
+        None => Vec::new(),
+    };
     Config {
+        middleware,
+        trusted_proxies: f.opt("trusted_proxies", p).unwrap_or_default(),
+        redis: f.opt("redis", p),
         listeners,
         admin: f.opt("admin", p),
         upstreams,

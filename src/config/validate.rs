@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use super::decode::{Located, Problems, did_you_mean};
+use super::middleware::{LimitKey, LimitStore, MiddlewareKind};
 use super::route::PathSpec;
 use super::schema::Config;
 
@@ -39,6 +40,56 @@ pub(super) fn validate(config: &Config, p: &mut Problems) {
             &admin.address.path,
             format!("the admin address must differ from every listener's (line {line} uses it)"),
         );
+    }
+
+    let mut middleware_names = HashMap::new();
+    for m in &config.middleware {
+        unique_name(&mut middleware_names, &m.name, "middleware", p);
+        if let MiddlewareKind::RateLimit(rl) = &m.kind
+            && rl.store == LimitStore::Redis
+            && config.redis.is_none()
+        {
+            p.add(m.name.pos, &m.name.path, "store: redis needs a top-level `redis: { url: redis://host:port }`");
+        }
+    }
+    let known: Vec<&str> = config.middleware.iter().map(|m| m.name.value.as_str()).collect();
+    for r in &config.routes {
+        let mut listed: Vec<&MiddlewareKind> = Vec::new();
+        for (i, name) in r.middleware.iter().enumerate() {
+            if r.middleware[..i].iter().any(|n| n.value == name.value) {
+                p.add(name.pos, &name.path, format!("middleware {:?} is listed twice in this route", name.value));
+            }
+            let Some(def) = config.middleware.iter().find(|m| m.name.value == name.value) else {
+                let hint = match did_you_mean(&name.value, &known) {
+                    Some(near) => format!("; did you mean {near:?}?"),
+                    None if known.is_empty() => "; no middleware is defined (add it under `middleware:`)".to_owned(),
+                    None => format!("; defined middleware: {}", known.join(", ")),
+                };
+                p.add(name.pos, &name.path, format!("unknown middleware {:?}{hint}", name.value));
+                continue;
+            };
+            // A limit keyed on a claim or an API key needs the middleware that finds it to run first.
+            if let MiddlewareKind::RateLimit(rl) = &def.kind {
+                let needs = match rl.key {
+                    LimitKey::Claim(_) => Some(("jwt", "claim:")),
+                    LimitKey::ApiKey => Some(("api_key", "api_key")),
+                    _ => None,
+                };
+                if let Some((kind, what)) = needs
+                    && !listed.iter().any(|k| k.label() == kind)
+                {
+                    p.add(
+                        name.pos,
+                        &name.path,
+                        format!(
+                            "rate limit {:?} is keyed on {what} but no {kind} middleware runs before it in this route",
+                            name.value
+                        ),
+                    );
+                }
+            }
+            listed.push(&def.kind);
+        }
     }
 
     let upstream_names: Vec<&str> = config.upstreams.iter().map(|(n, _)| n.value.as_str()).collect();

@@ -129,6 +129,8 @@ pub struct Entry {
     pub exchange: Option<Arc<Exchange>>,
     pub bytes_out: u64,
     pub error: Option<&'static str>,
+    /// Who the request authenticated as: an API key id, or a JWT's `sub`.
+    pub consumer: Option<Arc<str>>,
 }
 
 #[derive(Serialize)]
@@ -151,6 +153,8 @@ struct Line<'a> {
     trace_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    consumer: Option<&'a str>,
 }
 
 impl Entry {
@@ -181,6 +185,7 @@ impl Entry {
             retries: self.retries,
             trace_id: self.traceparent.as_ref().and_then(|t| t.to_str().ok()).and_then(|t| t.get(3..35)),
             error: self.error,
+            consumer: self.consumer.as_deref(),
         };
         if let Ok(mut text) = serde_json::to_string(&line) {
             text.push('\n');
@@ -205,8 +210,14 @@ impl Entry {
             _ => "HTTP/1.1",
         };
         let bytes = if self.bytes_out == 0 { "-".to_owned() } else { self.bytes_out.to_string() };
+        // The user field: a token's `sub` may hold anything, so only a plain word is written.
+        let user = self
+            .consumer
+            .as_deref()
+            .filter(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_graphic() && b != b'"'))
+            .unwrap_or("-");
         format!(
-            "{} - - [{}] \"{} {} {proto}\" {} {bytes} \"{referer}\" \"{agent}\"\n",
+            "{} - {user} [{}] \"{} {} {proto}\" {} {bytes} \"{referer}\" \"{agent}\"\n",
             self.client.ip(),
             clf_date(SystemTime::now()),
             self.method,

@@ -113,6 +113,8 @@ pub struct Scrape<'a> {
     pub upstreams: Vec<crate::upstream::UpstreamView>,
     pub target_latency: Vec<(Arc<str>, Arc<str>, &'a Histogram)>,
     pub active_connections: usize,
+    /// Counters by middleware (`kind/name`), from the middleware registry.
+    pub middleware: Vec<(String, Arc<crate::middleware::MiddlewareMetrics>)>,
 }
 
 pub fn render(s: &Scrape<'_>) -> String {
@@ -236,6 +238,7 @@ pub fn render(s: &Scrape<'_>) -> String {
             u.retry_budget_exhausted
         );
     }
+    render_middleware(&mut out, &s.middleware);
     header(&mut out, "ferroway_client_connections", "gauge", "Client connections open.");
     let _ = writeln!(out, "ferroway_client_connections {}", s.active_connections);
     header(&mut out, "ferroway_reloads_total", "counter", "Config reloads by outcome.");
@@ -248,4 +251,52 @@ pub fn render(s: &Scrape<'_>) -> String {
     header(&mut out, "ferroway_build_info", "gauge", "Build information.");
     let _ = writeln!(out, "ferroway_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
     out
+}
+
+/// Rate-limit decisions, auth outcomes and IP-filter decisions, each under its own name.
+fn render_middleware(out: &mut String, all: &[(String, Arc<crate::middleware::MiddlewareMetrics>)]) {
+    use crate::middleware::Outcome;
+    let families: [(&str, &[&str], &str, &str); 3] = [
+        (
+            "ferroway_ratelimit_decisions_total",
+            &["rate_limit"],
+            "decision",
+            "Rate-limit decisions by middleware and decision (store_error_*: the store could not answer).",
+        ),
+        (
+            "ferroway_auth_results_total",
+            &["jwt", "api_key"],
+            "result",
+            "Authentication results by middleware: authenticated, or the reason for a 401.",
+        ),
+        ("ferroway_ip_filter_decisions_total", &["ip_filter"], "decision", "IP filter decisions by middleware."),
+    ];
+    for (name, kinds, label_name, help) in families {
+        header(out, name, "counter", help);
+        for (key, m) in all.iter().filter(|(_, m)| kinds.contains(&m.kind)) {
+            let middleware = key.split_once('/').map_or(key.as_str(), |(_, n)| n);
+            for (outcome, n) in m.counts() {
+                let relevant = match m.kind {
+                    "rate_limit" => matches!(
+                        outcome,
+                        Outcome::Allowed
+                            | Outcome::Limited
+                            | Outcome::StoreErrorAllowed
+                            | Outcome::StoreErrorDenied
+                            | Outcome::Untracked
+                    ),
+                    "ip_filter" => matches!(outcome, Outcome::Allowed | Outcome::Denied),
+                    _ => n > 0 || matches!(outcome, Outcome::Authenticated),
+                };
+                if relevant {
+                    let _ = writeln!(
+                        out,
+                        "{name}{{middleware=\"{}\",{label_name}=\"{}\"}} {n}",
+                        label(middleware),
+                        outcome.label()
+                    );
+                }
+            }
+        }
+    }
 }

@@ -20,6 +20,13 @@ pub enum ErrorKind {
     UpstreamBadResponse,
     NoHealthyTarget,
     UpstreamSaturated,
+    /// No credentials, or credentials that did not verify (JWT, API key).
+    Unauthorized,
+    /// The client's address is not allowed on this route.
+    Forbidden,
+    RateLimited,
+    /// The shared rate-limit store could not decide and `on_store_error: deny` applies.
+    RateLimitUnavailable,
 }
 
 impl ErrorKind {
@@ -34,7 +41,12 @@ impl ErrorKind {
                 StatusCode::BAD_GATEWAY
             }
             ErrorKind::UpstreamConnectTimeout | ErrorKind::UpstreamResponseTimeout => StatusCode::GATEWAY_TIMEOUT,
-            ErrorKind::NoHealthyTarget | ErrorKind::UpstreamSaturated => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::NoHealthyTarget | ErrorKind::UpstreamSaturated | ErrorKind::RateLimitUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorKind::Forbidden => StatusCode::FORBIDDEN,
+            ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -54,7 +66,11 @@ impl ErrorKind {
             | ErrorKind::ClientBodyTimeout
             | ErrorKind::NoRoute
             | ErrorKind::NoHealthyTarget
-            | ErrorKind::UpstreamSaturated => false,
+            | ErrorKind::UpstreamSaturated
+            | ErrorKind::Unauthorized
+            | ErrorKind::Forbidden
+            | ErrorKind::RateLimited
+            | ErrorKind::RateLimitUnavailable => false,
         }
     }
 
@@ -75,6 +91,10 @@ impl ErrorKind {
             ErrorKind::UpstreamBadResponse => "upstream_bad_response",
             ErrorKind::NoHealthyTarget => "no_healthy_target",
             ErrorKind::UpstreamSaturated => "circuit_open",
+            ErrorKind::Unauthorized => "unauthorized",
+            ErrorKind::Forbidden => "forbidden",
+            ErrorKind::RateLimited => "rate_limited",
+            ErrorKind::RateLimitUnavailable => "rate_limit_store_unavailable",
         }
     }
 
@@ -95,6 +115,10 @@ impl ErrorKind {
             ErrorKind::UpstreamBadResponse => "upstream sent an invalid response",
             ErrorKind::NoHealthyTarget => "no healthy upstream target",
             ErrorKind::UpstreamSaturated => "upstream has too many pending requests",
+            ErrorKind::Unauthorized => "authentication required",
+            ErrorKind::Forbidden => "forbidden",
+            ErrorKind::RateLimited => "too many requests",
+            ErrorKind::RateLimitUnavailable => "rate limit cannot be checked right now",
         }
     }
 }

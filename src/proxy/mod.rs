@@ -27,6 +27,8 @@ use self::error::ErrorKind;
 use self::forward::{Outgoing, Payload};
 use self::headers::{Peer, X_REQUEST_ID};
 use crate::config::HostHeader;
+use crate::middleware::client_ip;
+use crate::middleware::{Answer, Chain, Cx};
 use crate::observe::access_log::Entry;
 use crate::observe::metrics::{self, RouteMetrics};
 use crate::routing::{normalize_host, normalize_path};
@@ -70,10 +72,15 @@ pub async fn handle(req: Request<Incoming>, peer: &Peer, gw: &Gateway) -> Respon
         exchange: None,
         bytes_out: 0,
         error: None,
+        consumer: None,
     });
     let ctx = Ctx { peer, request_id: &request_id, entry: entry.as_mut(), route_metrics: &mut route_metrics };
-    let result = route_and_forward(req, ctx, &snapshot).await;
-    let metrics = route_metrics.unwrap_or_else(|| gw.metrics.unmatched.clone());
+    let mut chained = None;
+    let result = route_and_forward(req, ctx, &snapshot, &mut chained).await;
+    let metrics = route_metrics.unwrap_or_else(|| gw.metrics().unmatched.clone());
+    if let (Some(e), Some(c)) = (entry.as_mut(), chained.as_ref()) {
+        e.consumer = c.cx.consumer();
+    }
     match result {
         Ok((mut resp, in_flight, idle)) => {
             headers::strip_hop_by_hop(resp.headers_mut());
@@ -81,6 +88,9 @@ pub async fn handle(req: Request<Incoming>, peer: &Peer, gw: &Gateway) -> Respon
             resp.headers_mut().append(header::VIA, via);
             resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
             *resp.version_mut() = version;
+            if let Some(c) = chained.as_mut() {
+                c.chain.response(&mut c.cx, resp.status(), resp.headers_mut());
+            }
             let status = resp.status().as_u16();
             if let Some(e) = entry.as_mut() {
                 e.status = status;
@@ -88,31 +98,47 @@ pub async fn handle(req: Request<Incoming>, peer: &Peer, gw: &Gateway) -> Respon
             let done = Done { metrics, method, status, start };
             resp.map(|b| ResponseBody::upstream(b, entry, done, in_flight, idle))
         }
-        Err(kind) => {
-            let done = Done { metrics, method, status: kind.status().as_u16(), start };
-            error_response(kind, &request_id, entry, done)
+        Err(answer) => {
+            let done = Done { metrics, method, status: answer.status.as_u16(), start };
+            let mut resp = answer_response(answer, &request_id, entry, done);
+            if let Some(c) = chained.as_mut() {
+                c.chain.response(&mut c.cx, resp.status(), resp.headers_mut());
+            }
+            resp
         }
     }
 }
 
-fn error_response(
-    kind: ErrorKind,
+/// A route's chain and what it learned about the request, kept for the response hooks.
+struct Chained {
+    chain: Arc<Chain>,
+    cx: Cx,
+}
+
+/// The gateway's own answer: a JSON error body for error kinds, empty otherwise (a preflight).
+fn answer_response(
+    answer: Answer,
     request_id: &HeaderValue,
     mut entry: Option<Entry>,
     done: Done,
 ) -> Response<ResponseBody> {
-    let status = kind.status();
     if let Some(e) = entry.as_mut() {
-        e.status = status.as_u16();
-        e.error = Some(kind.label());
+        e.status = answer.status.as_u16();
+        e.error = answer.kind.map(ErrorKind::label);
     }
-    let body = error::json_body(kind, request_id.to_str().unwrap_or("-"));
+    let body = match answer.kind {
+        Some(kind) => error::json_body(kind, request_id.to_str().unwrap_or("-")),
+        None => Bytes::new(),
+    };
     let mut resp = Response::new(ResponseBody::fixed(body, entry, done));
-    *resp.status_mut() = status;
+    *resp.status_mut() = answer.status;
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if answer.kind.is_some() {
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
     h.insert(X_REQUEST_ID.clone(), request_id.clone());
+    h.extend(answer.headers);
     resp
 }
 
@@ -120,13 +146,16 @@ async fn route_and_forward(
     req: Request<Incoming>,
     mut ctx: Ctx<'_>,
     snapshot: &Snapshot,
-) -> Result<(Response<Incoming>, InFlight, Duration), ErrorKind> {
+    chained: &mut Option<Chained>,
+) -> Result<(Response<Incoming>, InFlight, Duration), Answer> {
     // Early limits, before any routing work.
     if headers::header_bytes(req.headers()) > snapshot.limits.max_header_bytes {
-        return Err(ErrorKind::HeadersTooLarge);
+        return Err(ErrorKind::HeadersTooLarge.into());
     }
     let (mut parts, body) = req.into_parts();
-    let path = normalize_path(parts.uri.path().as_bytes()).map_err(|_| ErrorKind::BadPath)?;
+    // The path borrows this copy (a reference-count bump), so middleware may still change `parts`.
+    let uri = parts.uri.clone();
+    let path = normalize_path(uri.path().as_bytes()).map_err(|_| ErrorKind::BadPath)?;
     let host_value = request_host(&parts)?;
     let host = host_value.as_ref().and_then(|h| h.to_str().ok()).map(normalize_host).unwrap_or_default();
     let route: &Arc<Route> =
@@ -138,7 +167,14 @@ async fn route_and_forward(
 
     let declared = declared_length(&parts.headers)?;
     if declared.is_some_and(|n| n > route.max_request_body) {
-        return Err(ErrorKind::BodyTooLarge);
+        return Err(ErrorKind::BodyTooLarge.into());
+    }
+
+    // The client as the middleware sees it, read before this hop is added to X-Forwarded-For.
+    if let Some(chain) = &route.chain {
+        let ip = client_ip::client_ip(ctx.peer.addr.ip(), &parts.headers, &snapshot.trusted_proxies);
+        let cx = chain.new_cx(ip, route.name.clone(), ctx.request_id.clone(), &parts);
+        *chained = Some(Chained { chain: chain.clone(), cx });
     }
 
     let upstream = &route.upstream;
@@ -162,6 +198,11 @@ async fn route_and_forward(
         HostHeader::Upstream => None,
         HostHeader::Literal(v) => parts.headers.insert(header::HOST, v.clone()),
     };
+
+    // Request hooks in order; one may answer instead of the upstream.
+    if let Some(c) = chained.as_mut() {
+        c.chain.request(&mut c.cx, &mut parts).await?;
+    }
 
     // Bytes in are counted for the access log only; without one, nothing is allocated.
     let exchange = ctx.entry.as_deref_mut().map(|e| e.exchange.insert(Arc::new(Exchange::default())).clone());

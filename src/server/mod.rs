@@ -159,7 +159,7 @@ impl Control {
         match config::load(path) {
             Ok(config) => self.reload(&config).await,
             Err(e) => {
-                self.gateway.metrics.reloads_failed.fetch_add(1, Ordering::Relaxed);
+                self.gateway.metrics().reloads_failed.fetch_add(1, Ordering::Relaxed);
                 Err(e.into())
             }
         }
@@ -177,7 +177,7 @@ impl Control {
     pub async fn reload(self: &Arc<Self>, config: &Config) -> Result<ReloadSummary, ReloadError> {
         let result = self.apply(config).await;
         let counter =
-            if result.is_ok() { &self.gateway.metrics.reloads_ok } else { &self.gateway.metrics.reloads_failed };
+            if result.is_ok() { &self.gateway.metrics().reloads_ok } else { &self.gateway.metrics().reloads_failed };
         counter.fetch_add(1, Ordering::Relaxed);
         result
     }

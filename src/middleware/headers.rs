@@ -1,0 +1,107 @@
+//! Header rules (set, append, remove on the request going upstream and the response going
+//! back, with `${request_id}`, `${client_ip}` and `${route}` in values) and the security
+//! headers a browser acts on.
+
+use std::fmt::Write as _;
+
+use http::request::Parts;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+
+use super::{Cx, Middleware, Step};
+use crate::config::{self, HeaderRulesDef, SecurityHeadersDef, Template, TemplatePart};
+
+struct Rules {
+    set: Vec<(HeaderName, Template)>,
+    append: Vec<(HeaderName, Template)>,
+    remove: Vec<HeaderName>,
+}
+
+impl Rules {
+    fn new(def: &config::HeaderRules) -> Rules {
+        Rules { set: def.set.clone(), append: def.append.clone(), remove: def.remove.clone() }
+    }
+
+    /// Removals first, so `remove: [x]` with `set: {x: …}` leaves the set value.
+    fn apply(&self, cx: &Cx, h: &mut HeaderMap) {
+        for name in &self.remove {
+            h.remove(name);
+        }
+        for (name, t) in &self.set {
+            if let Some(v) = render(t, cx) {
+                h.insert(name.clone(), v);
+            }
+        }
+        for (name, t) in &self.append {
+            if let Some(v) = render(t, cx) {
+                h.append(name.clone(), v);
+            }
+        }
+    }
+}
+
+fn render(t: &Template, cx: &Cx) -> Option<HeaderValue> {
+    match t {
+        Template::Fixed(v) => Some(v.clone()),
+        Template::Parts(parts) => {
+            let mut s = String::with_capacity(64);
+            for p in parts {
+                match p {
+                    TemplatePart::Text(t) => s.push_str(t),
+                    TemplatePart::RequestId => s.push_str(cx.request_id.to_str().unwrap_or("-")),
+                    TemplatePart::ClientIp => {
+                        let _ = write!(s, "{}", cx.client_ip);
+                    }
+                    TemplatePart::Route => s.push_str(&cx.route),
+                }
+            }
+            HeaderValue::from_str(&s).ok()
+        }
+    }
+}
+
+pub struct HeaderRules {
+    request: Rules,
+    response: Rules,
+}
+
+impl HeaderRules {
+    pub fn new(def: &HeaderRulesDef) -> HeaderRules {
+        HeaderRules { request: Rules::new(&def.request), response: Rules::new(&def.response) }
+    }
+}
+
+impl Middleware for HeaderRules {
+    fn request<'a>(&'a self, cx: &'a mut Cx, req: &'a mut Parts) -> Step<'a> {
+        self.request.apply(cx, &mut req.headers);
+        Step::Next
+    }
+
+    fn response(&self, cx: &Cx, _status: StatusCode, headers: &mut HeaderMap) {
+        self.response.apply(cx, headers);
+    }
+}
+
+pub struct SecurityHeaders {
+    headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl SecurityHeaders {
+    pub fn new(def: &SecurityHeadersDef) -> SecurityHeaders {
+        SecurityHeaders { headers: def.headers.clone() }
+    }
+}
+
+impl Middleware for SecurityHeaders {
+    fn request<'a>(&'a self, _cx: &'a mut Cx, _req: &'a mut Parts) -> Step<'a> {
+        Step::Next
+    }
+
+    /// Added where the upstream set none: an application's own policy wins.
+    fn response(&self, _cx: &Cx, _status: StatusCode, h: &mut HeaderMap) {
+        for (name, value) in &self.headers {
+            if !h.contains_key(name) {
+                h.insert(name.clone(), value.clone());
+            }
+        }
+    }
+}

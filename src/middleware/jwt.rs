@@ -1,0 +1,443 @@
+//! JWT bearer auth, verified by `jsonwebtoken` against an explicit algorithm allow-list (never
+//! `none`; a key only verifies its own family, which stops the RS→HS key-confusion attack).
+//!
+//! Keys come from a secret, a PEM file, or a JWKS URL fetched in the background, refreshed on
+//! a period and, at most once per cooldown, when a token names a `kid` the set lacks; a request
+//! with such a token waits for that fetch. Verified tokens are cached briefly (bounded, keyed
+//! by the whole token, dropped when the key set changes) so a client reusing its token does
+//! not pay for a signature check each time.
+//!
+//! Rejections are 401 with `WWW-Authenticate: Bearer` (RFC 6750 §3): no `error` when no token
+//! came, `error="invalid_token"` otherwise.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::request::Parts;
+use http_body_util::{BodyExt, Empty, Limited};
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{DecodingKey, Validation};
+use tokio::sync::{Notify, watch};
+
+use super::{Answer, Claims, Cx, Middleware, MiddlewareMetrics, Outcome, Step};
+use crate::config::{JwtDef, TokenSource};
+use crate::proxy::error::ErrorKind;
+
+pub enum Keys {
+    Static(DecodingKey),
+    Jwks(Arc<Jwks>),
+}
+
+pub struct Jwt {
+    validation: Validation,
+    keys: Keys,
+    required: Vec<String>,
+    forward: Vec<(HeaderName, String)>,
+    source: TokenSource,
+    cache: TokenCache,
+    metrics: Arc<MiddlewareMetrics>,
+}
+
+impl Jwt {
+    pub fn new(def: &JwtDef, keys: Keys, metrics: Arc<MiddlewareMetrics>) -> Jwt {
+        let mut v = Validation::new(def.algorithms.first().copied().unwrap_or_default());
+        v.algorithms = def.algorithms.clone();
+        v.leeway = def.leeway.as_secs();
+        v.validate_exp = true;
+        v.validate_nbf = true;
+        let mut spec: Vec<&str> = def
+            .required_claims
+            .iter()
+            .map(String::as_str)
+            .filter(|c| ["exp", "nbf", "aud", "iss", "sub"].contains(c))
+            .collect();
+        // A configured issuer or audience is checked only when the claim is there, so it is
+        // required too: a token that leaves it out must not pass for any issuer.
+        if !def.issuer.is_empty() {
+            v.set_issuer(&def.issuer);
+            spec.push("iss");
+        }
+        if def.audience.is_empty() {
+            v.validate_aud = false;
+        } else {
+            v.set_audience(&def.audience);
+            spec.push("aud");
+        }
+        v.set_required_spec_claims(&spec);
+        Jwt {
+            validation: v,
+            keys,
+            required: def.required_claims.clone(),
+            forward: def.forward_claims.clone(),
+            source: def.token_from.clone(),
+            cache: TokenCache::default(),
+            metrics,
+        }
+    }
+
+    fn token<'r>(&self, req: &'r Parts) -> Option<&'r str> {
+        match &self.source {
+            TokenSource::Authorization => {
+                let v = req.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+                let (scheme, token) = v.split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+            }
+            TokenSource::Header(h) => {
+                let v = req.headers.get(h)?.to_str().ok()?.trim();
+                Some(v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")).unwrap_or(v))
+            }
+            TokenSource::Cookie(name) => req
+                .headers
+                .get_all(header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .filter_map(|c| c.trim().split_once('='))
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.trim_matches('"')),
+            TokenSource::Query(name) => {
+                req.uri.query()?.split('&').filter_map(|kv| kv.split_once('=')).find(|(k, _)| k == name).map(|(_, v)| v)
+            }
+        }
+        .filter(|t| !t.is_empty())
+    }
+
+    fn refuse(&self, outcome: Outcome) -> Answer {
+        self.metrics.count(outcome);
+        let value = match outcome {
+            Outcome::Missing => HeaderValue::from_static("Bearer"),
+            Outcome::Expired => {
+                HeaderValue::from_static("Bearer error=\"invalid_token\", error_description=\"token expired\"")
+            }
+            _ => HeaderValue::from_static("Bearer error=\"invalid_token\""),
+        };
+        let mut h = HeaderMap::new();
+        h.insert(header::WWW_AUTHENTICATE, value);
+        Answer::error(ErrorKind::Unauthorized, h)
+    }
+
+    /// Verifies with the key the token names; `Err(None)` when that key is not (yet) known.
+    fn verify(&self, token: &str, generation: u64) -> Result<Arc<Claims>, Option<Outcome>> {
+        if let Some(claims) = self.cache.get(token, generation) {
+            return Ok(claims);
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|e| Some(reason(&e)))?;
+        let verified = match &self.keys {
+            Keys::Static(key) => jsonwebtoken::decode::<Claims>(token, key, &self.validation),
+            Keys::Jwks(jwks) => {
+                let set = jwks.keys.load();
+                let key = match &header.kid {
+                    Some(kid) => set.by_kid.get(kid),
+                    // No kid: only an unambiguous set can say which key.
+                    None if set.by_kid.len() == 1 => set.by_kid.values().next(),
+                    None => return Err(Some(Outcome::UnknownKey)),
+                };
+                let Some(key) = key else { return Err(None) };
+                jsonwebtoken::decode::<Claims>(token, key, &self.validation)
+            }
+        };
+        let claims = verified.map_err(|e| Some(reason(&e)))?.claims;
+        if self.required.iter().any(|c| !claims.contains_key(c)) {
+            return Err(Some(Outcome::MissingClaim));
+        }
+        let claims = Arc::new(claims);
+        self.cache.put(token, &claims, generation);
+        Ok(claims)
+    }
+
+    fn admit(&self, cx: &mut Cx, req: &mut Parts, claims: Arc<Claims>) {
+        self.metrics.count(Outcome::Authenticated);
+        for (h, claim) in &self.forward {
+            let value = match claims.get(claim) {
+                Some(serde_json::Value::String(s)) => HeaderValue::from_str(s).ok(),
+                // `scope` as a list, or `roles`: space-separated like an OAuth scope string.
+                Some(serde_json::Value::Array(items)) => {
+                    let parts: Vec<String> =
+                        items.iter().map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_owned)).collect();
+                    HeaderValue::from_str(&parts.join(" ")).ok()
+                }
+                Some(serde_json::Value::Null) | None => None,
+                Some(other) => HeaderValue::from_str(&other.to_string()).ok(),
+            };
+            if let Some(v) = value {
+                req.headers.insert(h.clone(), v);
+            }
+        }
+        cx.claims = Some(claims);
+    }
+
+    fn generation(&self) -> u64 {
+        match &self.keys {
+            Keys::Static(_) => 0,
+            Keys::Jwks(j) => j.keys.load().generation,
+        }
+    }
+}
+
+fn reason(e: &jsonwebtoken::errors::Error) -> Outcome {
+    use jsonwebtoken::errors::ErrorKind as K;
+    match e.kind() {
+        K::InvalidSignature => Outcome::BadSignature,
+        K::ExpiredSignature => Outcome::Expired,
+        K::ImmatureSignature => Outcome::NotYetValid,
+        K::InvalidIssuer => Outcome::WrongIssuer,
+        K::InvalidAudience | K::InvalidSubject => Outcome::WrongAudience,
+        K::MissingRequiredClaim(_) => Outcome::MissingClaim,
+        K::InvalidAlgorithm | K::InvalidAlgorithmName | K::MissingAlgorithm | K::UnsupportedAlgorithm => {
+            Outcome::BadAlgorithm
+        }
+        K::InvalidEcdsaKey | K::InvalidEddsaKey | K::InvalidRsaKey(_) | K::InvalidKeyFormat => Outcome::BadAlgorithm,
+        _ => Outcome::Malformed,
+    }
+}
+
+impl Middleware for Jwt {
+    fn request<'a>(&'a self, cx: &'a mut Cx, req: &'a mut Parts) -> Step<'a> {
+        // Copies a client sent of the headers this middleware sets are never believed.
+        for (h, _) in &self.forward {
+            req.headers.remove(h);
+        }
+        if cx.preflight_answered_later() {
+            return Step::Next;
+        }
+        let Some(token) = self.token(req) else { return Step::Answer(self.refuse(Outcome::Missing)) };
+        match self.verify(token, self.generation()) {
+            Ok(claims) => {
+                self.admit(cx, req, claims);
+                Step::Next
+            }
+            Err(Some(outcome)) => Step::Answer(self.refuse(outcome)),
+            Err(None) => {
+                let Keys::Jwks(jwks) = &self.keys else { return Step::Answer(self.refuse(Outcome::UnknownKey)) };
+                let token = token.to_owned();
+                Step::Wait(Box::pin(async move {
+                    // Fetch now unless one ran within the cooldown, then look again.
+                    jwks.refetch().await;
+                    match self.verify(&token, self.generation()) {
+                        Ok(claims) => {
+                            self.admit(cx, req, claims);
+                            Ok(())
+                        }
+                        Err(outcome) => Err(self.refuse(outcome.unwrap_or(Outcome::UnknownKey))),
+                    }
+                }))
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// Verified tokens for a short while: 16 shards, each cleared when full (simple, bounded, and
+/// a miss only costs one signature check).
+struct TokenCache {
+    shards: Vec<Mutex<HashMap<u64, Cached>>>,
+    hasher: RandomState,
+}
+
+struct Cached {
+    token: Box<str>,
+    claims: Arc<Claims>,
+    /// Unix seconds after which the entry is not used.
+    until: u64,
+    generation: u64,
+}
+
+const CACHE_SHARDS: usize = 16;
+const CACHE_PER_SHARD: usize = 4096;
+const CACHE_TTL: u64 = 60;
+
+impl Default for TokenCache {
+    fn default() -> Self {
+        TokenCache {
+            shards: (0..CACHE_SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: RandomState::new(),
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+impl TokenCache {
+    fn shard(&self, h: u64) -> &Mutex<HashMap<u64, Cached>> {
+        &self.shards[(h as usize) % CACHE_SHARDS]
+    }
+
+    fn get(&self, token: &str, generation: u64) -> Option<Arc<Claims>> {
+        let h = self.hasher.hash_one(token);
+        let shard = self.shard(h).lock().unwrap_or_else(|e| e.into_inner());
+        let c = shard.get(&h)?;
+        (*c.token == *token && c.generation == generation && unix_now() < c.until).then(|| c.claims.clone())
+    }
+
+    fn put(&self, token: &str, claims: &Arc<Claims>, generation: u64) {
+        // Only until the token expires (without leeway), and never past the TTL, so nbf/exp
+        // are re-checked by the next full verification.
+        let now = unix_now();
+        let exp = claims.get("exp").and_then(serde_json::Value::as_u64).unwrap_or(u64::MAX);
+        let until = exp.min(now + CACHE_TTL);
+        if until <= now {
+            return;
+        }
+        let h = self.hasher.hash_one(token);
+        let mut shard = self.shard(h).lock().unwrap_or_else(|e| e.into_inner());
+        if shard.len() >= CACHE_PER_SHARD {
+            shard.clear();
+        }
+        shard.insert(h, Cached { token: token.into(), claims: claims.clone(), until, generation });
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+pub struct KeySet {
+    by_kid: HashMap<String, DecodingKey>,
+    /// Bumped on every change, so cached verifications by a removed key stop counting.
+    generation: u64,
+}
+
+/// A JWKS kept fresh in the background; shared by every snapshot that uses the same URL.
+pub struct Jwks {
+    url: http::Uri,
+    refresh: Duration,
+    cooldown: Duration,
+    keys: ArcSwap<KeySet>,
+    started: AtomicBool,
+    /// Wakes the fetch task early (unknown kid).
+    wake: Arc<Notify>,
+    /// Counts finished fetches (success or not), for requests waiting on one.
+    fetched: watch::Sender<u64>,
+    /// Milliseconds since `epoch` of the last fetch started.
+    last_fetch: AtomicU64,
+    epoch: Instant,
+    /// Dropped with the last snapshot that uses this set, which ends its task.
+    stop: Arc<Notify>,
+}
+
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+const MAX_JWKS_BYTES: usize = 1 << 20;
+
+impl Jwks {
+    pub fn new(url: http::Uri, refresh: Duration, cooldown: Duration) -> Jwks {
+        Jwks {
+            url,
+            refresh: refresh.max(Duration::from_secs(1)),
+            cooldown,
+            keys: ArcSwap::from_pointee(KeySet { by_kid: HashMap::new(), generation: 0 }),
+            started: AtomicBool::new(false),
+            wake: Arc::new(Notify::new()),
+            fetched: watch::channel(0).0,
+            last_fetch: AtomicU64::new(0),
+            epoch: Instant::now(),
+            stop: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Starts the background fetch (once; later calls do nothing). Needs a Tokio runtime.
+    pub fn start(self: &Arc<Self>) {
+        if self.started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<Empty<Bytes>>();
+            loop {
+                let Some(jwks) = weak.upgrade() else { return };
+                jwks.last_fetch.store(jwks.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+                match fetch(&client, &jwks.url).await {
+                    Ok(set) => jwks.install(set),
+                    Err(e) => {
+                        tracing::warn!(url = %jwks.url, error = %e, "JWKS fetch failed; keeping the keys we have")
+                    }
+                }
+                jwks.fetched.send_modify(|n| *n += 1);
+                let (refresh, stop, wake) = (jwks.refresh, jwks.stop.clone(), jwks.wake.clone());
+                // Only a weak reference while idle, so a set no config uses goes away.
+                drop(jwks);
+                tokio::select! {
+                    _ = tokio::time::sleep(refresh) => {}
+                    _ = wake.notified() => {}
+                    _ = stop.notified() => return,
+                }
+            }
+        });
+    }
+
+    fn install(&self, set: JwkSet) {
+        let mut by_kid = HashMap::new();
+        for (i, jwk) in set.keys.iter().enumerate() {
+            match DecodingKey::from_jwk(jwk) {
+                Ok(k) => {
+                    let kid = jwk.common.key_id.clone().unwrap_or_else(|| format!("#{i}"));
+                    by_kid.insert(kid, k);
+                }
+                Err(e) => tracing::warn!(url = %self.url, error = %e, "skipping a JWKS key that cannot be used"),
+            }
+        }
+        let current = self.keys.load();
+        let mut old: Vec<&String> = current.by_kid.keys().collect();
+        let mut new: Vec<&String> = by_kid.keys().collect();
+        old.sort();
+        new.sort();
+        // Same kids: same keys for our purposes (a kid names one key, RFC 7517 §4.5).
+        if old != new || current.generation == 0 {
+            tracing::info!(url = %self.url, keys = by_kid.len(), "JWKS loaded");
+            let generation = current.generation + 1;
+            self.keys.store(Arc::new(KeySet { by_kid, generation }));
+        }
+    }
+
+    /// Fetches again unless a fetch started within the cooldown, and waits (at most the
+    /// fetch timeout) for the fetch to finish. Before the first fetch has loaded any key, just
+    /// waits for that one.
+    async fn refetch(&self) {
+        let mut rx = self.fetched.subscribe();
+        if self.keys.load().generation > 0 {
+            let now = self.epoch.elapsed().as_millis() as u64;
+            let last = self.last_fetch.load(Ordering::Relaxed);
+            if now.saturating_sub(last) < self.cooldown.as_millis() as u64 {
+                return;
+            }
+            self.wake.notify_one();
+        }
+        let _ = tokio::time::timeout(FETCH_TIMEOUT, rx.changed()).await;
+    }
+}
+
+impl Drop for Jwks {
+    fn drop(&mut self) {
+        self.stop.notify_one();
+    }
+}
+
+async fn fetch(
+    client: &hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>,
+    url: &http::Uri,
+) -> Result<JwkSet, String> {
+    let req = http::Request::get(url.clone())
+        .header(header::ACCEPT, "application/json")
+        .body(Empty::new())
+        .map_err(|e| e.to_string())?;
+    let resp = tokio::time::timeout(FETCH_TIMEOUT, client.request(req))
+        .await
+        .map_err(|_| "timed out".to_owned())?
+        .map_err(|e| e.to_string())?;
+    if !resp.status().is_success() {
+        return Err(format!("status {}", resp.status()));
+    }
+    let body = tokio::time::timeout(FETCH_TIMEOUT, Limited::new(resp.into_body(), MAX_JWKS_BYTES).collect())
+        .await
+        .map_err(|_| "timed out reading the body".to_owned())?
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    serde_json::from_slice(&body).map_err(|e| format!("not a JWK set: {e}"))
+}

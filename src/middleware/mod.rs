@@ -1,0 +1,345 @@
+//! The per-route middleware chain: one small trait, one module per middleware, and the chain
+//! compiled once per snapshot from the route's list of names.
+//!
+//! Request hooks run in the listed order and may answer early (401, 403, 429, a 204
+//! preflight); response hooks of every middleware that ran then apply in reverse order, on
+//! upstream answers and early answers alike. A hook is synchronous unless it must wait (a
+//! Redis decision, a JWKS fetch for an unknown key), so a chain of local checks boxes nothing.
+//! Middleware never touches the body.
+
+pub mod api_key;
+pub mod client_ip;
+pub mod cors;
+pub mod headers;
+pub mod ip_filter;
+pub mod jwt;
+pub mod rate_limit;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use http::request::Parts;
+use http::{HeaderMap, HeaderValue, StatusCode};
+
+use crate::config::{Config, MiddlewareDef, MiddlewareKind};
+use crate::proxy::error::ErrorKind;
+
+/// Claims of a verified JWT.
+pub type Claims = serde_json::Map<String, serde_json::Value>;
+
+/// What the chain knows about one request, from its first request hook to its last response
+/// hook.
+pub struct Cx {
+    /// The socket peer, or the right-most untrusted `X-Forwarded-For` entry when the peer is a
+    /// trusted proxy.
+    pub client_ip: IpAddr,
+    pub route: Arc<str>,
+    pub request_id: HeaderValue,
+    /// A CORS preflight (OPTIONS with Origin and Access-Control-Request-Method).
+    pub preflight: bool,
+    /// The request's Origin when a `cors` middleware allowed it.
+    pub origin: Option<HeaderValue>,
+    /// Claims of the token a `jwt` middleware verified.
+    pub claims: Option<Arc<Claims>>,
+    /// Id of the key an `api_key` middleware matched.
+    pub api_key_id: Option<Arc<str>>,
+    /// `RateLimit-Policy` and `RateLimit` values by the position of the middleware that set them.
+    pub rate_limits: Vec<(usize, HeaderValue, HeaderValue)>,
+    position: usize,
+    ran: usize,
+    /// Position of the first `cors` middleware, which answers preflights.
+    cors_at: Option<usize>,
+}
+
+impl Cx {
+    /// Position of the running middleware in its chain.
+    pub fn position(&self) -> usize {
+        self.position
+    }
+
+    /// A preflight that a `cors` middleware later in this chain will answer. Preflights never
+    /// carry credentials (Fetch standard §4.8), so auth lets exactly these through.
+    pub fn preflight_answered_later(&self) -> bool {
+        self.preflight && self.cors_at.is_some_and(|c| c > self.position)
+    }
+
+    /// The identity logs show: the API key id, else the token's `sub`.
+    pub fn consumer(&self) -> Option<Arc<str>> {
+        self.api_key_id
+            .clone()
+            .or_else(|| self.claims.as_ref().and_then(|c| c.get("sub")).and_then(|s| s.as_str()).map(Arc::from))
+    }
+}
+
+/// A response made by the gateway instead of the upstream.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    /// Error answers carry a JSON body and count as that kind; `None` is an empty body.
+    pub kind: Option<ErrorKind>,
+    pub headers: HeaderMap,
+}
+
+impl From<ErrorKind> for Answer {
+    fn from(kind: ErrorKind) -> Answer {
+        Answer { status: kind.status(), kind: Some(kind), headers: HeaderMap::new() }
+    }
+}
+
+impl Answer {
+    pub fn error(kind: ErrorKind, headers: HeaderMap) -> Answer {
+        Answer { status: kind.status(), kind: Some(kind), headers }
+    }
+}
+
+pub type Wait<'a> = Pin<Box<dyn Future<Output = Result<(), Answer>> + Send + 'a>>;
+
+/// What a request hook decided.
+pub enum Step<'a> {
+    Next,
+    Answer(Answer),
+    /// The decision needs I/O; the chain awaits it.
+    Wait(Wait<'a>),
+}
+
+pub trait Middleware: Send + Sync {
+    fn request<'a>(&'a self, cx: &'a mut Cx, req: &'a mut Parts) -> Step<'a>;
+
+    fn response(&self, _cx: &Cx, _status: StatusCode, _headers: &mut HeaderMap) {}
+}
+
+/// A route's compiled chain.
+pub struct Chain {
+    items: Vec<Arc<dyn Middleware>>,
+    cors_at: Option<usize>,
+}
+
+impl Chain {
+    pub fn new_cx(&self, client_ip: IpAddr, route: Arc<str>, request_id: HeaderValue, req: &Parts) -> Cx {
+        Cx {
+            client_ip,
+            route,
+            request_id,
+            preflight: cors::is_preflight(req),
+            origin: None,
+            claims: None,
+            api_key_id: None,
+            rate_limits: Vec::new(),
+            position: 0,
+            ran: 0,
+            cors_at: self.cors_at,
+        }
+    }
+
+    pub async fn request(&self, cx: &mut Cx, req: &mut Parts) -> Result<(), Answer> {
+        for (i, m) in self.items.iter().enumerate() {
+            cx.position = i;
+            cx.ran = i + 1;
+            match m.request(cx, req) {
+                Step::Next => {}
+                Step::Answer(a) => return Err(a),
+                Step::Wait(w) => w.await?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Response hooks of the middleware that ran, last first.
+    pub fn response(&self, cx: &mut Cx, status: StatusCode, headers: &mut HeaderMap) {
+        for i in (0..cx.ran).rev() {
+            cx.position = i;
+            self.items[i].response(cx, status, headers);
+        }
+    }
+}
+
+/// How each middleware fared, by name: plain atomics, rendered on `/metrics`.
+pub struct MiddlewareMetrics {
+    pub kind: &'static str,
+    outcomes: [AtomicU64; Outcome::ALL.len()],
+}
+
+impl MiddlewareMetrics {
+    pub fn count(&self, o: Outcome) {
+        self.outcomes[o as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn counts(&self) -> impl Iterator<Item = (Outcome, u64)> + '_ {
+        Outcome::ALL.iter().map(|o| (*o, self.outcomes[*o as usize].load(Ordering::Relaxed)))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Allowed,
+    Limited,
+    StoreErrorAllowed,
+    StoreErrorDenied,
+    Untracked,
+    Authenticated,
+    Missing,
+    Malformed,
+    BadSignature,
+    Expired,
+    NotYetValid,
+    WrongIssuer,
+    WrongAudience,
+    MissingClaim,
+    BadAlgorithm,
+    UnknownKey,
+    InvalidKey,
+    Denied,
+    Preflight,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 19] = [
+        Outcome::Allowed,
+        Outcome::Limited,
+        Outcome::StoreErrorAllowed,
+        Outcome::StoreErrorDenied,
+        Outcome::Untracked,
+        Outcome::Authenticated,
+        Outcome::Missing,
+        Outcome::Malformed,
+        Outcome::BadSignature,
+        Outcome::Expired,
+        Outcome::NotYetValid,
+        Outcome::WrongIssuer,
+        Outcome::WrongAudience,
+        Outcome::MissingClaim,
+        Outcome::BadAlgorithm,
+        Outcome::UnknownKey,
+        Outcome::InvalidKey,
+        Outcome::Denied,
+        Outcome::Preflight,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Allowed => "allowed",
+            Outcome::Limited => "limited",
+            Outcome::StoreErrorAllowed => "store_error_allowed",
+            Outcome::StoreErrorDenied => "store_error_denied",
+            Outcome::Untracked => "untracked",
+            Outcome::Authenticated => "authenticated",
+            Outcome::Missing => "missing",
+            Outcome::Malformed => "malformed",
+            Outcome::BadSignature => "bad_signature",
+            Outcome::Expired => "expired",
+            Outcome::NotYetValid => "not_yet_valid",
+            Outcome::WrongIssuer => "wrong_issuer",
+            Outcome::WrongAudience => "wrong_audience",
+            Outcome::MissingClaim => "missing_claim",
+            Outcome::BadAlgorithm => "bad_algorithm",
+            Outcome::UnknownKey => "unknown_key",
+            Outcome::InvalidKey => "invalid_key",
+            Outcome::Denied => "denied",
+            Outcome::Preflight => "preflight",
+        }
+    }
+}
+
+/// Middleware state that outlives a reload (rate-limit buckets, fetched key sets, Redis
+/// connections, counters), keyed by the definition it belongs to. Used while compiling only.
+#[derive(Default)]
+pub struct Registry {
+    local_limits: Mutex<HashMap<String, Arc<rate_limit::LocalStore>>>,
+    jwks: Mutex<HashMap<String, Arc<jwt::Jwks>>>,
+    redis: Mutex<HashMap<String, Arc<rate_limit::RedisStore>>>,
+    metrics: Mutex<HashMap<String, Arc<MiddlewareMetrics>>>,
+}
+
+fn shared<T>(map: &Mutex<HashMap<String, Arc<T>>>, key: String, make: impl FnOnce() -> T) -> Arc<T> {
+    let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
+    map.entry(key).or_insert_with(|| Arc::new(make())).clone()
+}
+
+impl Registry {
+    pub fn metrics(&self) -> Vec<(String, Arc<MiddlewareMetrics>)> {
+        let map = self.metrics.lock().unwrap_or_else(|e| e.into_inner());
+        let mut list: Vec<_> = map.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        list.sort_by(|a, b| a.0.cmp(&b.0));
+        list
+    }
+}
+
+/// The compiled middleware of one config, by name, and the background work they need.
+pub struct Compiled {
+    by_name: HashMap<String, Arc<dyn Middleware>>,
+    kinds: HashMap<String, &'static str>,
+    /// Key sets to keep fresh while this config runs.
+    pub jwks: Vec<Arc<jwt::Jwks>>,
+}
+
+pub fn compile(config: &Config, registry: &Registry) -> Compiled {
+    let mut by_name: HashMap<String, Arc<dyn Middleware>> = HashMap::new();
+    let mut kinds = HashMap::new();
+    let mut jwks = Vec::new();
+    for MiddlewareDef { name, kind } in &config.middleware {
+        let label = kind.label();
+        let metrics = shared(&registry.metrics, format!("{label}/{}", name.value), || MiddlewareMetrics {
+            kind: label,
+            outcomes: Default::default(),
+        });
+        let m: Arc<dyn Middleware> = match kind {
+            MiddlewareKind::Cors(def) => Arc::new(cors::Cors::new(def)),
+            MiddlewareKind::Jwt(def) => {
+                let keys = match &def.keys {
+                    crate::config::JwtKeys::Static(k) => jwt::Keys::Static(k.clone()),
+                    crate::config::JwtKeys::Jwks { url, refresh, cooldown } => {
+                        let set = shared(&registry.jwks, format!("{url} {refresh:?} {cooldown:?}"), || {
+                            jwt::Jwks::new(url.clone(), *refresh, *cooldown)
+                        });
+                        jwks.push(set.clone());
+                        jwt::Keys::Jwks(set)
+                    }
+                };
+                Arc::new(jwt::Jwt::new(def, keys, metrics))
+            }
+            MiddlewareKind::ApiKey(def) => Arc::new(api_key::ApiKey::new(def, metrics)),
+            MiddlewareKind::IpFilter(def) => Arc::new(ip_filter::IpFilter::new(def, metrics)),
+            MiddlewareKind::RateLimit(def) => {
+                let store = match def.store {
+                    crate::config::LimitStore::Local => rate_limit::Store::Local(shared(
+                        &registry.local_limits,
+                        format!("{} {:?}", name.value, def),
+                        || rate_limit::LocalStore::new(def.max_keys as usize),
+                    )),
+                    crate::config::LimitStore::Redis => {
+                        let redis = config.redis.as_ref().expect("validation requires `redis` for store: redis");
+                        rate_limit::Store::Redis(shared(
+                            &registry.redis,
+                            format!("{} {:?}", redis.url.value, redis.timeout),
+                            || rate_limit::RedisStore::new(&redis.url.value, redis.timeout),
+                        ))
+                    }
+                };
+                Arc::new(rate_limit::RateLimit::new(&name.value, def, store, metrics))
+            }
+            MiddlewareKind::Headers(def) => Arc::new(headers::HeaderRules::new(def)),
+            MiddlewareKind::SecurityHeaders(def) => Arc::new(headers::SecurityHeaders::new(def)),
+        };
+        by_name.insert(name.value.clone(), m);
+        kinds.insert(name.value.clone(), label);
+    }
+    Compiled { by_name, kinds, jwks }
+}
+
+impl Compiled {
+    /// The chain for a route's list of names (already checked to exist); `None` when empty, so
+    /// a route without middleware does no middleware work at all.
+    pub fn chain(&self, names: &[crate::config::Located<String>]) -> Option<Arc<Chain>> {
+        if names.is_empty() {
+            return None;
+        }
+        let items: Vec<Arc<dyn Middleware>> =
+            names.iter().filter_map(|n| self.by_name.get(&n.value).cloned()).collect();
+        let cors_at = names.iter().position(|n| self.kinds.get(&n.value) == Some(&"cors"));
+        Some(Arc::new(Chain { items, cors_at }))
+    }
+}

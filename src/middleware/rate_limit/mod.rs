@@ -1,0 +1,184 @@
+//! Rate limiting by client IP, a header, a JWT claim, an API key or the route, with GCRA
+//! semantics exactly as configured, kept in process or shared through Redis.
+//!
+//! Admitted responses carry `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-
+//! headers-10); refused requests get 429 with `Retry-After` as well. A request without the
+//! header or claim its limit is keyed on is limited by its client IP instead.
+
+pub mod gcra;
+pub mod local;
+pub mod redis;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{self, HeaderMap, HeaderValue};
+use http::request::Parts;
+use http::{HeaderName, StatusCode};
+
+use self::gcra::{Decision, Gcra};
+pub use self::local::LocalStore;
+use self::local::Tracked;
+pub use self::redis::RedisStore;
+use super::{Answer, Cx, Middleware, MiddlewareMetrics, Outcome, Step};
+use crate::config::{LimitKey, RateLimitDef};
+use crate::proxy::error::ErrorKind;
+
+pub enum Store {
+    Local(Arc<LocalStore>),
+    Redis(Arc<RedisStore>),
+}
+
+pub struct RateLimit {
+    /// Redis keys are `ferroway:rl:<middleware>:<key>`.
+    prefix: String,
+    key: LimitKey,
+    gcra: Gcra,
+    store: Store,
+    allow_on_store_error: bool,
+    policy: HeaderValue,
+    /// The policy's name as a structured-field string, for the `RateLimit` value.
+    name: String,
+    metrics: Arc<MiddlewareMetrics>,
+}
+
+const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+
+/// A structured-field string (RFC 8941 §3.3.3): quotes and backslashes escaped.
+fn sf_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars().filter(|c| c.is_ascii() && !c.is_ascii_control()) {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+impl RateLimit {
+    pub fn new(name: &str, def: &RateLimitDef, store: Store, metrics: Arc<MiddlewareMetrics>) -> RateLimit {
+        let sf = sf_string(name);
+        let policy = format!("{sf};q={};w={}", def.rate.count, def.rate.per.as_secs());
+        RateLimit {
+            prefix: format!("ferroway:rl:{name}:"),
+            key: def.key.clone(),
+            gcra: Gcra::new(def.rate.count, def.rate.per, def.burst),
+            store,
+            allow_on_store_error: def.allow_on_store_error,
+            policy: HeaderValue::from_str(&policy).unwrap_or(HeaderValue::from_static("\"default\"")),
+            name: sf,
+            metrics,
+        }
+    }
+
+    /// The key's text: what Redis stores it under, and what the local store hashes.
+    fn key_text(&self, cx: &Cx, req: &Parts) -> (u8, String) {
+        let found = match &self.key {
+            LimitKey::ClientIp => None,
+            LimitKey::Route => Some((1, cx.route.to_string())),
+            LimitKey::Header(h) => req.headers.get(h).map(|v| (2, String::from_utf8_lossy(v.as_bytes()).into_owned())),
+            LimitKey::Claim(c) => cx.claims.as_ref().and_then(|cl| cl.get(c)).map(|v| match v {
+                serde_json::Value::String(s) => (3, s.clone()),
+                other => (3, other.to_string()),
+            }),
+            LimitKey::ApiKey => cx.api_key_id.as_ref().map(|k| (4, k.to_string())),
+        };
+        found.unwrap_or_else(|| (0, cx.client_ip.to_string()))
+    }
+
+    fn record(&self, cx: &mut Cx, d: Decision) -> Step<'static> {
+        let (remaining, reset) = match d {
+            Decision::Allowed { remaining, reset } => (remaining, reset),
+            Decision::Limited { reset, .. } => (0, reset),
+        };
+        let value = format!("{};r={remaining};t={}", self.name, ceil_secs(reset));
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            cx.rate_limits.push((cx.position(), self.policy.clone(), v));
+        }
+        match d {
+            Decision::Allowed { .. } => Step::Next,
+            Decision::Limited { retry_after, .. } => {
+                let mut h = HeaderMap::new();
+                h.insert(header::RETRY_AFTER, HeaderValue::from(ceil_secs(retry_after).max(1)));
+                Step::Answer(Answer::error(ErrorKind::RateLimited, h))
+            }
+        }
+    }
+
+    fn store_error(&self) -> Result<(), Answer> {
+        if self.allow_on_store_error {
+            self.metrics.count(Outcome::StoreErrorAllowed);
+            Ok(())
+        } else {
+            self.metrics.count(Outcome::StoreErrorDenied);
+            let mut h = HeaderMap::new();
+            h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            Err(Answer::error(ErrorKind::RateLimitUnavailable, h))
+        }
+    }
+
+    fn count(&self, d: &Decision) {
+        self.metrics.count(match d {
+            Decision::Allowed { .. } => Outcome::Allowed,
+            Decision::Limited { .. } => Outcome::Limited,
+        });
+    }
+}
+
+impl Middleware for RateLimit {
+    fn request<'a>(&'a self, cx: &'a mut Cx, req: &'a mut Parts) -> Step<'a> {
+        let (tag, text) = self.key_text(cx, req);
+        match &self.store {
+            Store::Local(store) => {
+                let key = store.key(&[&[tag], text.as_bytes()]);
+                match store.decide(&self.gcra, key, store.now()) {
+                    Tracked::Yes(d) => {
+                        self.count(&d);
+                        self.record(cx, d)
+                    }
+                    Tracked::Untracked(d) => {
+                        self.metrics.count(Outcome::Untracked);
+                        self.record(cx, d)
+                    }
+                }
+            }
+            Store::Redis(store) => Step::Wait(Box::pin(async move {
+                let key = if text.len() <= 128 {
+                    format!("{}{tag}:{text}", self.prefix)
+                } else {
+                    use sha2::Digest;
+                    let digest = sha2::Sha256::digest(text.as_bytes());
+                    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+                    format!("{}{tag}:sha256:{hex}", self.prefix)
+                };
+                let us = |ns: u64| ns.div_ceil(1000);
+                match store.decide(&key, us(self.gcra.interval), us(self.gcra.limit)).await {
+                    Ok((admitted, ahead_us)) => {
+                        let d = self.gcra.outcome(admitted, ahead_us.saturating_mul(1000));
+                        self.count(&d);
+                        match self.record(cx, d) {
+                            Step::Answer(a) => Err(a),
+                            _ => Ok(()),
+                        }
+                    }
+                    Err(_) => self.store_error(),
+                }
+            })),
+        }
+    }
+
+    fn response(&self, cx: &Cx, _status: StatusCode, h: &mut HeaderMap) {
+        if let Some((_, policy, value)) = cx.rate_limits.iter().find(|(p, _, _)| *p == cx.position()) {
+            h.append(RATELIMIT_POLICY, policy.clone());
+            h.append(RATELIMIT, value.clone());
+        }
+    }
+}
