@@ -35,8 +35,11 @@ pub struct Config {
     pub watch: bool,
     /// The gateway's own log level when `RUST_LOG` is not set.
     pub log_level: String,
-    /// Middleware by name, in file order.
+    /// Middleware by name, in file order (those whose definition could be read).
     pub middleware: Vec<MiddlewareDef>,
+    /// Every middleware name defined, readable or not, so a route naming one whose definition
+    /// was already reported is not reported a second time.
+    pub middleware_names: Vec<String>,
     /// Peers allowed to say who the client is through `X-Forwarded-For`.
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub redis: Option<RedisDef>,
@@ -117,6 +120,7 @@ pub fn decode_config(node: &Node, p: &mut Problems) -> Config {
         watch: true,
         log_level: "info".into(),
         middleware: Vec::new(),
+        middleware_names: Vec::new(),
         trusted_proxies: Vec::new(),
         redis: None,
     };
@@ -135,8 +139,13 @@ pub fn decode_config(node: &Node, p: &mut Problems) -> Config {
         Some(n) => decode_middleware(n, "middleware", p),
         None => Vec::new(),
     };
+    let middleware_names = match f.node("middleware").map(|n| &n.value) {
+        Some(Value::Map(entries)) => entries.iter().map(|(k, _)| k.name.clone()).collect(),
+        _ => Vec::new(),
+    };
     Config {
         middleware,
+        middleware_names,
         trusted_proxies: f.opt("trusted_proxies", p).unwrap_or_default(),
         redis: f.opt("redis", p),
         listeners,

@@ -52,14 +52,18 @@ pub(super) fn validate(config: &Config, p: &mut Problems) {
             p.add(m.name.pos, &m.name.path, "store: redis needs a top-level `redis: { url: redis://host:port }`");
         }
     }
-    let known: Vec<&str> = config.middleware.iter().map(|m| m.name.value.as_str()).collect();
+    let known: Vec<&str> = config.middleware_names.iter().map(String::as_str).collect();
     for r in &config.routes {
         let mut listed: Vec<&MiddlewareKind> = Vec::new();
         for (i, name) in r.middleware.iter().enumerate() {
             if r.middleware[..i].iter().any(|n| n.value == name.value) {
                 p.add(name.pos, &name.path, format!("middleware {:?} is listed twice in this route", name.value));
+                continue;
             }
             let Some(def) = config.middleware.iter().find(|m| m.name.value == name.value) else {
+                if known.contains(&name.value.as_str()) {
+                    continue; // its definition's problems are already reported
+                }
                 let hint = match did_you_mean(&name.value, &known) {
                     Some(near) => format!("; did you mean {near:?}?"),
                     None if known.is_empty() => "; no middleware is defined (add it under `middleware:`)".to_owned(),
