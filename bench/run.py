@@ -104,10 +104,22 @@ frontend fe
 backend be
   server s1 127.0.0.1:{BACKEND} maxconn 8000
 """)
+    # The middleware scenario: the same route behind rate limit + JWT (RS256) + CORS + header
+    # rules, selected by a request header; the limit is set far above the load so every
+    # request pays for a decision and none is refused.
+    subprocess.run(["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", f"{d}/key.pem"], check=True, capture_output=True)
+    subprocess.run(["openssl", "pkey", "-in", f"{d}/key.pem", "-pubout", "-out", f"{d}/pub.pem"], check=True, capture_output=True)
     ferro = write(d, "ferroway.yaml", f"""listeners: [{{ name: public, address: 127.0.0.1:{FERRO} }}]
 access_log: {{ output: off }}
 upstreams: {{ backend: {{ targets: [{{ address: 127.0.0.1:{BACKEND} }}] }} }}
-routes: [{{ name: all, match: {{ path_prefix: / }}, upstream: backend }}]
+middleware:
+  limit: {{ rate_limit: {{ rate: 10000000/s, burst: 10000000 }} }}
+  auth: {{ jwt: {{ algorithms: [RS256], public_key_file: {d}/pub.pem, forward_claims: {{ x-user-id: sub }} }} }}
+  cors: {{ cors: {{ allow_origins: ["https://app.example.com"], allow_credentials: true }} }}
+  rules: {{ headers: {{ request: {{ set: {{ x-gateway: ferroway }} }}, response: {{ remove: [server] }} }} }}
+routes:
+  - {{ name: all, match: {{ path_prefix: / }}, upstream: backend }}
+  - {{ name: mw, match: {{ path_prefix: /, headers: {{ x-bench: mw }} }}, upstream: backend, middleware: [limit, auth, cors, rules] }}
 """)
     for port in (BACKEND, NGINX, HAPROXY, FERRO):
         try:
@@ -129,10 +141,22 @@ routes: [{{ name: all, match: {{ path_prefix: / }}, upstream: backend }}]
     return procs
 
 
-def wrk(port, path, conns, duration, close=False):
+def jwt(d):
+    """An RS256 token for the middleware scenario, signed with openssl."""
+    import base64, json
+    b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+    head = b64(json.dumps({"alg": "RS256", "typ": "JWT"}).encode())
+    body = b64(json.dumps({"sub": "bench", "exp": int(time.time()) + 86400}).encode())
+    sig = subprocess.run(["openssl", "dgst", "-sha256", "-sign", f"{d}/key.pem"], input=f"{head}.{body}".encode(), capture_output=True, check=True).stdout
+    return f"{head}.{body}.{b64(sig)}"
+
+
+def wrk(port, path, conns, duration, close=False, headers=()):
     cmd = ["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--latency", f"http://127.0.0.1:{port}{path}"]
     if close:
         cmd[6:6] = ["-H", "Connection: close"]
+    for h in headers:
+        cmd[6:6] = ["-H", h]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     reqs = int(re.search(r"(\d+) requests in", out).group(1))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
@@ -145,9 +169,9 @@ def wrk(port, path, conns, duration, close=False):
     return reqs, lat(50), lat(99), (int(errors.group(1)) if errors else 0), (sock_err.group(1) if sock_err else "")
 
 
-def measure(proc, port, path, conns, duration, close=False):
+def measure(proc, port, path, conns, duration, close=False, headers=()):
     before = cpu_seconds(proc.pid)
-    reqs, p50, p99, non2xx, sock = wrk(port, path, conns, duration, close)
+    reqs, p50, p99, non2xx, sock = wrk(port, path, conns, duration, close, headers)
     cpu = cpu_seconds(proc.pid) - before
     return {"reqs": reqs, "cpu": cpu, "p50": p50, "p99": p99, "non2xx": non2xx, "sock": sock}
 
@@ -192,10 +216,38 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--idle-conns", type=int, default=5000)
+    ap.add_argument("--middleware", action="store_true", help="only Ferroway: a bare route against rate limit + JWT + CORS + headers")
     args = ap.parse_args()
     d = tempfile.mkdtemp(prefix="ferroway-bench-")
     procs = start_all(d)
     results = {}
+    if args.middleware:
+        try:
+            token = jwt(d)
+            mw = ("x-bench: mw", f"authorization: Bearer {token}", "origin: https://app.example.com")
+            wrk(FERRO, "/small", 64, 1, headers=mw)
+            for r in range(args.rounds):
+                for name, headers in (("bare", ()), ("middleware", mw)):
+                    m = measure(procs["ferroway"], FERRO, "/small", 64, args.duration, headers=headers)
+                    results.setdefault(name, []).append(m)
+                    print(f"round {r + 1} {name:10} reqs={m['reqs']:>8} cpu={m['cpu']:.2f}s p50={m['p50']:.0f}us p99={m['p99']:.0f}us non2xx={m['non2xx']} {m['sock']}", file=sys.stderr)
+        finally:
+            for p in procs.values():
+                p.send_signal(signal.SIGTERM)
+                p.wait(timeout=10)
+            shutil.rmtree(d, ignore_errors=True)
+        cpu = {n: med([m["cpu"] / m["reqs"] * 1e6 for m in v]) for n, v in results.items()}
+        print(f"# Ferroway middleware cost, {datetime.date.today()} ({args.rounds} interleaved rounds of {args.duration}s; medians)\n")
+        print("| route | CPU per request | throughput per core vs bare | p50 / p99 |")
+        print("|---|---|---|---|")
+        for n in ("bare", "middleware"):
+            p50 = med([m["p50"] for m in results[n]])
+            p99 = med([m["p99"] for m in results[n]])
+            print(f"| {n} | {cpu[n]:.1f} µs | {cpu['bare'] / cpu[n] * 100:.0f}% | {p50:.0f} / {p99:.0f} µs |")
+        bad = {k: sum(m["non2xx"] for m in v) for k, v in results.items() if any(m["non2xx"] or m["sock"] for m in v)}
+        if bad:
+            print(f"\nErrors seen (non-2xx counts): {bad}")
+        return
     try:
         for _ in range(2):  # warm pools and caches
             for name, port in PROXIES:
