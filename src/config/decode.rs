@@ -260,6 +260,35 @@ pub fn parse_str<T>(
     }
 }
 
+/// A value from a small vocabulary (`header:NAME`, `client_ip`, …) read by `parse`; anything
+/// else is reported as `invalid WHAT "value"; expected EXPECTED`.
+pub fn one_of<T>(
+    v: &Located<String>,
+    problems: &mut Problems,
+    what: &str,
+    expected: &str,
+    parse: impl FnOnce(&str) -> Option<T>,
+) -> Option<T> {
+    let parsed = parse(&v.value);
+    if parsed.is_none() {
+        problems.add(v.pos, &v.path, format!("invalid {what} {:?}; expected {expected}", v.value));
+    }
+    parsed
+}
+
+/// HTTP methods, any case; each bad one is reported and skipped.
+pub fn methods(list: &[Located<String>], problems: &mut Problems) -> Vec<http::Method> {
+    list.iter()
+        .filter_map(|m| match http::Method::from_bytes(m.value.to_ascii_uppercase().as_bytes()) {
+            Ok(method) => Some(method),
+            Err(_) => {
+                problems.add(m.pos, &m.path, format!("invalid HTTP method {:?}", m.value));
+                None
+            }
+        })
+        .collect()
+}
+
 /// A duration written the humantime way: `250ms`, `5s`, `2m`, `1h 30m`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Dur(pub Duration);

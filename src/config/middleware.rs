@@ -12,7 +12,7 @@ use http::{HeaderName, HeaderValue, Method};
 use ipnet::IpNet;
 use jsonwebtoken::{Algorithm, DecodingKey};
 
-use super::decode::{Decode, Dur, Fields, Located, Problems, did_you_mean, parse_str};
+use super::decode::{Decode, Dur, Fields, Located, Problems, did_you_mean, one_of, parse_str};
 use super::node::{Node, Value};
 
 pub const KINDS: &[&str] = &["cors", "jwt", "api_key", "ip_filter", "rate_limit", "headers", "security_headers"];
@@ -151,18 +151,7 @@ impl Decode for CorsDef {
         let allow_origins = origins.iter().filter_map(|o| parse_origin(o, p)).collect();
         let allow_methods = f
             .opt::<Vec<Located<String>>>("allow_methods", p)
-            .map(|ms| {
-                ms.iter()
-                    .filter_map(|m| match Method::from_bytes(m.value.to_ascii_uppercase().as_bytes()) {
-                        Ok(m) => Some(m),
-                        Err(_) => {
-                            p.add(m.pos, &m.path, format!("invalid HTTP method {:?}", m.value));
-                            None
-                        }
-                    })
-                    .collect()
-            })
-            .unwrap_or_else(|| vec![Method::GET, Method::HEAD, Method::POST]);
+            .map_or_else(|| vec![Method::GET, Method::HEAD, Method::POST], |ms| super::decode::methods(&ms, p));
         Some(CorsDef {
             allow_origins,
             allow_methods,
@@ -398,21 +387,13 @@ impl Decode for JwtDef {
             }
         };
         let token_from = f.opt::<Located<String>>("token_from", p).map_or(Some(TokenSource::Authorization), |t| {
-            let parsed = match t.value.split_once(':') {
+            one_of(&t, p, "token_from", "header:NAME, cookie:NAME or query:NAME", |v| match v.split_once(':') {
                 Some(("header", h)) if h.eq_ignore_ascii_case("authorization") => Some(TokenSource::Authorization),
                 Some(("header", h)) => HeaderName::from_bytes(h.as_bytes()).ok().map(TokenSource::Header),
                 Some(("cookie", c)) if !c.is_empty() => Some(TokenSource::Cookie(c.to_owned())),
                 Some(("query", q)) if !q.is_empty() => Some(TokenSource::Query(q.to_owned())),
                 _ => None,
-            };
-            if parsed.is_none() {
-                p.add(
-                    t.pos,
-                    &t.path,
-                    format!("invalid token_from {:?}; expected header:NAME, cookie:NAME or query:NAME", t.value),
-                );
-            }
-            parsed
+            })
         });
         let forward_claims = f
             .opt::<Vec<(Located<String>, String)>>("forward_claims", p)
@@ -591,22 +572,14 @@ impl Decode for RateLimitDef {
             parsed
         });
         let key = f.opt::<Located<String>>("key", p).map_or(Some(LimitKey::ClientIp), |k| {
-            let parsed = match k.value.split_once(':') {
-                None if k.value == "client_ip" => Some(LimitKey::ClientIp),
-                None if k.value == "route" => Some(LimitKey::Route),
-                None if k.value == "api_key" => Some(LimitKey::ApiKey),
+            one_of(&k, p, "key", "client_ip, route, api_key, header:NAME or claim:NAME", |v| match v.split_once(':') {
+                None if v == "client_ip" => Some(LimitKey::ClientIp),
+                None if v == "route" => Some(LimitKey::Route),
+                None if v == "api_key" => Some(LimitKey::ApiKey),
                 Some(("header", h)) => HeaderName::from_bytes(h.as_bytes()).ok().map(LimitKey::Header),
                 Some(("claim", c)) if !c.is_empty() => Some(LimitKey::Claim(c.to_owned())),
                 _ => None,
-            };
-            if parsed.is_none() {
-                p.add(
-                    k.pos,
-                    &k.path,
-                    format!("invalid key {:?}; expected client_ip, route, api_key, header:NAME or claim:NAME", k.value),
-                );
-            }
-            parsed
+            })
         });
         let store = f.opt::<Located<String>>("store", p).map_or(Some(LimitStore::Local), |s| match s.value.as_str() {
             "local" => Some(LimitStore::Local),

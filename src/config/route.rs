@@ -117,17 +117,7 @@ impl Decode for MatchDef {
             }
             pattern.map(|value| Located { value, pos: h.pos, path: h.path })
         });
-        let methods = f.opt::<Vec<Located<String>>>("methods", p).map(|ms| {
-            ms.into_iter()
-                .filter_map(|m| match Method::from_bytes(m.value.to_ascii_uppercase().as_bytes()) {
-                    Ok(method) => Some(method),
-                    Err(_) => {
-                        p.add(m.pos, &m.path, format!("invalid HTTP method {:?}", m.value));
-                        None
-                    }
-                })
-                .collect()
-        });
+        let methods = f.opt::<Vec<Located<String>>>("methods", p).map(|ms| super::decode::methods(&ms, p));
         let headers = f
             .opt::<Vec<(Located<String>, Located<String>)>>("headers", p)
             .unwrap_or_default()

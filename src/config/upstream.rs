@@ -209,21 +209,15 @@ fn decode_upstream(node: &Node, path: &str, p: &mut Problems) -> Option<Upstream
             p.add(h.pos, &h.path, "hash_on only applies to `balance: consistent_hash`");
             return None;
         }
-        let parsed = match h.value.split_once(':') {
-            Some(("header", name)) => HeaderName::from_bytes(name.as_bytes()).ok().map(HashOn::Header),
-            Some(("cookie", name)) if !name.is_empty() => Some(HashOn::Cookie(name.to_owned())),
-            None if h.value == "client_ip" => Some(HashOn::ClientIp),
-            None if h.value == "path" => Some(HashOn::Path),
-            _ => None,
-        };
-        if parsed.is_none() {
-            p.add(
-                h.pos,
-                &h.path,
-                format!("invalid hash_on {:?}; expected header:NAME, cookie:NAME, client_ip or path", h.value),
-            );
-        }
-        parsed
+        super::decode::one_of(&h, p, "hash_on", "header:NAME, cookie:NAME, client_ip or path", |v| {
+            match v.split_once(':') {
+                Some(("header", name)) => HeaderName::from_bytes(name.as_bytes()).ok().map(HashOn::Header),
+                Some(("cookie", name)) if !name.is_empty() => Some(HashOn::Cookie(name.to_owned())),
+                None if v == "client_ip" => Some(HashOn::ClientIp),
+                None if v == "path" => Some(HashOn::Path),
+                _ => None,
+            }
+        })
     });
     let hash_on = match balance {
         Balance::ConsistentHash => Some(hash_on.unwrap_or(HashOn::ClientIp)),
