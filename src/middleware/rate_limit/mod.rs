@@ -80,6 +80,27 @@ impl RateLimit {
     }
 
     /// The key's text: what Redis stores it under, and what the local store hashes.
+    /// The local store's key, hashed straight from the bytes (no text made per request).
+    fn local_key(&self, store: &LocalStore, cx: &Cx, req: &Parts) -> u64 {
+        let found: Option<(u8, &[u8])> = match &self.key {
+            LimitKey::ClientIp => None,
+            LimitKey::Route => Some((1, cx.route.as_bytes())),
+            LimitKey::Header(h) => req.headers.get(h).map(|v| (2, v.as_bytes())),
+            LimitKey::Claim(c) => match cx.claims.as_ref().and_then(|cl| cl.get(c)) {
+                Some(serde_json::Value::String(s)) => Some((3, s.as_bytes())),
+                Some(other) => return store.key(&[&[3], other.to_string().as_bytes()]),
+                None => None,
+            },
+            LimitKey::ApiKey => cx.api_key_id.as_ref().map(|k| (4, k.as_bytes())),
+        };
+        match (found, cx.client_ip) {
+            (Some((tag, bytes)), _) => store.key(&[&[tag], bytes]),
+            (None, std::net::IpAddr::V4(ip)) => store.key(&[&[0], &ip.octets()]),
+            (None, std::net::IpAddr::V6(ip)) => store.key(&[&[0], &ip.octets()]),
+        }
+    }
+
+    /// The key as text, for Redis (every gateway must name a key the same way).
     fn key_text(&self, cx: &Cx, req: &Parts) -> (u8, String) {
         let found = match &self.key {
             LimitKey::ClientIp => None,
@@ -135,10 +156,9 @@ impl RateLimit {
 
 impl Middleware for RateLimit {
     fn request<'a>(&'a self, cx: &'a mut Cx, req: &'a mut Parts) -> Step<'a> {
-        let (tag, text) = self.key_text(cx, req);
         match &self.store {
             Store::Local(store) => {
-                let key = store.key(&[&[tag], text.as_bytes()]);
+                let key = self.local_key(store, cx, req);
                 match store.decide(&self.gcra, key, store.now()) {
                     Tracked::Yes(d) => {
                         self.count(&d);
@@ -151,6 +171,7 @@ impl Middleware for RateLimit {
                 }
             }
             Store::Redis(store) => Step::Wait(Box::pin(async move {
+                let (tag, text) = self.key_text(cx, req);
                 let key = if text.len() <= 128 {
                     format!("{}{tag}:{text}", self.prefix)
                 } else {
