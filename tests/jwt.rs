@@ -281,3 +281,29 @@ async fn a_jwks_key_rotation_takes_effect_without_a_restart() {
     }
     assert_eq!(bearer(&gw, &new_token).await.status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn a_key_replaced_under_the_same_kid_is_picked_up_on_refresh() {
+    let backend = Backend::text("ok").await;
+    let old = rcgen_pair(&rcgen::PKCS_ECDSA_P256_SHA256);
+    let new = rcgen_pair(&rcgen::PKCS_ECDSA_P256_SHA256);
+    let set = Arc::new(Mutex::new(json!({ "keys": [jwk(&old, "main")] })));
+    let jwks = jwks_server(set.clone()).await;
+    let gw = jwt_gateway(
+        &backend,
+        &format!("      algorithms: [ES256]\n      jwks_url: http://{}/jwks.json\n      jwks_refresh: 1s", jwks.addr),
+    )
+    .await;
+    let old_token = sign(Algorithm::ES256, &encoding_key(Algorithm::ES256, Some(&old)), Some("main"), &good_claims());
+    let new_token = sign(Algorithm::ES256, &encoding_key(Algorithm::ES256, Some(&new)), Some("main"), &good_claims());
+    assert_eq!(bearer(&gw, &old_token).await.status, StatusCode::OK);
+
+    // Same kid, another key: the next periodic refresh must replace it.
+    *set.lock().expect("lock") = json!({ "keys": [jwk(&new, "main")] });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while bearer(&gw, &new_token).await.status != StatusCode::OK {
+        assert!(std::time::Instant::now() < deadline, "the replaced key was never picked up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(bearer(&gw, &old_token).await.status, StatusCode::UNAUTHORIZED);
+}

@@ -5,11 +5,10 @@
 use std::sync::Arc;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::request::Parts;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::{Answer, Cx, Middleware, MiddlewareMetrics, Outcome, Step};
+use super::{Answer, Cx, Middleware, MiddlewareMetrics, Outcome, Req, Step};
 use crate::config::ApiKeyDef;
 use crate::proxy::error::ErrorKind;
 
@@ -48,7 +47,7 @@ impl ApiKey {
 }
 
 impl Middleware for ApiKey {
-    fn request<'a>(&'a self, cx: &'a mut Cx, req: &'a mut Parts) -> Step<'a> {
+    fn request<'a>(&'a self, cx: &'a mut Cx, req: &'a mut Req<'_>) -> Step<'a> {
         if cx.preflight_answered_later() {
             return Step::Next;
         }

@@ -4,10 +4,9 @@
 //! the request's own origin is echoed instead, with `Vary: Origin`.
 
 use http::header::{self, HeaderMap, HeaderValue};
-use http::request::Parts;
 use http::{Method, StatusCode};
 
-use super::{Answer, Cx, Middleware, Step};
+use super::{Answer, Cx, Middleware, Req, Step};
 use crate::config::{CorsDef, OriginPattern};
 
 pub struct Cors {
@@ -22,7 +21,7 @@ pub struct Cors {
 
 /// Fetch §4.8: a preflight is an OPTIONS request with `Origin` and
 /// `Access-Control-Request-Method`.
-pub fn is_preflight(req: &Parts) -> bool {
+pub fn is_preflight(req: &Req<'_>) -> bool {
     req.method == Method::OPTIONS
         && req.headers.contains_key(header::ORIGIN)
         && req.headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
@@ -85,7 +84,7 @@ impl Cors {
 }
 
 impl Middleware for Cors {
-    fn request<'a>(&'a self, cx: &'a mut Cx, req: &'a mut Parts) -> Step<'a> {
+    fn request<'a>(&'a self, cx: &'a mut Cx, req: &'a mut Req<'_>) -> Step<'a> {
         cx.origin = req.headers.get(header::ORIGIN).filter(|o| self.allows(o)).cloned();
         if cx.preflight {
             // Answered here whether or not the origin is allowed: the upstream has no business
@@ -93,6 +92,10 @@ impl Middleware for Cors {
             return Step::Answer(Answer { status: StatusCode::NO_CONTENT, kind: None, headers: HeaderMap::new() });
         }
         Step::Next
+    }
+
+    fn answers_preflights(&self) -> bool {
+        true
     }
 
     fn response(&self, cx: &Cx, _status: StatusCode, h: &mut HeaderMap) {

@@ -4,10 +4,9 @@
 
 use std::fmt::Write as _;
 
-use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
-use super::{Cx, Middleware, Step};
+use super::{Cx, Middleware, Req, Step};
 use crate::config::{self, HeaderRulesDef, SecurityHeadersDef, Template, TemplatePart};
 
 struct Rules {
@@ -71,8 +70,8 @@ impl HeaderRules {
 }
 
 impl Middleware for HeaderRules {
-    fn request<'a>(&'a self, cx: &'a mut Cx, req: &'a mut Parts) -> Step<'a> {
-        self.request.apply(cx, &mut req.headers);
+    fn request<'a>(&'a self, cx: &'a mut Cx, req: &'a mut Req<'_>) -> Step<'a> {
+        self.request.apply(cx, req.headers);
         Step::Next
     }
 
@@ -92,7 +91,7 @@ impl SecurityHeaders {
 }
 
 impl Middleware for SecurityHeaders {
-    fn request<'a>(&'a self, _cx: &'a mut Cx, _req: &'a mut Parts) -> Step<'a> {
+    fn request<'a>(&'a self, _cx: &'a mut Cx, _req: &'a mut Req<'_>) -> Step<'a> {
         Step::Next
     }
 

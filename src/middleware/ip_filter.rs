@@ -5,10 +5,9 @@
 use std::sync::Arc;
 
 use http::HeaderMap;
-use http::request::Parts;
 use ipnet::IpNet;
 
-use super::{Answer, Cx, Middleware, MiddlewareMetrics, Outcome, Step};
+use super::{Answer, Cx, Middleware, MiddlewareMetrics, Outcome, Req, Step};
 use crate::config::IpFilterDef;
 use crate::proxy::error::ErrorKind;
 
@@ -30,7 +29,7 @@ impl IpFilter {
 }
 
 impl Middleware for IpFilter {
-    fn request<'a>(&'a self, cx: &'a mut Cx, _req: &'a mut Parts) -> Step<'a> {
+    fn request<'a>(&'a self, cx: &'a mut Cx, _req: &'a mut Req<'_>) -> Step<'a> {
         if self.admits(cx.client_ip) {
             self.metrics.count(Outcome::Allowed);
             Step::Next

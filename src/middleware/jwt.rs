@@ -19,13 +19,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::request::Parts;
 use http_body_util::{BodyExt, Empty, Limited};
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{DecodingKey, Validation};
 use tokio::sync::{Notify, watch};
 
-use super::{Answer, Claims, Cx, Middleware, MiddlewareMetrics, Outcome, Step};
+use super::{Answer, Claims, Cx, Middleware, MiddlewareMetrics, Outcome, Req, Step};
 use crate::config::{JwtDef, TokenSource};
 use crate::proxy::error::ErrorKind;
 
@@ -81,7 +80,7 @@ impl Jwt {
         }
     }
 
-    fn token<'r>(&self, req: &'r Parts) -> Option<&'r str> {
+    fn token<'r>(&self, req: &'r Req<'_>) -> Option<&'r str> {
         match &self.source {
             TokenSource::Authorization => {
                 let v = req.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
@@ -151,7 +150,7 @@ impl Jwt {
         Ok(claims)
     }
 
-    fn admit(&self, cx: &mut Cx, req: &mut Parts, claims: Arc<Claims>) {
+    fn admit(&self, cx: &mut Cx, req: &mut Req<'_>, claims: Arc<Claims>) {
         self.metrics.count(Outcome::Authenticated);
         for (h, claim) in &self.forward {
             let value = match claims.get(claim) {
@@ -198,7 +197,7 @@ fn reason(e: &jsonwebtoken::errors::Error) -> Outcome {
 }
 
 impl Middleware for Jwt {
-    fn request<'a>(&'a self, cx: &'a mut Cx, req: &'a mut Parts) -> Step<'a> {
+    fn request<'a>(&'a self, cx: &'a mut Cx, req: &'a mut Req<'_>) -> Step<'a> {
         // Copies a client sent of the headers this middleware sets are never believed.
         for (h, _) in &self.forward {
             req.headers.remove(h);
@@ -300,6 +299,8 @@ impl TokenCache {
 
 pub struct KeySet {
     by_kid: HashMap<String, DecodingKey>,
+    /// The set as fetched, to tell whether a fetch changed anything.
+    source: JwkSet,
     /// Bumped on every change, so cached verifications by a removed key stop counting.
     generation: u64,
 }
@@ -331,7 +332,11 @@ impl Jwks {
             url,
             refresh: refresh.max(Duration::from_secs(1)),
             cooldown,
-            keys: ArcSwap::from_pointee(KeySet { by_kid: HashMap::new(), generation: 0 }),
+            keys: ArcSwap::from_pointee(KeySet {
+                by_kid: HashMap::new(),
+                generation: 0,
+                source: JwkSet { keys: Vec::new() },
+            }),
             started: AtomicBool::new(false),
             wake: Arc::new(Notify::new()),
             fetched: watch::channel(0).0,
@@ -373,6 +378,12 @@ impl Jwks {
     }
 
     fn install(&self, set: JwkSet) {
+        let current = self.keys.load();
+        // Any change (a kid added or removed, or a kid now naming another key) replaces the
+        // set and drops cached verifications; an identical set changes nothing.
+        if current.generation > 0 && current.source == set {
+            return;
+        }
         let mut by_kid = HashMap::new();
         for (i, jwk) in set.keys.iter().enumerate() {
             match DecodingKey::from_jwk(jwk) {
@@ -383,17 +394,9 @@ impl Jwks {
                 Err(e) => tracing::warn!(url = %self.url, error = %e, "skipping a JWKS key that cannot be used"),
             }
         }
-        let current = self.keys.load();
-        let mut old: Vec<&String> = current.by_kid.keys().collect();
-        let mut new: Vec<&String> = by_kid.keys().collect();
-        old.sort();
-        new.sort();
-        // Same kids: same keys for our purposes (a kid names one key, RFC 7517 §4.5).
-        if old != new || current.generation == 0 {
-            tracing::info!(url = %self.url, keys = by_kid.len(), "JWKS loaded");
-            let generation = current.generation + 1;
-            self.keys.store(Arc::new(KeySet { by_kid, generation }));
-        }
+        tracing::info!(url = %self.url, keys = by_kid.len(), "JWKS loaded");
+        let generation = current.generation + 1;
+        self.keys.store(Arc::new(KeySet { by_kid, generation, source: set }));
     }
 
     /// Fetches again unless a fetch started within the cooldown, and waits (at most the

@@ -20,10 +20,9 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
-use http::request::Parts;
-use http::{HeaderMap, HeaderValue, StatusCode};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 
 use crate::config::{Config, MiddlewareDef, MiddlewareKind};
 use crate::proxy::error::ErrorKind;
@@ -106,10 +105,23 @@ pub enum Step<'a> {
     Wait(Wait<'a>),
 }
 
+/// What middleware sees of a request: method and target read-only (routing has decided on
+/// them, and the normalised path borrows the target), headers writable.
+pub struct Req<'r> {
+    pub method: &'r Method,
+    pub uri: &'r Uri,
+    pub headers: &'r mut HeaderMap,
+}
+
 pub trait Middleware: Send + Sync {
-    fn request<'a>(&'a self, cx: &'a mut Cx, req: &'a mut Parts) -> Step<'a>;
+    fn request<'a>(&'a self, cx: &'a mut Cx, req: &'a mut Req<'_>) -> Step<'a>;
 
     fn response(&self, _cx: &Cx, _status: StatusCode, _headers: &mut HeaderMap) {}
+
+    /// Whether this middleware answers CORS preflights itself (auth before it lets them by).
+    fn answers_preflights(&self) -> bool {
+        false
+    }
 }
 
 /// A route's compiled chain.
@@ -119,7 +131,7 @@ pub struct Chain {
 }
 
 impl Chain {
-    pub fn new_cx(&self, client_ip: IpAddr, route: Arc<str>, request_id: HeaderValue, req: &Parts) -> Cx {
+    pub fn new_cx(&self, client_ip: IpAddr, route: Arc<str>, request_id: HeaderValue, req: &Req<'_>) -> Cx {
         Cx {
             client_ip,
             route,
@@ -135,7 +147,7 @@ impl Chain {
         }
     }
 
-    pub async fn request(&self, cx: &mut Cx, req: &mut Parts) -> Result<(), Answer> {
+    pub async fn request(&self, cx: &mut Cx, req: &mut Req<'_>) -> Result<(), Answer> {
         for (i, m) in self.items.iter().enumerate() {
             cx.position = i;
             cx.ran = i + 1;
@@ -193,11 +205,10 @@ pub enum Outcome {
     UnknownKey,
     InvalidKey,
     Denied,
-    Preflight,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 19] = [
+    pub const ALL: [Outcome; 18] = [
         Outcome::Allowed,
         Outcome::Limited,
         Outcome::StoreErrorAllowed,
@@ -216,7 +227,6 @@ impl Outcome {
         Outcome::UnknownKey,
         Outcome::InvalidKey,
         Outcome::Denied,
-        Outcome::Preflight,
     ];
 
     pub fn label(self) -> &'static str {
@@ -239,24 +249,32 @@ impl Outcome {
             Outcome::UnknownKey => "unknown_key",
             Outcome::InvalidKey => "invalid_key",
             Outcome::Denied => "denied",
-            Outcome::Preflight => "preflight",
         }
     }
 }
 
 /// Middleware state that outlives a reload (rate-limit buckets, fetched key sets, Redis
 /// connections, counters), keyed by the definition it belongs to. Used while compiling only.
+/// State is held weakly, as upstream pools are: it lives as long as a snapshot uses it, so a
+/// reload that keeps a definition keeps its state, and one that drops it frees it (and stops
+/// its background fetch). Counters are held for good, so they never go backwards.
 #[derive(Default)]
 pub struct Registry {
-    local_limits: Mutex<HashMap<String, Arc<rate_limit::LocalStore>>>,
-    jwks: Mutex<HashMap<String, Arc<jwt::Jwks>>>,
-    redis: Mutex<HashMap<String, Arc<rate_limit::RedisStore>>>,
+    local_limits: Mutex<HashMap<String, Weak<rate_limit::LocalStore>>>,
+    jwks: Mutex<HashMap<String, Weak<jwt::Jwks>>>,
+    redis: Mutex<HashMap<String, Weak<rate_limit::RedisStore>>>,
     metrics: Mutex<HashMap<String, Arc<MiddlewareMetrics>>>,
 }
 
-fn shared<T>(map: &Mutex<HashMap<String, Arc<T>>>, key: String, make: impl FnOnce() -> T) -> Arc<T> {
+fn shared<T>(map: &Mutex<HashMap<String, Weak<T>>>, key: String, make: impl FnOnce() -> T) -> Arc<T> {
     let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
-    map.entry(key).or_insert_with(|| Arc::new(make())).clone()
+    map.retain(|_, w| w.strong_count() > 0);
+    if let Some(live) = map.get(&key).and_then(Weak::upgrade) {
+        return live;
+    }
+    let made = Arc::new(make());
+    map.insert(key, Arc::downgrade(&made));
+    made
 }
 
 impl Registry {
@@ -271,21 +289,21 @@ impl Registry {
 /// The compiled middleware of one config, by name, and the background work they need.
 pub struct Compiled {
     by_name: HashMap<String, Arc<dyn Middleware>>,
-    kinds: HashMap<String, &'static str>,
     /// Key sets to keep fresh while this config runs.
     pub jwks: Vec<Arc<jwt::Jwks>>,
 }
 
 pub fn compile(config: &Config, registry: &Registry) -> Compiled {
     let mut by_name: HashMap<String, Arc<dyn Middleware>> = HashMap::new();
-    let mut kinds = HashMap::new();
     let mut jwks = Vec::new();
     for MiddlewareDef { name, kind } in &config.middleware {
         let label = kind.label();
-        let metrics = shared(&registry.metrics, format!("{label}/{}", name.value), || MiddlewareMetrics {
-            kind: label,
-            outcomes: Default::default(),
-        });
+        let metrics = {
+            let mut all = registry.metrics.lock().unwrap_or_else(|e| e.into_inner());
+            all.entry(format!("{label}/{}", name.value))
+                .or_insert_with(|| Arc::new(MiddlewareMetrics { kind: label, outcomes: Default::default() }))
+                .clone()
+        };
         let m: Arc<dyn Middleware> = match kind {
             MiddlewareKind::Cors(def) => Arc::new(cors::Cors::new(def)),
             MiddlewareKind::Jwt(def) => {
@@ -325,9 +343,8 @@ pub fn compile(config: &Config, registry: &Registry) -> Compiled {
             MiddlewareKind::SecurityHeaders(def) => Arc::new(headers::SecurityHeaders::new(def)),
         };
         by_name.insert(name.value.clone(), m);
-        kinds.insert(name.value.clone(), label);
     }
-    Compiled { by_name, kinds, jwks }
+    Compiled { by_name, jwks }
 }
 
 impl Compiled {
@@ -339,7 +356,7 @@ impl Compiled {
         }
         let items: Vec<Arc<dyn Middleware>> =
             names.iter().filter_map(|n| self.by_name.get(&n.value).cloned()).collect();
-        let cors_at = names.iter().position(|n| self.kinds.get(&n.value) == Some(&"cors"));
+        let cors_at = items.iter().position(|m| m.answers_preflights());
         Some(Arc::new(Chain { items, cors_at }))
     }
 }

@@ -28,7 +28,7 @@ use self::forward::{Outgoing, Payload};
 use self::headers::{Peer, X_REQUEST_ID};
 use crate::config::HostHeader;
 use crate::middleware::client_ip;
-use crate::middleware::{Answer, Chain, Cx};
+use crate::middleware::{Answer, Chain, Cx, Req};
 use crate::observe::access_log::Entry;
 use crate::observe::metrics::{self, RouteMetrics};
 use crate::routing::{normalize_host, normalize_path};
@@ -153,9 +153,7 @@ async fn route_and_forward(
         return Err(ErrorKind::HeadersTooLarge.into());
     }
     let (mut parts, body) = req.into_parts();
-    // The path borrows this copy (a reference-count bump), so middleware may still change `parts`.
-    let uri = parts.uri.clone();
-    let path = normalize_path(uri.path().as_bytes()).map_err(|_| ErrorKind::BadPath)?;
+    let path = normalize_path(parts.uri.path().as_bytes()).map_err(|_| ErrorKind::BadPath)?;
     let host_value = request_host(&parts)?;
     let host = host_value.as_ref().and_then(|h| h.to_str().ok()).map(normalize_host).unwrap_or_default();
     let route: &Arc<Route> =
@@ -173,7 +171,8 @@ async fn route_and_forward(
     // The client as the middleware sees it, read before this hop is added to X-Forwarded-For.
     if let Some(chain) = &route.chain {
         let ip = client_ip::client_ip(ctx.peer.addr.ip(), &parts.headers, &snapshot.trusted_proxies);
-        let cx = chain.new_cx(ip, route.name.clone(), ctx.request_id.clone(), &parts);
+        let req = Req { method: &parts.method, uri: &parts.uri, headers: &mut parts.headers };
+        let cx = chain.new_cx(ip, route.name.clone(), ctx.request_id.clone(), &req);
         *chained = Some(Chained { chain: chain.clone(), cx });
     }
 
@@ -201,7 +200,8 @@ async fn route_and_forward(
 
     // Request hooks in order; one may answer instead of the upstream.
     if let Some(c) = chained.as_mut() {
-        c.chain.request(&mut c.cx, &mut parts).await?;
+        let mut req = Req { method: &parts.method, uri: &parts.uri, headers: &mut parts.headers };
+        c.chain.request(&mut c.cx, &mut req).await?;
     }
 
     // Bytes in are counted for the access log only; without one, nothing is allocated.

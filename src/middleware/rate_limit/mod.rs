@@ -13,14 +13,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderValue};
-use http::request::Parts;
 use http::{HeaderName, StatusCode};
 
 use self::gcra::{Decision, Gcra};
 pub use self::local::LocalStore;
 use self::local::Tracked;
 pub use self::redis::RedisStore;
-use super::{Answer, Cx, Middleware, MiddlewareMetrics, Outcome, Step};
+use super::{Answer, Cx, Middleware, MiddlewareMetrics, Outcome, Req, Step};
 use crate::config::{LimitKey, RateLimitDef};
 use crate::proxy::error::ErrorKind;
 
@@ -81,7 +80,7 @@ impl RateLimit {
 
     /// The key's text: what Redis stores it under, and what the local store hashes.
     /// The local store's key, hashed straight from the bytes (no text made per request).
-    fn local_key(&self, store: &LocalStore, cx: &Cx, req: &Parts) -> u64 {
+    fn local_key(&self, store: &LocalStore, cx: &Cx, req: &Req<'_>) -> u64 {
         let found: Option<(u8, &[u8])> = match &self.key {
             LimitKey::ClientIp => None,
             LimitKey::Route => Some((1, cx.route.as_bytes())),
@@ -101,7 +100,7 @@ impl RateLimit {
     }
 
     /// The key as text, for Redis (every gateway must name a key the same way).
-    fn key_text(&self, cx: &Cx, req: &Parts) -> (u8, String) {
+    fn key_text(&self, cx: &Cx, req: &Req<'_>) -> (u8, String) {
         let found = match &self.key {
             LimitKey::ClientIp => None,
             LimitKey::Route => Some((1, cx.route.to_string())),
@@ -155,7 +154,7 @@ impl RateLimit {
 }
 
 impl Middleware for RateLimit {
-    fn request<'a>(&'a self, cx: &'a mut Cx, req: &'a mut Parts) -> Step<'a> {
+    fn request<'a>(&'a self, cx: &'a mut Cx, req: &'a mut Req<'_>) -> Step<'a> {
         match &self.store {
             Store::Local(store) => {
                 let key = self.local_key(store, cx, req);
