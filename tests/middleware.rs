@@ -142,7 +142,7 @@ async fn header_rules_set_append_and_remove_with_variables() {
         r
     })
     .await;
-    let middleware = "  rules:\n    headers:\n      request:\n        set: { x-client: \"${client_ip}\", x-trace: \"id=${request_id};route=${route}\" }\n        append: { x-tag: second }\n        remove: [x-internal-debug]\n      response:\n        set: { strict-transport-security: \"max-age=31536000\" }\n        remove: [x-powered-by]\n  secure: { security_headers: {} }";
+    let middleware = "  rules:\n    headers:\n      request:\n        set: { x-client: \"${client_ip}\", x-trace: \"id=${request_id};route=${route}\" }\n        append: { x-tag: second }\n        remove: [x-internal-debug]\n      response:\n        set: { strict-transport-security: \"max-age=31536000\" }\n        append: { x-served: \"${route}\" }\n        remove: [x-powered-by]\n  secure: { security_headers: {} }";
     let gw = gateway(&config(&backend, middleware, "rules, secure")).await;
     let got = send(request(
         Method::GET,
@@ -159,6 +159,7 @@ async fn header_rules_set_append_and_remove_with_variables() {
     assert!(!seen.headers.contains_key("x-internal-debug"));
     assert_eq!(got.header("strict-transport-security"), Some("max-age=31536000"));
     assert_eq!(got.header("x-powered-by"), None);
+    assert_eq!(got.header("x-served"), Some("r"));
     // Security headers fill in what the application did not set, and never override it.
     assert_eq!(got.header("x-content-type-options"), Some("nosniff"));
     assert_eq!(got.header("referrer-policy"), Some("strict-origin-when-cross-origin"));

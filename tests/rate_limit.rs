@@ -213,3 +213,42 @@ async fn a_redis_outage_follows_on_store_error_and_service_resumes_by_itself() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn limits_keyed_on_a_jwt_claim_or_an_api_key_follow_the_identity_not_the_address() {
+    use jsonwebtoken::{EncodingKey, Header};
+    let backend = Backend::text("ok").await;
+    let secret = "0123456789abcdef0123456789abcdef-rate-limit";
+    let hash = |k: &str| -> String {
+        use sha2::Digest;
+        sha2::Sha256::digest(k.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    };
+    let cfg = format!(
+        "middleware:\n  auth: {{ jwt: {{ algorithms: [HS256], secret: \"{secret}\", required_claims: [sub] }} }}\n  keys: {{ api_key: {{ keys: [{{ id: one, key_sha256: \"{}\" }}, {{ id: two, key_sha256: \"{}\" }}] }} }}\n  by-user: {{ rate_limit: {{ key: \"claim:sub\", rate: 1/m, burst: 1 }} }}\n  by-key: {{ rate_limit: {{ key: api_key, rate: 1/m, burst: 1 }} }}\nupstreams: {{ up: {{ targets: [{{ address: {} }}] }} }}\nroutes:\n  - {{ name: users, upstream: up, match: {{ path: /users }}, middleware: [auth, by-user] }}\n  - {{ name: keys, upstream: up, match: {{ path: /keys }}, middleware: [keys, by-key] }}\n",
+        hash("k1"),
+        hash("k2"),
+        backend.addr
+    );
+    let gw = gateway(&cfg).await;
+    let token = |sub: &str| {
+        let claims = serde_json::json!({ "sub": sub, "exp": 4_000_000_000u64 });
+        jsonwebtoken::encode(&Header::default(), &claims, &EncodingKey::from_secret(secret.as_bytes())).expect("sign")
+    };
+    let as_user = |sub: &str| {
+        send(
+            Request::get(gw.url("/users"))
+                .header("authorization", format!("Bearer {}", token(sub)))
+                .body(full(""))
+                .expect("request"),
+        )
+    };
+    assert_eq!(as_user("alice").await.status, StatusCode::OK);
+    assert_eq!(as_user("alice").await.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(as_user("bob").await.status, StatusCode::OK);
+
+    let with_key =
+        |k: &'static str| send(Request::get(gw.url("/keys")).header("x-api-key", k).body(full("")).expect("request"));
+    assert_eq!(with_key("k1").await.status, StatusCode::OK);
+    assert_eq!(with_key("k1").await.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(with_key("k2").await.status, StatusCode::OK);
+}
