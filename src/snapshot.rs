@@ -5,6 +5,8 @@
 //! request keeps the snapshot it started with. State that must outlive a reload (upstream
 //! pools) lives in registries outside the snapshot.
 
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -15,6 +17,7 @@ use crate::observe::access_log::AccessLog;
 use crate::observe::metrics::{Metrics, RouteMetrics};
 use crate::proxy::request_id::IdSource;
 use crate::routing::{RouteSpec, Router};
+use crate::server::tls::{self, ListenerRuntime};
 use crate::upstream::{Registry, Upstream};
 
 pub struct Route {
@@ -40,6 +43,10 @@ pub struct Snapshot {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Key sets this config fetches in the background.
     pub jwks: Vec<Arc<middleware::jwt::Jwks>>,
+    /// How each listener (by name) accepts connections: TLS settings, redirects.
+    pub listeners: HashMap<String, Arc<ListenerRuntime>>,
+    /// Files besides the config that it depends on (certificates, keys): a change reloads.
+    pub watched_files: Vec<PathBuf>,
 }
 
 /// Why a checked config still could not be compiled (for example an upstream address that
@@ -59,7 +66,7 @@ pub struct Registries {
 pub fn compile(config: &Config, registries: &Registries) -> Result<Snapshot, CompileError> {
     let (registry, metrics) = (&registries.upstreams, &registries.metrics);
     let compiled = middleware::compile(config, &registries.middleware);
-    let mut upstreams = std::collections::HashMap::new();
+    let mut upstreams = HashMap::new();
     for (name, def) in &config.upstreams {
         let def = def.as_ref().ok_or_else(|| CompileError(format!("upstream {} is invalid", name.value)))?;
         let upstream = registry.get_or_create(&name.value, def).map_err(CompileError)?;
@@ -97,7 +104,23 @@ pub fn compile(config: &Config, registries: &Registries) -> Result<Snapshot, Com
     let mut routed: Vec<Arc<str>> = config.routes.iter().map(|r| Arc::from(r.upstream.value.as_str())).collect();
     routed.sort();
     routed.dedup();
+    let redirect_port = config.listeners.iter().find(|l| l.tls.is_some()).map(|l| l.address.value.port());
+    let mut listeners = HashMap::new();
+    let mut watched_files = Vec::new();
+    for l in &config.listeners {
+        let tls = match &l.tls {
+            Some(def) => {
+                watched_files.extend(def.files.iter().cloned());
+                Some(tls::listener_tls(def).map_err(|e| CompileError(format!("listener {}: {e}", l.name.value)))?)
+            }
+            None => None,
+        };
+        let redirect_https = l.redirect_to_https.as_ref().and(redirect_port);
+        listeners.insert(l.name.value.clone(), Arc::new(ListenerRuntime { tls, redirect_https }));
+    }
     Ok(Snapshot {
+        listeners,
+        watched_files,
         router,
         limits: config.limits,
         upstreams,

@@ -11,15 +11,6 @@ use std::time::{Duration, Instant};
 use http::{Method, Request, Response, StatusCode};
 use support::*;
 
-/// Writes `yaml` to `path` and starts a gateway that reloads from it.
-async fn gateway_from_file(path: &Path, yaml: &str) -> TestGateway {
-    std::fs::write(path, yaml).expect("write config");
-    let config = ferroway::config::load(path).unwrap_or_else(|e| panic!("{e}"));
-    let running = ferroway::server::start_with_file(&config, Some(path.to_owned())).await.expect("gateway starts");
-    let addr = running.listeners()[0].1;
-    TestGateway { addr, running }
-}
-
 fn two_backends_config(a: &Backend, b: &Backend, route_to: &str, extra: &str) -> String {
     format!(
         "listeners: [{{ name: public, address: 127.0.0.1:0 }}]\naccess_log: {{ output: off }}\nadmin: {{ address: 127.0.0.1:0 }}\n\

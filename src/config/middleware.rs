@@ -632,9 +632,11 @@ pub enum TemplatePart {
     RequestId,
     ClientIp,
     Route,
+    /// The verified mTLS client certificate's subject; empty without one.
+    ClientCertSubject,
 }
 
-pub const TEMPLATE_VARS: &[&str] = &["request_id", "client_ip", "route"];
+pub const TEMPLATE_VARS: &[&str] = &["request_id", "client_ip", "route", "client_cert_subject"];
 
 impl Decode for Template {
     fn decode(node: &Node, path: &str, p: &mut Problems) -> Option<Self> {
@@ -651,6 +653,7 @@ impl Decode for Template {
                 "request_id" => TemplatePart::RequestId,
                 "client_ip" => TemplatePart::ClientIp,
                 "route" => TemplatePart::Route,
+                "client_cert_subject" => TemplatePart::ClientCertSubject,
                 other => {
                     let hint = did_you_mean(other, TEMPLATE_VARS).map_or_else(
                         || format!("expected one of: {}", TEMPLATE_VARS.join(", ")),

@@ -8,6 +8,7 @@ mod middleware;
 pub mod node;
 mod route;
 mod schema;
+mod tls;
 mod upstream;
 mod validate;
 
@@ -20,6 +21,7 @@ pub use middleware::*;
 pub use node::Pos;
 pub use route::*;
 pub use schema::*;
+pub use tls::*;
 pub use upstream::*;
 
 /// A config that could not be used, with everything wrong with it.

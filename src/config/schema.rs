@@ -49,6 +49,9 @@ pub struct Config {
 pub struct ListenerDef {
     pub name: Located<String>,
     pub address: Located<SocketAddr>,
+    pub tls: Option<super::tls::ServerTlsDef>,
+    /// Answer every request with a 308 to the same URL on the first TLS listener.
+    pub redirect_to_https: Option<Located<bool>>,
 }
 
 #[derive(Debug)]
@@ -203,8 +206,10 @@ pub(super) fn lenient_list<T>(
 }
 
 fn decode_listener(node: &Node, path: &str, p: &mut Problems) -> Option<ListenerDef> {
-    let f = Fields::new(node, path, &["name", "address"], p)?;
-    Some(ListenerDef { name: f.req("name", p)?, address: f.req("address", p)? })
+    let f = Fields::new(node, path, &["name", "address", "tls", "redirect_to_https"], p)?;
+    let tls = f.opt("tls", p);
+    let redirect_to_https = f.opt::<Located<bool>>("redirect_to_https", p).filter(|r| r.value);
+    Some(ListenerDef { name: f.req("name", p)?, address: f.req("address", p)?, tls, redirect_to_https })
 }
 
 impl Decode for AdminDef {

@@ -26,6 +26,21 @@ pub struct UpstreamDef {
     pub retry: RetryDef,
     /// A target back from unhealthy or ejection ramps its share up over this time.
     pub slow_start: Option<Duration>,
+    pub protocol: UpstreamProtocol,
+    pub tls: Option<super::tls::UpstreamTlsDef>,
+}
+
+/// How the gateway speaks HTTP to an upstream's targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1, over TLS when `tls` is set.
+    Http1,
+    /// HTTP/2 with prior knowledge over cleartext (gRPC backends, mostly).
+    H2c,
+    /// HTTP/2 over TLS.
+    H2,
+    /// Whatever TLS ALPN negotiates, HTTP/2 preferred.
+    Auto,
 }
 
 /// When a failed try may be repeated on another target.
@@ -116,6 +131,8 @@ pub struct Timeouts {
     pub connect: Duration,
     pub response_header: Duration,
     pub idle: Duration,
+    /// An upgraded connection (WebSocket) with no bytes either way for this long is closed.
+    pub upgrade_idle: Duration,
 }
 
 impl Default for Timeouts {
@@ -124,6 +141,7 @@ impl Default for Timeouts {
             connect: Duration::from_secs(1),
             response_header: Duration::from_secs(30),
             idle: Duration::from_secs(90),
+            upgrade_idle: Duration::from_secs(300),
         }
     }
 }
@@ -161,6 +179,8 @@ fn decode_upstream(node: &Node, path: &str, p: &mut Problems) -> Option<Upstream
         "circuit_breaker",
         "retry",
         "slow_start",
+        "protocol",
+        "tls",
     ];
     let f = Fields::new(node, path, KEYS, p)?;
     let before = p.0.len();
@@ -223,6 +243,32 @@ fn decode_upstream(node: &Node, path: &str, p: &mut Problems) -> Option<Upstream
         Balance::ConsistentHash => Some(hash_on.unwrap_or(HashOn::ClientIp)),
         _ => None,
     };
+    let tls: Option<super::tls::UpstreamTlsDef> = f.opt("tls", p);
+    let protocol = f.opt::<Located<String>>("protocol", p).map_or(UpstreamProtocol::Http1, |v| {
+        let protocol = super::decode::one_of(&v, p, "protocol", "http1, h2c, h2 or auto", |s| match s {
+            "http1" => Some(UpstreamProtocol::Http1),
+            "h2c" => Some(UpstreamProtocol::H2c),
+            "h2" => Some(UpstreamProtocol::H2),
+            "auto" => Some(UpstreamProtocol::Auto),
+            _ => None,
+        })
+        .unwrap_or(UpstreamProtocol::Http1);
+        match (protocol, f.has("tls")) {
+            (UpstreamProtocol::H2c, true) => {
+                p.add(v.pos, &v.path, "h2c is HTTP/2 without TLS, but this upstream has `tls:`; use `protocol: h2`")
+            }
+            (UpstreamProtocol::H2 | UpstreamProtocol::Auto, false) => p.add(
+                v.pos,
+                &v.path,
+                format!(
+                    "`protocol: {}` negotiates over TLS; add `tls: {{}}` (or use h2c for cleartext HTTP/2)",
+                    v.value
+                ),
+            ),
+            _ => {}
+        }
+        protocol
+    });
     Some(UpstreamDef {
         targets,
         timeouts: f.opt("timeouts", p).unwrap_or_default(),
@@ -241,6 +287,8 @@ fn decode_upstream(node: &Node, path: &str, p: &mut Problems) -> Option<Upstream
             .unwrap_or(1000),
         retry: f.opt("retry", p).unwrap_or_default(),
         slow_start: f.opt::<Dur>("slow_start", p).map(|d| d.0).filter(|d| !d.is_zero()),
+        protocol,
+        tls,
     })
 }
 
@@ -426,12 +474,13 @@ fn check_host_port(s: &str) -> Result<(), String> {
 
 impl Decode for Timeouts {
     fn decode(node: &Node, path: &str, p: &mut Problems) -> Option<Self> {
-        let f = Fields::new(node, path, &["connect", "response_header", "idle"], p)?;
+        let f = Fields::new(node, path, &["connect", "response_header", "idle", "upgrade_idle"], p)?;
         let d = Timeouts::default();
         Some(Timeouts {
             connect: f.opt::<Dur>("connect", p).map_or(d.connect, |v| v.0),
             response_header: f.opt::<Dur>("response_header", p).map_or(d.response_header, |v| v.0),
             idle: f.opt::<Dur>("idle", p).map_or(d.idle, |v| v.0),
+            upgrade_idle: f.opt::<Dur>("upgrade_idle", p).map_or(d.upgrade_idle, |v| v.0),
         })
     }
 }

@@ -32,6 +32,20 @@ pub(super) fn validate(config: &Config, p: &mut Problems) {
             );
         }
     }
+    let has_tls = config.listeners.iter().any(|l| l.tls.is_some());
+    for l in &config.listeners {
+        if let Some(r) = &l.redirect_to_https {
+            if l.tls.is_some() {
+                p.add(
+                    r.pos,
+                    &r.path,
+                    "this listener already serves TLS; redirect_to_https belongs on a plain HTTP listener",
+                );
+            } else if !has_tls {
+                p.add(r.pos, &r.path, "redirect_to_https needs a listener with `tls:` to redirect to");
+            }
+        }
+    }
     if let Some(admin) = &config.admin
         && let Some(line) = listener_addrs.get(&admin.address.value)
     {

@@ -1,5 +1,6 @@
 //! Header rules (set, append, remove on the request going upstream and the response going
-//! back, with `${request_id}`, `${client_ip}` and `${route}` in values) and the security
+//! back, with `${request_id}`, `${client_ip}`, `${route}` and `${client_cert_subject}` in
+//! values) and the security
 //! headers a browser acts on.
 
 use std::fmt::Write as _;
@@ -26,9 +27,11 @@ impl Rules {
             h.remove(name);
         }
         for (name, t) in &self.set {
-            if let Some(v) = render(t, cx) {
-                h.insert(name.clone(), v);
-            }
+            // A value that cannot be rendered still replaces the sender's copy.
+            match render(t, cx) {
+                Some(v) => h.insert(name.clone(), v),
+                None => h.remove(name),
+            };
         }
         for (name, t) in &self.append {
             if let Some(v) = render(t, cx) {
@@ -51,9 +54,11 @@ fn render(t: &Template, cx: &Cx) -> Option<HeaderValue> {
                         let _ = write!(s, "{}", cx.client_ip);
                     }
                     TemplatePart::Route => s.push_str(&cx.route),
+                    TemplatePart::ClientCertSubject => s.push_str(cx.client_cert_subject.as_deref().unwrap_or("")),
                 }
             }
-            HeaderValue::from_str(&s).ok()
+            // Bytes, not str: a certificate subject may hold UTF-8 (obs-text in a field value).
+            HeaderValue::from_bytes(s.as_bytes()).ok()
         }
     }
 }

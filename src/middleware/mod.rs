@@ -38,6 +38,8 @@ pub struct Cx {
     pub client_ip: IpAddr,
     pub route: Arc<str>,
     pub request_id: HeaderValue,
+    /// The subject of the client's verified TLS certificate, on an mTLS listener.
+    pub client_cert_subject: Option<Arc<str>>,
     /// A CORS preflight (OPTIONS with Origin and Access-Control-Request-Method).
     pub preflight: bool,
     /// The request's Origin when a `cors` middleware allowed it.
@@ -131,9 +133,17 @@ pub struct Chain {
 }
 
 impl Chain {
-    pub fn new_cx(&self, client_ip: IpAddr, route: Arc<str>, request_id: HeaderValue, req: &Req<'_>) -> Cx {
+    pub fn new_cx(
+        &self,
+        client_ip: IpAddr,
+        client_cert_subject: Option<Arc<str>>,
+        route: Arc<str>,
+        request_id: HeaderValue,
+        req: &Req<'_>,
+    ) -> Cx {
         Cx {
             client_ip,
+            client_cert_subject,
             route,
             request_id,
             preflight: cors::is_preflight(req),

@@ -131,6 +131,8 @@ pub struct Entry {
     pub error: Option<&'static str>,
     /// Who the request authenticated as: an API key id, or a JWT's `sub`.
     pub consumer: Option<Arc<str>>,
+    /// The verified mTLS client certificate's subject.
+    pub client_cert_subject: Option<Arc<str>>,
 }
 
 #[derive(Serialize)]
@@ -155,6 +157,8 @@ struct Line<'a> {
     error: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     consumer: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_cert_subject: Option<&'a str>,
 }
 
 impl Entry {
@@ -186,6 +190,7 @@ impl Entry {
             trace_id: self.traceparent.as_ref().and_then(|t| t.to_str().ok()).and_then(|t| t.get(3..35)),
             error: self.error,
             consumer: self.consumer.as_deref(),
+            client_cert_subject: self.client_cert_subject.as_deref(),
         };
         if let Ok(mut text) = serde_json::to_string(&line) {
             text.push('\n');

@@ -79,6 +79,8 @@ pub struct Metrics {
     pub unmatched: Arc<RouteMetrics>,
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
+    /// TLS handshakes that failed or timed out (bad client certificate, no shared version…).
+    pub tls_handshake_failures: AtomicU64,
 }
 
 impl Metrics {
@@ -247,6 +249,12 @@ pub fn render(s: &Scrape<'_>) -> String {
         out,
         "ferroway_reloads_total{{outcome=\"failed\"}} {}",
         s.metrics.reloads_failed.load(Ordering::Relaxed)
+    );
+    header(&mut out, "ferroway_tls_handshake_failures_total", "counter", "TLS handshakes that failed or timed out.");
+    let _ = writeln!(
+        out,
+        "ferroway_tls_handshake_failures_total {}",
+        s.metrics.tls_handshake_failures.load(Ordering::Relaxed)
     );
     header(&mut out, "ferroway_build_info", "gauge", "Build information.");
     let _ = writeln!(out, "ferroway_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));

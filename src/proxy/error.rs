@@ -98,6 +98,33 @@ impl ErrorKind {
         }
     }
 
+    /// The gRPC status a gRPC client gets instead (the status codes of the gRPC core spec,
+    /// `doc/statuscodes.md`), chosen for what happened, not only from the HTTP status.
+    pub fn grpc_status(self) -> u8 {
+        const INTERNAL: u8 = 13;
+        const DEADLINE_EXCEEDED: u8 = 4;
+        const UNIMPLEMENTED: u8 = 12;
+        const UNAVAILABLE: u8 = 14;
+        const RESOURCE_EXHAUSTED: u8 = 8;
+        const UNAUTHENTICATED: u8 = 16;
+        const PERMISSION_DENIED: u8 = 7;
+        match self {
+            ErrorKind::BadRequest | ErrorKind::BadPath | ErrorKind::ClientBodyError => INTERNAL,
+            ErrorKind::HeadersTooLarge | ErrorKind::BodyTooLarge | ErrorKind::RateLimited => RESOURCE_EXHAUSTED,
+            ErrorKind::ClientBodyTimeout | ErrorKind::UpstreamResponseTimeout => DEADLINE_EXCEEDED,
+            ErrorKind::NoRoute => UNIMPLEMENTED,
+            ErrorKind::UpstreamConnectRefused
+            | ErrorKind::UpstreamConnectTimeout
+            | ErrorKind::UpstreamReset
+            | ErrorKind::UpstreamBadResponse
+            | ErrorKind::NoHealthyTarget
+            | ErrorKind::UpstreamSaturated
+            | ErrorKind::RateLimitUnavailable => UNAVAILABLE,
+            ErrorKind::Unauthorized => UNAUTHENTICATED,
+            ErrorKind::Forbidden => PERMISSION_DENIED,
+        }
+    }
+
     /// What the client is told, in its JSON body's `error` field.
     pub fn message(self) -> &'static str {
         match self {

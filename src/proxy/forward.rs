@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 
@@ -72,12 +72,16 @@ pub async fn forward(
         let slot = upstream.acquire_slot(target).await.map_err(|_| ErrorKind::UpstreamSaturated)?;
 
         let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(Scheme::HTTP);
+        uri.scheme = Some(upstream.client.scheme());
         uri.authority = Some(target.authority.clone());
         uri.path_and_query = Some(out.path_and_query.clone());
         // The last possible try takes the headers; earlier ones send a copy.
         let mut headers = if last { std::mem::take(&mut out.headers) } else { out.headers.clone() };
-        if out.host_from_target {
+        if upstream.h2_only() {
+            // RFC 9113 §8.3.1: a Host differing from :authority (the target, which keys the
+            // pool) must not be sent; the client's host travels in X-Forwarded-Host.
+            headers.remove(header::HOST);
+        } else if out.host_from_target {
             headers.insert(header::HOST, target.host_value.clone());
         }
         let body = match &mut out.body {

@@ -8,6 +8,7 @@
 //! appended.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use http::Version;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -75,6 +76,10 @@ pub struct Peer {
     /// `for=…;proto=…`, the fixed part of this connection's `Forwarded` element.
     pub forwarded_for: String,
     pub proto: &'static str,
+    /// The subject of the client's verified TLS certificate (mTLS), RFC 4514 form.
+    pub client_cert_subject: Option<Arc<str>>,
+    /// On a `redirect_to_https` listener: the TLS port every request is sent to.
+    pub redirect_https: Option<u16>,
 }
 
 impl Peer {
@@ -87,7 +92,7 @@ impl Peer {
             std::net::IpAddr::V6(v6) => format!("for=\"[{v6}]\";proto={proto}"),
         };
         let ip_value = HeaderValue::try_from(ip.to_string()).unwrap_or(HeaderValue::from_static("unknown"));
-        Peer { addr, ip_value, forwarded_for, proto }
+        Peer { addr, ip_value, forwarded_for, proto, client_cert_subject: None, redirect_https: None }
     }
 }
 

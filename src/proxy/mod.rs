@@ -10,6 +10,7 @@ mod forward;
 pub mod headers;
 pub mod request_id;
 pub mod trace;
+mod upgrade;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -73,7 +74,9 @@ pub async fn handle(req: Request<Incoming>, peer: &Peer, gw: &Gateway) -> Respon
         bytes_out: 0,
         error: None,
         consumer: None,
+        client_cert_subject: peer.client_cert_subject.clone(),
     });
+    let grpc = is_grpc(req.headers());
     let ctx = Ctx { peer, request_id: &request_id, entry: entry.as_mut(), route_metrics: &mut route_metrics };
     let mut chained = None;
     let result = route_and_forward(req, ctx, &snapshot, &mut chained).await;
@@ -83,7 +86,13 @@ pub async fn handle(req: Request<Incoming>, peer: &Peer, gw: &Gateway) -> Respon
     }
     match result {
         Ok((mut resp, in_flight, idle)) => {
+            let switched = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+            let protocol = if switched { resp.headers().get(header::UPGRADE).cloned() } else { None };
             headers::strip_hop_by_hop(resp.headers_mut());
+            if let Some(p) = protocol {
+                resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                resp.headers_mut().insert(header::UPGRADE, p);
+            }
             let via = headers::via_value(resp.version());
             resp.headers_mut().append(header::VIA, via);
             resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
@@ -100,7 +109,7 @@ pub async fn handle(req: Request<Incoming>, peer: &Peer, gw: &Gateway) -> Respon
         }
         Err(answer) => {
             let done = Done { metrics, method, status: answer.status.as_u16(), start };
-            let mut resp = answer_response(answer, &request_id, entry, done);
+            let mut resp = answer_response(answer, &request_id, entry, done, grpc);
             if let Some(c) = chained.as_mut() {
                 c.chain.response(&mut c.cx, resp.status(), resp.headers_mut());
             }
@@ -115,16 +124,37 @@ struct Chained {
     cx: Cx,
 }
 
+/// `application/grpc`, `application/grpc+proto`, `application/grpc-web…`: the client reads
+/// errors as a gRPC status, never from an HTTP status or body.
+fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers.get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
 /// The gateway's own answer: a JSON error body for error kinds, empty otherwise (a preflight).
+/// A gRPC client gets a trailers-only response instead: HTTP 200 with `grpc-status` and
+/// `grpc-message` in the headers and no body. Logs and metrics keep the HTTP status the error
+/// stands for, so a failed gRPC call does not count as a success.
 fn answer_response(
     answer: Answer,
     request_id: &HeaderValue,
     mut entry: Option<Entry>,
     done: Done,
+    grpc: bool,
 ) -> Response<ResponseBody> {
     if let Some(e) = entry.as_mut() {
         e.status = answer.status.as_u16();
         e.error = answer.kind.map(ErrorKind::label);
+    }
+    if grpc && let Some(kind) = answer.kind {
+        let mut resp = Response::new(ResponseBody::fixed(Bytes::new(), entry, done));
+        let h = resp.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        h.insert("grpc-status", HeaderValue::from(u16::from(kind.grpc_status())));
+        // Messages are fixed ASCII without `%`, so they need no percent-encoding.
+        h.insert("grpc-message", HeaderValue::from_static(kind.message()));
+        h.insert(X_REQUEST_ID.clone(), request_id.clone());
+        h.extend(answer.headers);
+        return resp;
     }
     let body = match answer.kind {
         Some(kind) => error::json_body(kind, request_id.to_str().unwrap_or("-")),
@@ -152,6 +182,9 @@ async fn route_and_forward(
     if headers::header_bytes(req.headers()) > snapshot.limits.max_header_bytes {
         return Err(ErrorKind::HeadersTooLarge.into());
     }
+    if let Some(port) = ctx.peer.redirect_https {
+        return Err(redirect_to_https(&req, port));
+    }
     let (mut parts, body) = req.into_parts();
     let path = normalize_path(parts.uri.path().as_bytes()).map_err(|_| ErrorKind::BadPath)?;
     let host_value = request_host(&parts)?;
@@ -172,13 +205,24 @@ async fn route_and_forward(
     if let Some(chain) = &route.chain {
         let ip = client_ip::client_ip(ctx.peer.addr.ip(), &parts.headers, &snapshot.trusted_proxies);
         let req = Req { method: &parts.method, uri: &parts.uri, headers: &mut parts.headers };
-        let cx = chain.new_cx(ip, route.name.clone(), ctx.request_id.clone(), &req);
+        let subject = ctx.peer.client_cert_subject.clone();
+        let cx = chain.new_cx(ip, subject, route.name.clone(), ctx.request_id.clone(), &req);
         *chained = Some(Chained { chain: chain.clone(), cx });
     }
 
     let upstream = &route.upstream;
     let client_version = parts.version;
+    // An HTTP/2 connection to the upstream cannot carry an HTTP/1.1 upgrade: such a request
+    // goes as a plain request, and the upstream answers it as one.
+    let upgrade = if upstream.h2_only() {
+        None
+    } else {
+        upgrade::requested(parts.version, &parts.headers, &mut parts.extensions)
+    };
     let te_trailers = headers::strip_hop_by_hop(&mut parts.headers);
+    if let Some(u) = &upgrade {
+        u.restore(&mut parts.headers);
+    }
     if te_trailers {
         parts.headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
@@ -226,9 +270,32 @@ async fn route_and_forward(
         host_from_target: route.host_header == HostHeader::Upstream,
         body: payload,
     };
-    let (resp, in_flight) =
+    let (mut resp, in_flight) =
         forward::forward(upstream, out, ctx.peer.addr.ip(), &path, ctx.entry, ctx.request_id).await?;
+    if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+        // A 101 the client did not ask for would leave it speaking HTTP to a switched peer.
+        let Some(upgrade) = upgrade else { return Err(ErrorKind::UpstreamBadResponse.into()) };
+        upgrade.tunnel(hyper::upgrade::on(&mut resp), upstream.timeouts().upgrade_idle);
+    }
     Ok((resp, in_flight, upstream.timeouts().idle))
+}
+
+/// `redirect_to_https`: 308 (method and body kept, RFC 9110 §15.4.9) to the same host, path
+/// and query on the TLS listener's port. A request without a usable host is a bad request.
+fn redirect_to_https<B>(req: &Request<B>, port: u16) -> Answer {
+    let authority = req.uri().authority().cloned().or_else(|| {
+        let h = req.headers().get(header::HOST)?;
+        http::uri::Authority::try_from(h.as_bytes()).ok()
+    });
+    // Only the host of the authority: no port, and never a userinfo part.
+    let host = authority.as_ref().filter(|a| !a.as_str().contains('@')).map(|a| a.host());
+    let Some(host) = host.filter(|h| !h.is_empty()) else { return ErrorKind::BadRequest.into() };
+    let path = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let location = if port == 443 { format!("https://{host}{path}") } else { format!("https://{host}:{port}{path}") };
+    let Ok(location) = HeaderValue::try_from(location) else { return ErrorKind::BadRequest.into() };
+    let mut headers = http::HeaderMap::new();
+    headers.insert(header::LOCATION, location);
+    Answer { status: http::StatusCode::PERMANENT_REDIRECT, kind: None, headers }
 }
 
 /// The host the client asked for. HTTP/2 carries it in `:authority`, HTTP/1.1 in `Host`

@@ -7,6 +7,7 @@
 //! take, never a request.
 
 mod file_watch;
+pub mod tls;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -97,6 +98,8 @@ pub struct Control {
     config_path: Option<PathBuf>,
     /// Serialises reloads (SIGHUP, admin, file watch) without touching the request path.
     reloading: tokio::sync::Mutex<()>,
+    /// Signalled after each successful reload (the file watch re-reads its file set).
+    reloaded: Notify,
     admin_address: Mutex<Option<SocketAddr>>,
 }
 
@@ -199,6 +202,7 @@ impl Control {
             }
         }
         self.gateway.install(snapshot);
+        self.reloaded.notify_one();
         self.builder.store(Arc::new(connection_builder(&config.limits)));
         let wanted: Vec<(String, SocketAddr)> =
             config.listeners.iter().map(|l| (l.name.value.clone(), l.address.value)).collect();
@@ -259,7 +263,7 @@ impl Control {
         listener: TcpListener,
     ) -> ListenerHandle {
         let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(accept_loop(listener, self.clone(), stop_rx));
+        let task = tokio::spawn(accept_loop(listener, name.as_str().into(), self.clone(), stop_rx));
         ListenerHandle { name, configured, bound, stop, task }
     }
 }
@@ -290,6 +294,7 @@ pub async fn start_with_file(config: &Config, config_path: Option<PathBuf>) -> R
         shutdown_timeout: config.shutdown_timeout,
         config_path,
         reloading: tokio::sync::Mutex::new(()),
+        reloaded: Notify::new(),
         admin_address: Mutex::new(None),
     });
     let handles: Vec<ListenerHandle> = bound
@@ -327,7 +332,7 @@ fn connection_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     b
 }
 
-async fn accept_loop(listener: TcpListener, control: Arc<Control>, mut stop: watch::Receiver<bool>) {
+async fn accept_loop(listener: TcpListener, name: Arc<str>, control: Arc<Control>, mut stop: watch::Receiver<bool>) {
     loop {
         let (stream, addr) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -342,36 +347,70 @@ async fn accept_loop(listener: TcpListener, control: Arc<Control>, mut stop: wat
             _ = stop.changed() => return,
         };
         let _ = stream.set_nodelay(true);
-        let peer = Arc::new(Peer::new(addr, false));
-        let gw = control.gateway.clone();
-        let service = service_fn(move |req| {
-            let gw = gw.clone();
-            let peer = peer.clone();
-            async move { Ok::<_, Infallible>(crate::proxy::handle(req, &peer, &gw).await) }
-        });
-        let builder = control.builder.load_full();
+        // The listener's settings as of this connection; a reload applies to later ones.
+        let Some(runtime) = control.gateway.snapshot().listeners.get(&*name).cloned() else { continue };
         control.connections.open.fetch_add(1, Ordering::AcqRel);
         let guard = ConnectionGuard(control.connections.clone());
-        let mut drain = control.drain.subscribe();
+        let control = control.clone();
         tokio::spawn(async move {
             let _guard = guard;
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            // On drain: finish in-flight requests, then close (HTTP/2: GOAWAY).
-            let ended = tokio::select! {
-                ended = conn.as_mut() => Some(ended),
-                _ = drain.wait_for(|d| *d) => None,
-            };
-            let ended = match ended {
-                Some(ended) => ended,
-                None => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
+            let mut peer = Peer::new(addr, runtime.tls.is_some());
+            peer.redirect_https = runtime.redirect_https;
+            match &runtime.tls {
+                None => serve(TokioIo::new(stream), peer, &control).await,
+                Some(tls) => {
+                    let tls_stream =
+                        match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream)).await {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                control.gateway.metrics().tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
+                                tracing::debug!(client = %addr, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                control.gateway.metrics().tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
+                                tracing::debug!(client = %addr, "TLS handshake timed out");
+                                return;
+                            }
+                        };
+                    peer.client_cert_subject = tls::client_subject(tls_stream.get_ref().1);
+                    serve(TokioIo::new(tls_stream), peer, &control).await
                 }
-            };
-            if let Err(e) = ended {
-                tracing::debug!(error = %e, "connection ended with an error");
             }
         });
+    }
+}
+
+/// Serves HTTP on one accepted connection (HTTP/1.1 or HTTP/2, by the client's preface)
+/// until it ends or the gateway drains.
+async fn serve<I>(io: I, peer: Peer, control: &Control)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let peer = Arc::new(peer);
+    let gw = control.gateway.clone();
+    let service = service_fn(move |req| {
+        let gw = gw.clone();
+        let peer = peer.clone();
+        async move { Ok::<_, Infallible>(crate::proxy::handle(req, &peer, &gw).await) }
+    });
+    let builder = control.builder.load_full();
+    let mut drain = control.drain.subscribe();
+    let conn = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(conn);
+    // On drain: finish in-flight requests, then close (HTTP/2: GOAWAY).
+    let ended = tokio::select! {
+        ended = conn.as_mut() => Some(ended),
+        _ = drain.wait_for(|d| *d) => None,
+    };
+    let ended = match ended {
+        Some(ended) => ended,
+        None => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = ended {
+        tracing::debug!(error = %e, "connection ended with an error");
     }
 }

@@ -1,5 +1,6 @@
-//! The connector upstream pools dial through: hyper-util's `HttpConnector`, wrapped to count
-//! the connections open to each target (for pool metrics; hyper-util's pool exposes none).
+//! The connector upstream pools dial through: hyper-util's `HttpConnector` (inside
+//! hyper-rustls' `HttpsConnector` for TLS upstreams), wrapped to count the connections open
+//! to each target (for pool metrics; hyper-util's pool exposes none).
 //!
 //! Counting happens once per connection, never per request; the per-target counters are
 //! looked up in a map fixed when the upstream is built, so no lock is taken.
@@ -13,29 +14,32 @@ use std::task::{Context, Poll};
 
 use http::Uri;
 use hyper::rt::{Read, ReadBufCursor, Write};
-use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use hyper_util::client::legacy::connect::{Connected, Connection};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Clone)]
-pub struct CountingConnector {
-    inner: HttpConnector,
+pub struct CountingConnector<C> {
+    inner: C,
     /// Open connections by target authority (`host:port`).
     open: Arc<HashMap<String, Arc<AtomicUsize>>>,
 }
 
-impl CountingConnector {
-    pub fn new(inner: HttpConnector, open: Arc<HashMap<String, Arc<AtomicUsize>>>) -> Self {
+impl<C> CountingConnector<C> {
+    pub fn new(inner: C, open: Arc<HashMap<String, Arc<AtomicUsize>>>) -> Self {
         CountingConnector { inner, open }
     }
 }
 
-impl tower_service::Service<Uri> for CountingConnector {
-    type Response = Counted;
+impl<C> tower_service::Service<Uri> for CountingConnector<C>
+where
+    C: tower_service::Service<Uri>,
+    C::Error: Into<BoxError>,
+    C::Future: Send + 'static,
+{
+    type Response = Counted<C::Response>;
     type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Counted, BoxError>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Counted<C::Response>, BoxError>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -45,7 +49,7 @@ impl tower_service::Service<Uri> for CountingConnector {
         let counter = uri.authority().and_then(|a| self.open.get(a.as_str())).cloned();
         let connecting = self.inner.call(uri);
         Box::pin(async move {
-            let io = connecting.await?;
+            let io = connecting.await.map_err(Into::into)?;
             if let Some(c) = &counter {
                 c.fetch_add(1, Ordering::Relaxed);
             }
@@ -55,12 +59,12 @@ impl tower_service::Service<Uri> for CountingConnector {
 }
 
 /// A connection that is counted as open until it is dropped.
-pub struct Counted {
-    io: TokioIo<TcpStream>,
+pub struct Counted<T> {
+    io: T,
     counter: Option<Arc<AtomicUsize>>,
 }
 
-impl Drop for Counted {
+impl<T> Drop for Counted<T> {
     fn drop(&mut self) {
         if let Some(c) = &self.counter {
             c.fetch_sub(1, Ordering::Relaxed);
@@ -68,19 +72,19 @@ impl Drop for Counted {
     }
 }
 
-impl Connection for Counted {
+impl<T: Connection> Connection for Counted<T> {
     fn connected(&self) -> Connected {
         self.io.connected()
     }
 }
 
-impl Read for Counted {
+impl<T: Read + Unpin> Read for Counted<T> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: ReadBufCursor<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.io).poll_read(cx, buf)
     }
 }
 
-impl Write for Counted {
+impl<T: Write + Unpin> Write for Counted<T> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.io).poll_write(cx, buf)
     }

@@ -171,7 +171,10 @@ async fn probe_once(weak: &Weak<Upstream>, index: usize, def: &HealthCheckDef) -
 
 /// One health-check request: true when it answers within the timeout with an expected status.
 async fn probe(upstream: &Upstream, target: &super::Target, def: &HealthCheckDef) -> bool {
-    let uri = http::Uri::builder().scheme("http").authority(target.authority.clone()).path_and_query(def.path.clone());
+    let uri = http::Uri::builder()
+        .scheme(upstream.client.scheme())
+        .authority(target.authority.clone())
+        .path_and_query(def.path.clone());
     let Ok(uri) = uri.build() else { return false };
     let req = Request::get(uri)
         .header(header::HOST, target.host_value.clone())

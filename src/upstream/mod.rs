@@ -6,6 +6,7 @@
 //! atomics only; no lock is taken on the request path.
 
 pub mod balance;
+pub mod client;
 mod connector;
 pub mod health;
 pub mod retry;
@@ -17,13 +18,9 @@ use std::sync::{Arc, Mutex, Weak};
 
 use http::uri::Authority;
 use http::{HeaderMap, HeaderValue};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use self::balance::{Ring, RoundRobin, TargetStats};
 use crate::config::{Balance, HashOn, Timeouts, UpstreamDef};
-use crate::proxy::body::RequestBody;
 
 pub struct Target {
     /// `host:port` as written in the config: the access log's `upstream_target`.
@@ -82,7 +79,7 @@ pub struct PickInput<'a> {
 pub struct Upstream {
     pub name: Arc<str>,
     pub targets: Vec<Target>,
-    pub client: Client<connector::CountingConnector, RequestBody>,
+    pub client: client::UpstreamClient,
     balancer: Balancer,
     checks_started: AtomicBool,
     pub retry_budget: retry::Budget,
@@ -116,18 +113,8 @@ impl Upstream {
                 })
             })
             .collect::<Result<Vec<_>, String>>()?;
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(def.timeouts.connect));
-        connector.set_nodelay(true);
-        connector.enforce_http(true);
         let open = targets.iter().map(|t| (t.authority.as_str().to_owned(), t.open_connections.clone())).collect();
-        let connector = connector::CountingConnector::new(connector, Arc::new(open));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(def.timeouts.idle)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .http1_preserve_header_case(false)
-            .build(connector);
+        let client = client::UpstreamClient::new(def, Arc::new(open)).map_err(|e| format!("upstream {name}: {e}"))?;
         let weights: Vec<u32> = def.targets.iter().map(|t| t.weight).collect();
         let balancer = match def.balance {
             Balance::RoundRobin => Balancer::RoundRobin(RoundRobin::new(&weights)),
@@ -160,6 +147,11 @@ impl Upstream {
             retry_stats: retry::RetryStats::default(),
             def: def.clone(),
         })
+    }
+
+    /// Whether every connection to this upstream speaks HTTP/2 (`h2c`, `h2`).
+    pub fn h2_only(&self) -> bool {
+        matches!(self.def.protocol, crate::config::UpstreamProtocol::H2 | crate::config::UpstreamProtocol::H2c)
     }
 
     pub fn timeouts(&self) -> &Timeouts {

@@ -3,6 +3,8 @@
 //! polling, never by sleeping a fixed time.
 #![allow(dead_code)]
 
+pub mod pki;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::io::{BufRead, BufReader};
@@ -61,6 +63,23 @@ impl Backend {
         F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Response<Body>> + Send + 'static,
     {
+        Backend::serve_with(handler, None).await
+    }
+
+    /// A backend serving HTTPS with `tls` (HTTP/1.1 or h2, as its ALPN allows).
+    pub async fn serve_tls<F, Fut>(tls: Arc<rustls::ServerConfig>, handler: F) -> Backend
+    where
+        F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<Body>> + Send + 'static,
+    {
+        Backend::serve_with(handler, Some(tokio_rustls::TlsAcceptor::from(tls))).await
+    }
+
+    async fn serve_with<F, Fut>(handler: F, tls: Option<tokio_rustls::TlsAcceptor>) -> Backend
+    where
+        F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<Body>> + Send + 'static,
+    {
         let handler: Handler = Arc::new(move |req| Box::pin(handler(req)));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
         let addr = listener.local_addr().expect("backend addr");
@@ -72,14 +91,23 @@ impl Backend {
             while let Ok((stream, _)) = listener.accept().await {
                 counter.fetch_add(1, Ordering::SeqCst);
                 let handler = handler.clone();
+                let tls = tls.clone();
                 let conn = tokio::spawn(async move {
                     let svc = service_fn(move |req| {
                         let handler = handler.clone();
                         async move { Ok::<_, Infallible>(handler(req).await) }
                     });
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                        .await;
+                    let builder = auto::Builder::new(TokioExecutor::new());
+                    match tls {
+                        None => {
+                            let _ = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).await;
+                        }
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                let _ = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).await;
+                            }
+                        }
+                    }
                 });
                 conn_tasks.lock().expect("tasks lock").push(conn.abort_handle());
             }
@@ -224,6 +252,15 @@ pub async fn gateway(yaml: &str) -> TestGateway {
     let config =
         ferroway::config::load_str(&text, Path::new("test.yaml"), Default::default()).unwrap_or_else(|e| panic!("{e}"));
     let running = ferroway::server::start(&config).await.expect("gateway starts");
+    let addr = running.listeners()[0].1;
+    TestGateway { addr, running }
+}
+
+/// Writes `yaml` to `path` and starts a gateway that reloads from it.
+pub async fn gateway_from_file(path: &Path, yaml: &str) -> TestGateway {
+    std::fs::write(path, yaml).expect("write config");
+    let config = ferroway::config::load(path).unwrap_or_else(|e| panic!("{e}"));
+    let running = ferroway::server::start_with_file(&config, Some(path.to_owned())).await.expect("gateway starts");
     let addr = running.listeners()[0].1;
     TestGateway { addr, running }
 }
@@ -452,4 +489,40 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A TLS connection to the gateway as a real client makes it: `sni` as server name.
+pub async fn tls_connect(
+    addr: SocketAddr,
+    sni: &str,
+    config: Arc<rustls::ClientConfig>,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(addr).await?;
+    let name = rustls::pki_types::ServerName::try_from(sni.to_owned()).map_err(std::io::Error::other)?;
+    tokio_rustls::TlsConnector::from(config).connect(name, tcp).await
+}
+
+/// The certificate the server presented on `stream`.
+pub fn peer_cert(stream: &tokio_rustls::client::TlsStream<TcpStream>) -> rustls::pki_types::CertificateDer<'static> {
+    stream.get_ref().1.peer_certificates().and_then(|c| c.first()).expect("server certificate").clone().into_owned()
+}
+
+/// One request over an established TLS connection, in the protocol ALPN chose.
+pub async fn send_tls(stream: tokio_rustls::client::TlsStream<TcpStream>, req: Request<Body>) -> Got {
+    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+    let io = TokioIo::new(stream);
+    let resp = if h2 {
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await.expect("h2 handshake");
+        tokio::spawn(conn);
+        sender.send_request(req).await.expect("h2 response")
+    } else {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.expect("h1 handshake");
+        tokio::spawn(conn);
+        sender.send_request(req).await.expect("h1 response")
+    };
+    let (parts, body) = resp.into_parts();
+    let collected = body.collect().await.expect("response body completes");
+    let trailers = collected.trailers().cloned();
+    Got { status: parts.status, version: parts.version, headers: parts.headers, body: collected.to_bytes(), trailers }
 }

@@ -1,0 +1,176 @@
+//! The pooled HTTP client of one upstream, by its `protocol` and `tls`: HTTP/1.1 or HTTP/2
+//! (prior knowledge, or chosen by ALPN), over TCP or rustls. With HTTP/2 one connection per
+//! target carries many concurrent streams; with HTTP/1.1 the pool keeps one connection per
+//! request in flight.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, OnceLock};
+
+use http::Request;
+use http::uri::Scheme;
+use hyper_rustls::{DefaultServerNameResolver, FixedServerNameResolver, HttpsConnector, ResolveServerName};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::{Client, ResponseFuture};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::ClientConfig;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+
+use super::connector::CountingConnector;
+use crate::config::{UpstreamDef, UpstreamProtocol, UpstreamTlsDef};
+use crate::proxy::body::RequestBody;
+
+pub enum UpstreamClient {
+    Plain(Client<CountingConnector<HttpConnector>, RequestBody>),
+    Tls(Client<CountingConnector<HttpsConnector<HttpConnector>>, RequestBody>),
+}
+
+impl UpstreamClient {
+    /// `open` counts connections per target authority (see [`CountingConnector`]).
+    pub fn new(def: &UpstreamDef, open: Arc<HashMap<String, Arc<AtomicUsize>>>) -> Result<UpstreamClient, String> {
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(def.timeouts.connect));
+        http.set_nodelay(true);
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
+            .pool_idle_timeout(def.timeouts.idle)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .http1_preserve_header_case(false)
+            .http2_only(matches!(def.protocol, UpstreamProtocol::H2c | UpstreamProtocol::H2))
+            // A dead HTTP/2 connection carries every request of its target: find out with pings.
+            .http2_keep_alive_interval(std::time::Duration::from_secs(30))
+            .http2_keep_alive_while_idle(false);
+        match &def.tls {
+            None => {
+                http.enforce_http(true);
+                Ok(UpstreamClient::Plain(builder.build(CountingConnector::new(http, open))))
+            }
+            Some(tls) => {
+                http.enforce_http(false);
+                let alpn: Vec<Vec<u8>> = match def.protocol {
+                    UpstreamProtocol::H2 => vec![b"h2".to_vec()],
+                    UpstreamProtocol::Auto => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+                    UpstreamProtocol::Http1 | UpstreamProtocol::H2c => vec![b"http/1.1".to_vec()],
+                };
+                let config = client_config(tls, alpn)?;
+                let resolver: Arc<dyn ResolveServerName + Send + Sync> = match &tls.server_name {
+                    Some(name) => {
+                        let name =
+                            ServerName::try_from(name.clone()).map_err(|e| format!("server_name {name}: {e}"))?;
+                        Arc::new(FixedServerNameResolver::new(name))
+                    }
+                    None => Arc::new(DefaultServerNameResolver::default()),
+                };
+                let https = HttpsConnector::new(http, config, true, resolver);
+                Ok(UpstreamClient::Tls(builder.build(CountingConnector::new(https, open))))
+            }
+        }
+    }
+
+    pub fn request(&self, req: Request<RequestBody>) -> ResponseFuture {
+        match self {
+            UpstreamClient::Plain(c) => c.request(req),
+            UpstreamClient::Tls(c) => c.request(req),
+        }
+    }
+
+    /// The scheme of request URIs: `https` makes the connector use TLS.
+    pub fn scheme(&self) -> Scheme {
+        match self {
+            UpstreamClient::Plain(_) => Scheme::HTTP,
+            UpstreamClient::Tls(_) => Scheme::HTTPS,
+        }
+    }
+}
+
+/// A rustls client config for `tls`, offering `alpn`.
+pub fn client_config(tls: &UpstreamTlsDef, alpn: Vec<Vec<u8>>) -> Result<ClientConfig, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let builder = if tls.verify {
+        let roots = match &tls.ca {
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for c in ca.iter() {
+                    roots.add(c.clone()).map_err(|e| format!("tls.ca: {e}"))?;
+                }
+                Arc::new(roots)
+            }
+            None => system_roots()?,
+        };
+        builder.with_root_certificates(roots)
+    } else {
+        builder.dangerous().with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+    };
+    let mut config = match &tls.client_cert {
+        Some(pair) => builder
+            .with_client_auth_cert(pair.0.clone(), pair.1.clone_key())
+            .map_err(|e| format!("client_cert: {e}"))?,
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = alpn;
+    Ok(config)
+}
+
+/// The system's trusted roots (Debian: `/etc/ssl/certs`), read once per process.
+pub fn system_roots() -> Result<Arc<rustls::RootCertStore>, String> {
+    static ROOTS: OnceLock<Result<Arc<rustls::RootCertStore>, String>> = OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            let found = rustls_native_certs::load_native_certs();
+            let mut roots = rustls::RootCertStore::empty();
+            let (added, _ignored) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                let why = found.errors.first().map_or_else(|| "none found".to_owned(), ToString::to_string);
+                return Err(format!(
+                    "no system CA certificates to verify TLS upstreams with ({why}); install ca-certificates or give tls.ca"
+                ));
+            }
+            Ok(Arc::new(roots))
+        })
+        .clone()
+}
+
+/// `verify: false`: any certificate chain is accepted, but the handshake signature is still
+/// checked (the peer holds the key of the certificate it sent).
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
