@@ -1,0 +1,140 @@
+//! WebSocket and other HTTP/1.1 upgrades through the gateway, with a real WebSocket server and
+//! client (tokio-tungstenite): piping both ways, middleware before the upgrade, idle timeout,
+//! a refused upgrade staying plain HTTP, and no request smuggled past routing.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use http::StatusCode;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+
+/// A WebSocket echo server; counts the handshakes it completed.
+async fn ws_echo() -> (SocketAddr, Arc<AtomicUsize>) {
+    let upgraded = Arc::new(AtomicUsize::new(0));
+    let count = upgraded.clone();
+    let addr = raw_backend(move |stream| {
+        let count = count.clone();
+        async move {
+            let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else { return };
+            count.fetch_add(1, Ordering::SeqCst);
+            while let Some(Ok(msg)) = ws.next().await {
+                if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    (addr, upgraded)
+}
+
+#[tokio::test]
+async fn websocket_messages_flow_both_ways_through_the_gateway() {
+    let (backend, _) = ws_echo().await;
+    let gw = gateway(&single_route(backend, "", ALL)).await;
+    let (mut ws, resp) = tokio_tungstenite::connect_async(format!("ws://{}/chat", gw.addr)).await.expect("upgrade");
+    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    assert!(resp.headers().contains_key("x-request-id"));
+    for i in 0..20 {
+        ws.send(Message::text(format!("hello {i}"))).await.expect("send");
+        assert_eq!(ws.next().await.expect("echo").expect("frame"), Message::text(format!("hello {i}")));
+    }
+    let big = vec![7u8; 1 << 20];
+    ws.send(Message::binary(big.clone())).await.expect("send");
+    assert_eq!(ws.next().await.expect("echo").expect("frame").into_data().to_vec(), big, "a 1 MiB frame whole");
+    ws.close(None).await.expect("close");
+}
+
+#[tokio::test]
+async fn the_route_middleware_decides_before_the_upgrade() {
+    let (backend, upgraded) = ws_echo().await;
+    let gw = gateway(&format!(
+        "middleware:\n  internal: {{ ip_filter: {{ allow: [10.0.0.0/8] }} }}\nupstreams: {{ up: {{ targets: [{{ address: {backend} }}] }} }}\nroutes: [{{ name: r, upstream: up, {ALL}, middleware: [internal] }}]\n"
+    ))
+    .await;
+    match tokio_tungstenite::connect_async(format!("ws://{}/chat", gw.addr)).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), StatusCode::FORBIDDEN),
+        other => panic!("expected a 403 instead of an upgrade, got {:?}", other.map(|(_, r)| r.status())),
+    }
+    assert_eq!(upgraded.load(Ordering::SeqCst), 0, "the backend never saw the upgrade");
+}
+
+#[tokio::test]
+async fn an_idle_upgraded_connection_is_closed() {
+    let (backend, _) = ws_echo().await;
+    let gw = gateway(&single_route(backend, ", timeouts: { upgrade_idle: 300ms }", ALL)).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/chat", gw.addr)).await.expect("upgrade");
+    ws.send(Message::text("still here")).await.expect("send");
+    assert!(ws.next().await.expect("echo").is_ok());
+    // Nothing more either way: the gateway closes the pipe, and the client sees the end.
+    let ended = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("closed within the bound");
+    assert!(!matches!(ended, Some(Ok(Message::Text(_)))), "no more messages, only the end: {ended:?}");
+}
+
+/// Writes a request and reads one response head plus its declared body.
+async fn exchange(s: &mut TcpStream, request: &str) -> String {
+    s.write_all(request.as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk)).await.expect("answer").expect("read");
+        assert!(n > 0, "connection closed: {}", String::from_utf8_lossy(&buf));
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end]
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned()))
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + length {
+                return text;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_refused_upgrade_stays_http_and_the_next_request_is_routed() {
+    // A plain HTTP backend: it answers 200 to the upgrade request instead of switching.
+    let backend = Backend::text("plain answer").await;
+    let gw = gateway(&format!(
+        "upstreams: {{ up: {{ targets: [{{ address: {} }}] }} }}\nroutes: [{{ name: r, upstream: up, match: {{ path_prefix: /public }} }}]\n",
+        backend.address()
+    ))
+    .await;
+    let mut s = TcpStream::connect(gw.addr).await.expect("connect");
+    let first = exchange(
+        &mut s,
+        "GET /public/ws HTTP/1.1\r\nhost: a\r\nconnection: upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    assert!(first.ends_with("plain answer"), "{first}");
+    // The smuggling attempt: a second request on the same connection for a path no route
+    // allows. It must be parsed and routed by the gateway, not piped to the backend.
+    let second = exchange(&mut s, "GET /internal/secrets HTTP/1.1\r\nhost: a\r\n\r\n").await;
+    assert!(second.starts_with("HTTP/1.1 404"), "{second}");
+    assert_eq!(backend.requests().len(), 1, "only the first request reached the backend");
+}
+
+#[tokio::test]
+async fn a_switch_the_client_did_not_ask_for_is_a_bad_gateway() {
+    let backend = raw_backend(|mut s| async move {
+        if read_head(&mut s).await {
+            let _ =
+                s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: evil\r\n\r\n").await;
+        }
+    })
+    .await;
+    let gw = gateway(&single_route(backend, "", ALL)).await;
+    assert_eq!(get(&gw.url("/")).await.status, StatusCode::BAD_GATEWAY);
+}
