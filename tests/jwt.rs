@@ -307,3 +307,31 @@ async fn a_key_replaced_under_the_same_kid_is_picked_up_on_refresh() {
     }
     assert_eq!(bearer(&gw, &old_token).await.status, StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test]
+async fn a_jwks_is_fetched_over_https_verified_by_jwks_ca() {
+    use support::pki::{Alg, Ca};
+    let dir = tempfile::tempdir().expect("dir");
+    let ca = Ca::new("idp ca");
+    let ca_file = ca.write(dir.path(), "idp-ca.pem");
+    let key = rcgen_pair(&rcgen::PKCS_ECDSA_P256_SHA256);
+    let set = json!({ "keys": [jwk(&key, "k1")] }).to_string();
+    let tls = ca.leaf(&["localhost"], Alg::Ecdsa).server_config(&["http/1.1"], None);
+    let idp = Backend::serve_tls(tls, move |_req| {
+        let body = set.clone();
+        async move { Response::new(full(body)) }
+    })
+    .await;
+    let backend = Backend::text("ok").await;
+    let token = sign(Algorithm::ES256, &encoding_key(Algorithm::ES256, Some(&key)), Some("k1"), &good_claims());
+    let url = format!("https://localhost:{}/jwks.json", idp.addr.port());
+    let trusted = jwt_gateway(
+        &backend,
+        &format!("      algorithms: [ES256]\n      jwks_url: {url}\n      jwks_ca: {}", ca_file.display()),
+    )
+    .await;
+    assert_eq!(bearer(&trusted, &token).await.status, StatusCode::OK);
+    // Without the IdP's CA the key set cannot be trusted, so no token verifies.
+    let untrusted = jwt_gateway(&backend, &format!("      algorithms: [ES256]\n      jwks_url: {url}")).await;
+    assert_eq!(bearer(&untrusted, &token).await.status, StatusCode::UNAUTHORIZED);
+}

@@ -190,7 +190,7 @@ fn dns_names(der: &[u8]) -> Result<Vec<String>, rustls::Error> {
 }
 
 /// The certificates of a PEM file (a chain, or a set of roots); at least one.
-fn read_certs(file: &Located<String>, p: &mut Problems) -> Option<Vec<CertificateDer<'static>>> {
+pub(super) fn read_certs(file: &Located<String>, p: &mut Problems) -> Option<Vec<CertificateDer<'static>>> {
     let bytes = read_file(file, p)?;
     match CertificateDer::pem_slice_iter(&bytes).collect::<Result<Vec<_>, _>>() {
         Ok(certs) if !certs.is_empty() => Some(certs),

@@ -308,6 +308,8 @@ pub struct KeySet {
 /// A JWKS kept fresh in the background; shared by every snapshot that uses the same URL.
 pub struct Jwks {
     url: http::Uri,
+    /// Roots for an https URL; the system's when `None`.
+    ca: Option<Arc<Vec<rustls::pki_types::CertificateDer<'static>>>>,
     refresh: Duration,
     cooldown: Duration,
     keys: ArcSwap<KeySet>,
@@ -327,9 +329,15 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_JWKS_BYTES: usize = 1 << 20;
 
 impl Jwks {
-    pub fn new(url: http::Uri, refresh: Duration, cooldown: Duration) -> Jwks {
+    pub fn new(
+        url: http::Uri,
+        refresh: Duration,
+        cooldown: Duration,
+        ca: Option<Arc<Vec<rustls::pki_types::CertificateDer<'static>>>>,
+    ) -> Jwks {
         Jwks {
             url,
+            ca,
             refresh: refresh.max(Duration::from_secs(1)),
             cooldown,
             keys: ArcSwap::from_pointee(KeySet {
@@ -346,6 +354,32 @@ impl Jwks {
         }
     }
 
+    /// The client fetches go through: http, or https verified by `jwks_ca` or the system's
+    /// roots (without either, https fetches fail and say why at each try).
+    fn client(&self) -> Option<JwksClient> {
+        use crate::upstream::client::client_config;
+        let tls =
+            crate::config::UpstreamTlsDef { server_name: None, ca: self.ca.clone(), client_cert: None, verify: true };
+        let alpn = vec![b"http/1.1".to_vec()];
+        let config = client_config(&tls, alpn.clone())
+            .or_else(|e| {
+                tracing::warn!(url = %self.url, error = %e, "JWKS over https cannot be verified");
+                client_config(&crate::config::UpstreamTlsDef { ca: Some(Arc::default()), ..tls }, alpn)
+            })
+            .map_err(|e| tracing::error!(url = %self.url, error = %e, "no TLS client for JWKS fetches"))
+            .ok()?;
+        let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(FETCH_TIMEOUT));
+        let https = hyper_rustls::HttpsConnector::new(
+            http,
+            config,
+            false,
+            Arc::new(hyper_rustls::DefaultServerNameResolver::default()),
+        );
+        Some(hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(https))
+    }
+
     /// Starts the background fetch (once; later calls do nothing). Needs a Tokio runtime.
     pub fn start(self: &Arc<Self>) {
         if self.started.swap(true, Ordering::AcqRel) {
@@ -353,8 +387,7 @@ impl Jwks {
         }
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
-            let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build_http::<Empty<Bytes>>();
+            let Some(client) = weak.upgrade().and_then(|jwks| jwks.client()) else { return };
             loop {
                 let Some(jwks) = weak.upgrade() else { return };
                 jwks.last_fetch.store(jwks.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
@@ -400,11 +433,12 @@ impl Jwks {
     }
 
     /// Fetches again unless a fetch started within the cooldown, and waits (at most the
-    /// fetch timeout) for the fetch to finish. Before the first fetch has loaded any key, just
-    /// waits for that one.
+    /// fetch timeout) for the fetch to finish. While the very first fetch is still under way,
+    /// just waits for that one; once a fetch has failed, the cooldown applies as usual, so
+    /// requests fail fast instead of each waiting out the timeout.
     async fn refetch(&self) {
         let mut rx = self.fetched.subscribe();
-        if self.keys.load().generation > 0 {
+        if self.keys.load().generation > 0 || *rx.borrow() > 0 {
             let now = self.epoch.elapsed().as_millis() as u64;
             let last = self.last_fetch.load(Ordering::Relaxed);
             if now.saturating_sub(last) < self.cooldown.as_millis() as u64 {
@@ -422,10 +456,12 @@ impl Drop for Jwks {
     }
 }
 
-async fn fetch(
-    client: &hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>,
-    url: &http::Uri,
-) -> Result<JwkSet, String> {
+type JwksClient = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    Empty<Bytes>,
+>;
+
+async fn fetch(client: &JwksClient, url: &http::Uri) -> Result<JwkSet, String> {
     let req = http::Request::get(url.clone())
         .header(header::ACCEPT, "application/json")
         .body(Empty::new())

@@ -319,9 +319,17 @@ pub fn compile(config: &Config, registry: &Registry) -> Compiled {
             MiddlewareKind::Jwt(def) => {
                 let keys = match &def.keys {
                     crate::config::JwtKeys::Static(k) => jwt::Keys::Static(k.clone()),
-                    crate::config::JwtKeys::Jwks { url, refresh, cooldown } => {
-                        let set = shared(&registry.jwks, format!("{url} {refresh:?} {cooldown:?}"), || {
-                            jwt::Jwks::new(url.clone(), *refresh, *cooldown)
+                    crate::config::JwtKeys::Jwks { url, refresh, cooldown, ca } => {
+                        // Roots are part of the identity: a changed jwks_ca makes a new set.
+                        let roots = ca.as_ref().map(|c| {
+                            use std::hash::{Hash, Hasher};
+                            let mut h = std::collections::hash_map::DefaultHasher::new();
+                            c.hash(&mut h);
+                            h.finish()
+                        });
+                        let key = format!("{url} {refresh:?} {cooldown:?} {roots:?}");
+                        let set = shared(&registry.jwks, key, || {
+                            jwt::Jwks::new(url.clone(), *refresh, *cooldown, ca.clone())
                         });
                         jwks.push(set.clone());
                         jwt::Keys::Jwks(set)

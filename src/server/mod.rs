@@ -328,7 +328,12 @@ fn connection_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     b.http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(256);
+        .max_concurrent_streams(256)
+        // Rapid reset (CVE-2023-44487): a connection whose client resets more than 20 streams
+        // before they are served, or makes the gateway reset more than 1024, gets GOAWAY
+        // ENHANCE_YOUR_CALM. The header list limit also bounds CONTINUATION floods.
+        .max_pending_accept_reset_streams(20)
+        .max_local_error_reset_streams(1024);
     b
 }
 
