@@ -39,7 +39,6 @@ pub enum TlsVersion {
 
 #[derive(Debug)]
 pub struct ServerCert {
-    pub cert_file: String,
     pub key: Arc<CertifiedKey>,
     /// DNS names of the certificate's subjectAltName, lower case; `*.example.com` for a
     /// wildcard.
@@ -170,7 +169,7 @@ fn decode_cert(node: &Node, path: &str, p: &mut Problems, files: &mut Vec<PathBu
             return None;
         }
     };
-    Some(ServerCert { cert_file: cert_file.value, key: Arc::new(certified), names })
+    Some(ServerCert { key: Arc::new(certified), names })
 }
 
 /// The subjectAltName DNS names of a DER certificate, lower case.
