@@ -145,30 +145,27 @@ fn answer_response(
         e.status = answer.status.as_u16();
         e.error = answer.kind.map(ErrorKind::label);
     }
-    if grpc && let Some(kind) = answer.kind {
-        let mut resp = Response::new(ResponseBody::fixed(Bytes::new(), entry, done));
-        let h = resp.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-        h.insert("grpc-status", HeaderValue::from(u16::from(kind.grpc_status())));
-        // Messages are fixed ASCII without `%`, so they need no percent-encoding.
-        h.insert("grpc-message", HeaderValue::from_static(kind.message()));
-        h.insert(X_REQUEST_ID.clone(), request_id.clone());
-        h.extend(answer.headers);
-        return resp;
-    }
-    let body = match answer.kind {
-        Some(kind) => error::json_body(kind, request_id.to_str().unwrap_or("-")),
-        None => Bytes::new(),
+    let mut h = http::HeaderMap::with_capacity(4 + answer.headers.len());
+    let (status, body) = match answer.kind {
+        Some(kind) if grpc => {
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+            h.insert("grpc-status", HeaderValue::from(u16::from(kind.grpc_status())));
+            // Messages are fixed ASCII without `%`, so they need no percent-encoding.
+            h.insert("grpc-message", HeaderValue::from_static(kind.message()));
+            (http::StatusCode::OK, Bytes::new())
+        }
+        Some(kind) => {
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            (answer.status, error::json_body(kind, request_id.to_str().unwrap_or("-")))
+        }
+        None => (answer.status, Bytes::new()),
     };
-    let mut resp = Response::new(ResponseBody::fixed(body, entry, done));
-    *resp.status_mut() = answer.status;
-    let h = resp.headers_mut();
-    if answer.kind.is_some() {
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    }
     h.insert(X_REQUEST_ID.clone(), request_id.clone());
     h.extend(answer.headers);
+    let mut resp = Response::new(ResponseBody::fixed(body, entry, done));
+    *resp.status_mut() = status;
+    *resp.headers_mut() = h;
     resp
 }
 
