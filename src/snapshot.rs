@@ -17,6 +17,7 @@ use crate::observe::access_log::AccessLog;
 use crate::observe::metrics::{Metrics, RouteMetrics};
 use crate::proxy::request_id::IdSource;
 use crate::routing::{RouteSpec, Router};
+use crate::server::acme::{self, Acme};
 use crate::server::tls::{self, ListenerRuntime};
 use crate::upstream::{Registry, Upstream};
 
@@ -47,6 +48,8 @@ pub struct Snapshot {
     pub listeners: HashMap<String, Arc<ListenerRuntime>>,
     /// Files besides the config that it depends on (certificates, keys): a change reloads.
     pub watched_files: Vec<PathBuf>,
+    /// Certificates this config obtains by ACME (http-01 tokens are looked up here).
+    pub acme: Vec<Arc<Acme>>,
 }
 
 /// Why a checked config still could not be compiled (for example an upstream address that
@@ -60,6 +63,7 @@ pub struct CompileError(pub String);
 pub struct Registries {
     pub upstreams: Registry,
     pub middleware: middleware::Registry,
+    pub acme: acme::Registry,
     pub metrics: Metrics,
 }
 
@@ -107,11 +111,21 @@ pub fn compile(config: &Config, registries: &Registries) -> Result<Snapshot, Com
     let redirect_port = config.listeners.iter().find(|l| l.tls.is_some()).map(|l| l.address.value.port());
     let mut listeners = HashMap::new();
     let mut watched_files = Vec::new();
+    let mut acme: Vec<Arc<Acme>> = Vec::new();
     for l in &config.listeners {
         let tls = match &l.tls {
             Some(def) => {
                 watched_files.extend(def.files.iter().cloned());
-                Some(tls::listener_tls(def).map_err(|e| CompileError(format!("listener {}: {e}", l.name.value)))?)
+                let certs = def.acme.as_ref().map(|a| registries.acme.get_or_create(&a.value));
+                if let Some(a) = &certs
+                    && !acme.iter().any(|known| Arc::ptr_eq(known, a))
+                {
+                    acme.push(a.clone());
+                }
+                Some(
+                    tls::listener_tls(def, certs)
+                        .map_err(|e| CompileError(format!("listener {}: {e}", l.name.value)))?,
+                )
             }
             None => None,
         };
@@ -119,6 +133,7 @@ pub fn compile(config: &Config, registries: &Registries) -> Result<Snapshot, Com
         listeners.insert(l.name.value.clone(), Arc::new(ListenerRuntime { tls, redirect_https }));
     }
     Ok(Snapshot {
+        acme,
         listeners,
         watched_files,
         router,
@@ -191,4 +206,5 @@ impl Gateway {
 fn start_background(s: &Snapshot) {
     s.upstreams.iter().for_each(Upstream::start_health_checks);
     s.jwks.iter().for_each(middleware::jwt::Jwks::start);
+    s.acme.iter().for_each(Acme::start);
 }

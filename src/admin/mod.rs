@@ -131,6 +131,7 @@ fn metrics(control: &Control) -> Response<Full<Bytes>> {
             .collect(),
         active_connections: control.open_connections(),
         middleware: control.gateway.registries.middleware.metrics(),
+        acme: snapshot.acme.iter().map(|a| a.status()).collect(),
     };
     let mut r = Response::new(Full::new(Bytes::from(crate::observe::metrics::render(&scrape))));
     r.headers_mut()

@@ -390,3 +390,37 @@ middleware:
     );
     assert!(got.iter().any(|g| g.contains("HS256 needs a secret, not a public key")), "{got:?}");
 }
+
+#[test]
+fn acme_settings_are_checked_with_their_lines() {
+    let yaml = "\
+listeners:
+  - name: https
+    address: 127.0.0.1:8443
+    tls:
+      acme:
+        domains: [api.example.com, '*.example.com', 10.0.0.1]
+        email: ops
+        directory: http://ca.example.com/dir
+        challenge: dns-01
+  - name: both
+    address: 127.0.0.1:8444
+    tls:
+      certificates: []
+      acme: { domains: [a.example.com], cache_dir: /tmp/acme, challenge: http-01 }
+upstreams: { u: { targets: [{ address: 127.0.0.1:9000 }] } }
+routes: [{ name: r, match: { path_prefix: / }, upstream: u }]
+";
+    let p = problems(yaml);
+    let has = |prefix: &str, needle: &str| {
+        assert!(p.iter().any(|m| m.starts_with(prefix) && m.contains(needle)), "{prefix} {needle}: {p:#?}")
+    };
+    has("6:9: listeners[0].tls.acme:", "missing required key `cache_dir`");
+    has("6:36: listeners[0].tls.acme.domains[1]:", "wildcard certificates need the dns-01 challenge");
+    has("6:53: listeners[0].tls.acme.domains[2]:", "is not a DNS name");
+    has("7:16: listeners[0].tls.acme.email:", "not an email address");
+    has("8:20: listeners[0].tls.acme.directory:", "https URL of an ACME directory");
+    has("9:20: listeners[0].tls.acme.challenge:", "expected tls-alpn-01 or http-01");
+    has("13:21: listeners[1].tls.certificates:", "either `certificates` or `acme`, not both");
+    has("14:13: listeners[1].tls.acme:", "the http-01 challenge is answered on a plain HTTP listener");
+}

@@ -25,6 +25,8 @@ pub struct ServerTlsDef {
     /// ALPN protocols in preference order, as wire names (`h2`, `http/1.1`).
     pub alpn: Vec<Vec<u8>>,
     pub client_auth: Option<ClientAuthDef>,
+    /// Certificates obtained from an ACME CA instead of `certificates`.
+    pub acme: Option<Located<Arc<AcmeDef>>>,
     /// A client must finish its handshake within this time.
     pub handshake_timeout: Duration,
     /// Every file this definition read, so a change to one reloads the config.
@@ -66,6 +68,118 @@ pub struct UpstreamTlsDef {
     pub verify: bool,
 }
 
+/// `tls.acme`: certificates for `domains` obtained from an ACME CA (RFC 8555) and renewed in
+/// the background.
+#[derive(Debug, PartialEq)]
+pub struct AcmeDef {
+    /// DNS names the certificate covers, lower case; the first names the cache files.
+    pub domains: Vec<String>,
+    pub email: Option<String>,
+    /// The CA's directory URL.
+    pub directory: String,
+    /// Account and certificates are kept here, so a restart serves the cached certificate.
+    pub cache_dir: PathBuf,
+    pub challenge: AcmeChallenge,
+    /// Roots trusted for the CA's own HTTPS besides the system's (a test CA such as pebble).
+    pub ca_roots: Option<Arc<Vec<CertificateDer<'static>>>>,
+    pub ca_roots_file: Option<PathBuf>,
+    /// Renew when this little of the certificate's life is left (at most a third of it).
+    pub renew_before: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcmeChallenge {
+    /// RFC 8737: answered by the TLS listener itself.
+    TlsAlpn01,
+    /// RFC 8555 §8.3: answered on plain HTTP listeners (port 80).
+    Http01,
+}
+
+/// Let's Encrypt's production directory, the default `directory`.
+pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+
+impl Decode for AcmeDef {
+    fn decode(node: &Node, path: &str, p: &mut Problems) -> Option<Self> {
+        const KEYS: &[&str] = &["domains", "email", "directory", "cache_dir", "challenge", "ca_roots", "renew_before"];
+        let f = Fields::new(node, path, KEYS, p)?;
+        let listed: Vec<Located<String>> = f.req("domains", p)?;
+        if listed.is_empty() {
+            p.add(f.pos(), &super::decode::child_path(path, "domains"), "list at least one domain name");
+        }
+        let mut domains = Vec::with_capacity(listed.len());
+        for d in &listed {
+            let name = d.value.trim_end_matches('.').to_ascii_lowercase();
+            if name.starts_with("*.") {
+                p.add(
+                    d.pos,
+                    &d.path,
+                    format!(
+                        "{:?}: wildcard certificates need the dns-01 challenge, which Ferroway does not answer; list each name",
+                        d.value
+                    ),
+                );
+            } else if name.parse::<std::net::IpAddr>().is_ok()
+                || !matches!(
+                    rustls::pki_types::ServerName::try_from(name.as_str()),
+                    Ok(rustls::pki_types::ServerName::DnsName(_))
+                )
+            {
+                p.add(d.pos, &d.path, format!("{:?} is not a DNS name such as api.example.com", d.value));
+            } else if domains.contains(&name) {
+                p.add(d.pos, &d.path, format!("{name} is listed twice"));
+            } else {
+                domains.push(name);
+            }
+        }
+        let email = f.opt::<Located<String>>("email", p).and_then(|e| {
+            let ok = e.value.split_once('@').is_some_and(|(user, host)| !user.is_empty() && host.contains('.'))
+                && !e.value.contains(char::is_whitespace);
+            if !ok {
+                p.add(e.pos, &e.path, format!("{:?} is not an email address such as ops@example.com", e.value));
+            }
+            ok.then_some(e.value)
+        });
+        let directory = match f.opt::<Located<String>>("directory", p) {
+            None => Some(LETS_ENCRYPT.to_owned()),
+            Some(d) => match d.value.parse::<http::Uri>() {
+                Ok(uri) if uri.scheme_str() == Some("https") && uri.host().is_some() => Some(d.value),
+                _ => {
+                    p.add(
+                        d.pos,
+                        &d.path,
+                        format!("{:?}: expected the https URL of an ACME directory (RFC 8555 requires HTTPS)", d.value),
+                    );
+                    None
+                }
+            },
+        };
+        let cache_dir: Option<Located<String>> = f.req("cache_dir", p);
+        let challenge = f.opt::<Located<String>>("challenge", p).map_or(Some(AcmeChallenge::TlsAlpn01), |c| {
+            one_of(&c, p, "ACME challenge", "tls-alpn-01 or http-01", |s| match s {
+                "tls-alpn-01" => Some(AcmeChallenge::TlsAlpn01),
+                "http-01" => Some(AcmeChallenge::Http01),
+                _ => None,
+            })
+        })?;
+        let roots_file = f.opt::<Located<String>>("ca_roots", p);
+        let ca_roots = match &roots_file {
+            Some(file) => Some(Arc::new(read_certs(file, p)?)),
+            None => None,
+        };
+        let renew_before = f.opt::<Dur>("renew_before", p).map_or(Duration::from_secs(30 * 86_400), |d| d.0);
+        Some(AcmeDef {
+            domains,
+            email,
+            directory: directory?,
+            cache_dir: PathBuf::from(cache_dir?.value),
+            challenge,
+            ca_roots,
+            ca_roots_file: roots_file.map(|f| PathBuf::from(f.value)),
+            renew_before,
+        })
+    }
+}
+
 impl Decode for ServerTlsDef {
     fn decode(node: &Node, path: &str, p: &mut Problems) -> Option<Self> {
         const KEYS: &[&str] = &["certificates", "min_version", "alpn", "client_auth", "acme", "handshake_timeout"];
@@ -88,19 +202,23 @@ impl Decode for ServerTlsDef {
             }
             None => Vec::new(),
         };
-        if let Some(acme) = f.node("acme") {
+        let acme = f.opt::<Located<AcmeDef>>("acme", p);
+        if let Some(a) = &acme {
+            files.extend(a.value.ca_roots_file.iter().cloned());
+        }
+        if let (Some(_), Some(certs)) = (f.node("acme"), f.node("certificates")) {
             p.add(
-                acme.pos,
-                &super::decode::child_path(path, "acme"),
-                "ACME is not available in this build yet; give `certificates:` (PEM files) instead",
+                certs.pos,
+                &super::decode::child_path(path, "certificates"),
+                "give either `certificates` or `acme`, not both",
             );
-        } else if !f.has("certificates") {
+        } else if !f.has("certificates") && !f.has("acme") {
             p.add(
                 f.pos(),
                 path,
-                "missing required key `certificates` (a list such as `- { cert: api.pem, key: api-key.pem }`)",
+                "missing required key `certificates` (a list such as `- { cert: api.pem, key: api-key.pem }`) or `acme`",
             );
-        } else if certificates.is_empty() && !p.0.iter().any(|q| q.path.starts_with(path)) {
+        } else if f.has("certificates") && certificates.is_empty() && !p.0.iter().any(|q| q.path.starts_with(path)) {
             p.add(f.pos(), path, "list at least one certificate");
         }
         // A bad version is reported; the listener still counts as TLS for later checks.
@@ -134,7 +252,8 @@ impl Decode for ServerTlsDef {
             files.push(c.ca_file.clone());
         }
         let handshake_timeout = f.opt::<Dur>("handshake_timeout", p).map_or(Duration::from_secs(10), |d| d.0);
-        Some(ServerTlsDef { certificates, min_version, alpn, client_auth, handshake_timeout, files })
+        let acme = acme.map(|a| Located { value: Arc::new(a.value), pos: a.pos, path: a.path });
+        Some(ServerTlsDef { certificates, min_version, alpn, client_auth, acme, handshake_timeout, files })
     }
 }
 
@@ -173,7 +292,7 @@ fn decode_cert(node: &Node, path: &str, p: &mut Problems, files: &mut Vec<PathBu
 }
 
 /// The subjectAltName DNS names of a DER certificate, lower case.
-fn dns_names(der: &[u8]) -> Result<Vec<String>, rustls::Error> {
+pub fn dns_names(der: &[u8]) -> Result<Vec<String>, rustls::Error> {
     use x509_parser::extensions::GeneralName;
     let (_, cert) = x509_parser::parse_x509_certificate(der)
         .map_err(|e| rustls::Error::General(format!("not an X.509 certificate ({e})")))?;

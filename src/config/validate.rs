@@ -46,6 +46,16 @@ pub(super) fn validate(config: &Config, p: &mut Problems) {
             }
         }
     }
+    let has_plain = config.listeners.iter().any(|l| l.tls.is_none());
+    for acme in config.listeners.iter().filter_map(|l| l.tls.as_ref()?.acme.as_ref()) {
+        if acme.value.challenge == super::AcmeChallenge::Http01 && !has_plain {
+            p.add(
+                acme.pos,
+                &acme.path,
+                "the http-01 challenge is answered on a plain HTTP listener (port 80), and this config has none; add one or use `challenge: tls-alpn-01`",
+            );
+        }
+    }
     if let Some(admin) = &config.admin
         && let Some(line) = listener_addrs.get(&admin.address.value)
     {

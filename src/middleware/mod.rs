@@ -80,20 +80,27 @@ impl Cx {
 #[derive(Debug)]
 pub struct Answer {
     pub status: StatusCode,
-    /// Error answers carry a JSON body and count as that kind; `None` is an empty body.
+    /// Error answers carry a JSON body and count as that kind; `None` sends `body`.
     pub kind: Option<ErrorKind>,
     pub headers: HeaderMap,
+    /// Boxed rather than `Bytes` to keep `Answer` (an `Err` on hot paths) small.
+    pub body: Box<[u8]>,
 }
 
 impl From<ErrorKind> for Answer {
     fn from(kind: ErrorKind) -> Answer {
-        Answer { status: kind.status(), kind: Some(kind), headers: HeaderMap::new() }
+        Answer { status: kind.status(), kind: Some(kind), headers: HeaderMap::new(), body: Box::default() }
     }
 }
 
 impl Answer {
     pub fn error(kind: ErrorKind, headers: HeaderMap) -> Answer {
-        Answer { status: kind.status(), kind: Some(kind), headers }
+        Answer { status: kind.status(), kind: Some(kind), headers, body: Box::default() }
+    }
+
+    /// An answer that is not an error: `status` with `headers` and `body`.
+    pub fn plain(status: StatusCode, headers: HeaderMap, body: Box<[u8]>) -> Answer {
+        Answer { status, kind: None, headers, body }
     }
 }
 

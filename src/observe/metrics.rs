@@ -117,6 +117,8 @@ pub struct Scrape<'a> {
     pub active_connections: usize,
     /// Counters by middleware (`kind/name`), from the middleware registry.
     pub middleware: Vec<(String, Arc<crate::middleware::MiddlewareMetrics>)>,
+    /// ACME certificates of the running config, by first domain.
+    pub acme: Vec<crate::server::acme::AcmeStatus>,
 }
 
 pub fn render(s: &Scrape<'_>) -> String {
@@ -256,6 +258,35 @@ pub fn render(s: &Scrape<'_>) -> String {
         "ferroway_tls_handshake_failures_total {}",
         s.metrics.tls_handshake_failures.load(Ordering::Relaxed)
     );
+    if !s.acme.is_empty() {
+        header(
+            &mut out,
+            "ferroway_acme_orders_total",
+            "counter",
+            "ACME certificate orders by first domain and outcome.",
+        );
+        for a in &s.acme {
+            let _ =
+                writeln!(out, "ferroway_acme_orders_total{{domain=\"{}\",outcome=\"ok\"}} {}", a.domain, a.orders_ok);
+            let _ = writeln!(
+                out,
+                "ferroway_acme_orders_total{{domain=\"{}\",outcome=\"error\"}} {}",
+                a.domain, a.orders_failed
+            );
+        }
+        header(
+            &mut out,
+            "ferroway_acme_certificate_expiry_timestamp_seconds",
+            "gauge",
+            "When the ACME certificate in service expires (absent until one is obtained).",
+        );
+        for a in &s.acme {
+            if let Some(t) = a.not_after {
+                let _ =
+                    writeln!(out, "ferroway_acme_certificate_expiry_timestamp_seconds{{domain=\"{}\"}} {t}", a.domain);
+            }
+        }
+    }
     header(&mut out, "ferroway_build_info", "gauge", "Build information.");
     let _ = writeln!(out, "ferroway_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
     out

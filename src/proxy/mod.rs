@@ -33,6 +33,7 @@ use crate::middleware::{Answer, Chain, Cx, Req};
 use crate::observe::access_log::Entry;
 use crate::observe::metrics::{self, RouteMetrics};
 use crate::routing::{normalize_host, normalize_path};
+use crate::server::acme;
 use crate::snapshot::{Gateway, Route, Snapshot};
 use crate::upstream::balance::InFlight;
 
@@ -159,7 +160,7 @@ fn answer_response(
             h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             (answer.status, error::json_body(kind, request_id.to_str().unwrap_or("-")))
         }
-        None => (answer.status, Bytes::new()),
+        None => (answer.status, Bytes::from(answer.body)),
     };
     h.insert(X_REQUEST_ID.clone(), request_id.clone());
     h.extend(answer.headers);
@@ -178,6 +179,17 @@ async fn route_and_forward(
     // Early limits, before any routing work.
     if headers::header_bytes(req.headers()) > snapshot.limits.max_header_bytes {
         return Err(ErrorKind::HeadersTooLarge.into());
+    }
+    // ACME http-01 validations, answered before routing and before any redirect (RFC 8555
+    // §8.3 lets the CA follow one, but not every CA does). An unknown token goes on to the
+    // routes, so a config may still proxy this path to a certificate tool of its own.
+    if !snapshot.acme.is_empty()
+        && let Some(token) = req.uri().path().strip_prefix(acme::HTTP01_PREFIX)
+        && let Some(key_auth) = snapshot.acme.iter().find_map(|a| a.http01(token))
+    {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+        return Err(Answer::plain(http::StatusCode::OK, headers, key_auth));
     }
     if let Some(port) = ctx.peer.redirect_https {
         return Err(redirect_to_https(&req, port));
@@ -292,7 +304,7 @@ fn redirect_to_https<B>(req: &Request<B>, port: u16) -> Answer {
     let Ok(location) = HeaderValue::try_from(location) else { return ErrorKind::BadRequest.into() };
     let mut headers = http::HeaderMap::new();
     headers.insert(header::LOCATION, location);
-    Answer { status: http::StatusCode::PERMANENT_REDIRECT, kind: None, headers }
+    Answer::plain(http::StatusCode::PERMANENT_REDIRECT, headers, Box::default())
 }
 
 /// The host the client asked for. HTTP/2 carries it in `:authority`, HTTP/1.1 in `Host`

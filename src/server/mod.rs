@@ -6,6 +6,7 @@
 //! connection lifecycle. The listener set is behind a mutex that only reload and shutdown
 //! take, never a request.
 
+pub mod acme;
 mod file_watch;
 pub mod tls;
 
@@ -378,6 +379,10 @@ async fn accept_loop(listener: TcpListener, name: Arc<str>, control: Arc<Control
                                 return;
                             }
                         };
+                    // RFC 8737 §3: a validation connection ends once the handshake is done.
+                    if tls_stream.get_ref().1.alpn_protocol() == Some(acme::ACME_TLS_ALPN) {
+                        return;
+                    }
                     peer.client_cert_subject = tls::client_subject(tls_stream.get_ref().1);
                     serve(TokioIo::new(tls_stream), peer, &control).await
                 }

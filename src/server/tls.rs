@@ -16,7 +16,8 @@ use rustls::sign::CertifiedKey;
 use rustls::{ServerConfig, ServerConnection};
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::{ServerTlsDef, TlsVersion};
+use super::acme::{self, Acme};
+use crate::config::{AcmeChallenge, ServerTlsDef, TlsVersion};
 
 /// How one listener accepts connections, compiled with each snapshot.
 pub struct ListenerRuntime {
@@ -75,7 +76,24 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-pub fn listener_tls(def: &ServerTlsDef) -> Result<ListenerTls, String> {
+/// A listener whose certificate comes from ACME.
+#[derive(Debug)]
+struct AcmeResolver(Arc<Acme>);
+
+impl std::fmt::Debug for Acme {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Acme")
+    }
+}
+
+impl ResolvesServerCert for AcmeResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.0.resolve(&hello)
+    }
+}
+
+/// The listener's server config; `acme` is the certificate source when `def.acme` is set.
+pub fn listener_tls(def: &ServerTlsDef, acme: Option<Arc<Acme>>) -> Result<ListenerTls, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let versions: &[&'static rustls::SupportedProtocolVersion] = match def.min_version {
         TlsVersion::V12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
@@ -92,9 +110,19 @@ pub fn listener_tls(def: &ServerTlsDef) -> Result<ListenerTls, String> {
             builder.with_client_cert_verifier(verifier.build().map_err(|e| format!("client_auth: {e}"))?)
         }
     };
-    let resolver = SniResolver::new(def).ok_or("a TLS listener needs at least one certificate")?;
-    let mut config = builder.with_cert_resolver(Arc::new(resolver));
-    config.alpn_protocols = def.alpn.clone();
+    let mut alpn = def.alpn.clone();
+    let resolver: Arc<dyn ResolvesServerCert> = match acme {
+        Some(acme) => {
+            if acme.challenge() == AcmeChallenge::TlsAlpn01 {
+                // Last: a client that offers `h2` as well never gets the validation protocol.
+                alpn.push(acme::ACME_TLS_ALPN.to_vec());
+            }
+            Arc::new(AcmeResolver(acme))
+        }
+        None => Arc::new(SniResolver::new(def).ok_or("a TLS listener needs at least one certificate")?),
+    };
+    let mut config = builder.with_cert_resolver(resolver);
+    config.alpn_protocols = alpn;
     Ok(ListenerTls { acceptor: TlsAcceptor::from(Arc::new(config)), handshake_timeout: def.handshake_timeout })
 }
 

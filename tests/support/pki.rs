@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use rustls::pki_types::pem::PemObject;
@@ -52,6 +53,18 @@ impl Ca {
         let mut params =
             CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).expect("params");
         params.distinguished_name.push(DnType::CommonName, names.first().copied().unwrap_or("client"));
+        let cert = params.signed_by(&key, &self.issuer).expect("leaf cert");
+        Leaf { der: cert.der().clone(), cert_pem: cert.pem(), key_pem: key.serialize_pem() }
+    }
+
+    /// A certificate for `names` valid from `age` ago until `left` from now.
+    pub fn leaf_dated(&self, names: &[&str], age: Duration, left: Duration) -> Leaf {
+        let key = KeyPair::generate().expect("leaf key");
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).expect("params");
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - age;
+        params.not_after = now + left;
         let cert = params.signed_by(&key, &self.issuer).expect("leaf cert");
         Leaf { der: cert.der().clone(), cert_pem: cert.pem(), key_pem: key.serialize_pem() }
     }
