@@ -12,6 +12,10 @@ FERROWAY = os.path.join(ROOT, "target", "release", "ferroway")
 TICK = os.sysconf("SC_CLK_TCK")
 BACKEND, NGINX, HAPROXY, FERRO = 18081, 18090, 18091, 18092
 PROXIES = [("nginx", NGINX), ("haproxy", HAPROXY), ("ferroway", FERRO)]
+# The HTTP/2 scenario's client ports: h2 over TLS (ALPN) and h2c (prior knowledge). Ferroway
+# takes h2c on its plain port (it tells HTTP/1 from HTTP/2 by the preface).
+H2_TLS = {"nginx": 18093, "haproxy": 18094, "ferroway": 18095}
+H2C = {"nginx": 18096, "haproxy": 18097, "ferroway": FERRO}
 
 
 def wait_port(port, timeout=10.0):
@@ -74,6 +78,12 @@ def write(d, name, text):
 def start_all(d):
     with open(os.path.join(d, "1m.bin"), "wb") as f:
         f.write(os.urandom(1 << 20))
+    # One self-signed ECDSA P-256 certificate for every TLS listener (h2load does not verify).
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-keyout", f"{d}/tls-key.pem", "-out", f"{d}/tls.pem", "-days", "2", "-subj", "/CN=bench.test",
+                    "-addext", "subjectAltName=DNS:bench.test"], check=True, capture_output=True)
+    with open(f"{d}/tls-both.pem", "w") as f:
+        f.write(open(f"{d}/tls.pem").read() + open(f"{d}/tls-key.pem").read())
     nginx_common = f"daemon off; master_process off; worker_processes 1; worker_rlimit_nofile 16384; pid {d}/%s.pid; error_log {d}/%s.err warn;\nevents {{ worker_connections 16000; }}\n"
     backend = write(d, "backend.conf", nginx_common % ("backend", "backend") + f"""
 http {{ access_log off; sendfile on; tcp_nopush on; keepalive_requests 1000000; keepalive_timeout 300s;
@@ -84,7 +94,8 @@ http {{ access_log off; sendfile on; tcp_nopush on; keepalive_requests 1000000; 
     proxy = write(d, "proxy.conf", nginx_common % ("proxy", "proxy") + f"""
 http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 300s;
   upstream backend {{ server 127.0.0.1:{BACKEND}; keepalive 128; }}
-  server {{ listen 127.0.0.1:{NGINX} backlog=4096;
+  server {{ listen 127.0.0.1:{NGINX} backlog=4096; listen 127.0.0.1:{H2_TLS["nginx"]} ssl http2; listen 127.0.0.1:{H2C["nginx"]} http2;
+    ssl_certificate {d}/tls.pem; ssl_certificate_key {d}/tls-key.pem; http2_max_concurrent_streams 256;
     location / {{ proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_buffering on; }} }} }}
 """)
     haproxy = write(d, "haproxy.cfg", f"""global
@@ -100,6 +111,8 @@ defaults
   http-reuse always
 frontend fe
   bind 127.0.0.1:{HAPROXY}
+  bind 127.0.0.1:{H2_TLS["haproxy"]} ssl crt {d}/tls-both.pem alpn h2,http/1.1
+  bind 127.0.0.1:{H2C["haproxy"]} proto h2
   default_backend be
 backend be
   server s1 127.0.0.1:{BACKEND} maxconn 8000
@@ -109,7 +122,9 @@ backend be
     # request pays for a decision and none is refused.
     subprocess.run(["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", f"{d}/key.pem"], check=True, capture_output=True)
     subprocess.run(["openssl", "pkey", "-in", f"{d}/key.pem", "-pubout", "-out", f"{d}/pub.pem"], check=True, capture_output=True)
-    ferro = write(d, "ferroway.yaml", f"""listeners: [{{ name: public, address: 127.0.0.1:{FERRO} }}]
+    ferro = write(d, "ferroway.yaml", f"""listeners:
+  - {{ name: public, address: 127.0.0.1:{FERRO} }}
+  - {{ name: tls, address: 127.0.0.1:{H2_TLS["ferroway"]}, tls: {{ certificates: [{{ cert: {d}/tls.pem, key: {d}/tls-key.pem }}] }} }}
 access_log: {{ output: off }}
 upstreams: {{ backend: {{ targets: [{{ address: 127.0.0.1:{BACKEND} }}] }} }}
 middleware:
@@ -121,7 +136,7 @@ routes:
   - {{ name: all, match: {{ path_prefix: / }}, upstream: backend }}
   - {{ name: mw, match: {{ path_prefix: /, headers: {{ x-bench: mw }} }}, upstream: backend, middleware: [limit, auth, cors, rules] }}
 """)
-    for port in (BACKEND, NGINX, HAPROXY, FERRO):
+    for port in (BACKEND, NGINX, HAPROXY, FERRO, *H2_TLS.values(), H2C["nginx"], H2C["haproxy"]):
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
             raise SystemExit(f"port {port} is already in use (a leftover run?); stop it first")
@@ -167,6 +182,24 @@ def wrk(port, path, conns, duration, close=False, headers=()):
         return float(m.group(1)) * {"us": 1, "ms": 1e3, "s": 1e6}[m.group(2)] if m else float("nan")
 
     return reqs, lat(50), lat(99), (int(errors.group(1)) if errors else 0), (sock_err.group(1) if sock_err else "")
+
+
+def h2load(url, conns, streams, duration):
+    """h2load (nghttp2) on CPU 1: `conns` connections with `streams` concurrent streams each."""
+    cmd = ["taskset", "-c", "1", "h2load", "-c", str(conns), "-m", str(streams), "-D", str(duration), url]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    reqs = int(re.search(r"requests: .* (\d+) succeeded", out).group(1))
+    failed = int(re.search(r"(\d+) failed", out).group(1))
+    m = re.search(r"time for request:\s+([\d.]+)(us|ms|s)\s+([\d.]+)(us|ms|s)\s+([\d.]+)(us|ms|s)", out)
+    unit = {"us": 1, "ms": 1e3, "s": 1e6}
+    mean = float(m.group(5)) * unit[m.group(6)] if m else float("nan")
+    return reqs, mean, failed
+
+
+def measure_h2(proc, url, conns, streams, duration):
+    before = cpu_seconds(proc.pid)
+    reqs, mean, failed = h2load(url, conns, streams, duration)
+    return {"reqs": reqs, "cpu": cpu_seconds(proc.pid) - before, "mean": mean, "failed": failed}
 
 
 def measure(proc, port, path, conns, duration, close=False, headers=()):
@@ -217,10 +250,13 @@ def main():
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--idle-conns", type=int, default=5000)
     ap.add_argument("--middleware", action="store_true", help="only Ferroway: a bare route against rate limit + JWT + CORS + headers")
+    ap.add_argument("--h2", action="store_true", help="HTTP/2 from the client (h2load): h2 over TLS and h2c, upstream HTTP/1.1")
     args = ap.parse_args()
     d = tempfile.mkdtemp(prefix="ferroway-bench-")
     procs = start_all(d)
     results = {}
+    if args.h2:
+        return h2_main(args, d, procs)
     if args.middleware:
         try:
             token = jwt(d)
@@ -300,6 +336,44 @@ def main():
     bad = {k: sum(m["non2xx"] for m in v) for k, v in results.items() if any(m["non2xx"] or m["sock"] for m in v)}
     if bad:
         print(f"\nErrors seen (non-2xx counts): {bad}")
+
+
+def h2_main(args, d, procs):
+    """Small responses to h2 clients: 8 connections x 32 concurrent streams, over TLS and h2c."""
+    results = {}
+    scenarios = [("h2 (TLS)", "https", H2_TLS), ("h2c", "http", H2C)]
+    try:
+        for _, scheme, ports in scenarios:
+            for name, _ in PROXIES:
+                h2load(f"{scheme}://127.0.0.1:{ports[name]}/small", 8, 32, 1)
+        for r in range(args.rounds):
+            for scen, scheme, ports in scenarios:
+                for name, _ in PROXIES:
+                    m = measure_h2(procs[name], f"{scheme}://127.0.0.1:{ports[name]}/small", 8, 32, args.duration)
+                    results.setdefault((scen, name), []).append(m)
+                    print(f"round {r + 1} {scen:8} {name:8} reqs={m['reqs']:>8} cpu={m['cpu']:.2f}s mean={m['mean']:.0f}us failed={m['failed']}", file=sys.stderr)
+    finally:
+        for p in procs.values():
+            p.send_signal(signal.SIGTERM)
+        for p in procs.values():
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(d, ignore_errors=True)
+    print(f"# Ferroway HTTP/2 bench, {datetime.date.today()} ({args.rounds} interleaved rounds of {args.duration}s; h2load -c8 -m32; medians, min–max)\n")
+    print("| figure | " + " | ".join(n for n, _ in PROXIES) + " |")
+    print("|---|" + "---|" * len(PROXIES))
+    for scen, _, _ in scenarios:
+        per = {n: [m["cpu"] / m["reqs"] * 1e6 for m in results[(scen, n)]] for n, _ in PROXIES}
+        base = med(per["nginx"])
+        row = [f"{med(xs):.1f} µs ({min(xs):.1f}–{max(xs):.1f}; {med(xs) / base:.2f}×)" for xs in per.values()]
+        print(f"| CPU per small request, {scen} | " + " | ".join(row) + " |")
+        row = [f"{med([m['mean'] for m in results[(scen, n)]]) / 1000:.2f} ms" for n, _ in PROXIES]
+        print(f"| mean time per request, {scen} | " + " | ".join(row) + " |")
+    failed = {k: sum(m["failed"] for m in v) for k, v in results.items() if any(m["failed"] for m in v)}
+    if failed:
+        print(f"\nFailed requests: {failed}")
 
 
 if __name__ == "__main__":
