@@ -53,6 +53,27 @@ async fn websocket_messages_flow_both_ways_through_the_gateway() {
     ws.close(None).await.expect("close");
 }
 
+/// An upgraded connection has no HTTP-level goodbye, so shutdown treats it as in flight: it
+/// counts as an open client connection, keeps working while the gateway drains, and is cut
+/// (and counted as cut) when `shutdown_timeout` runs out.
+#[tokio::test]
+async fn an_open_websocket_is_drained_like_a_request_and_cut_at_the_shutdown_timeout() {
+    let (backend, _) = ws_echo().await;
+    let gw = gateway(&format!("shutdown_timeout: 1s\n{}", single_route(backend, "", ALL))).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/chat", gw.addr)).await.expect("upgrade");
+    ws.send(Message::text("before")).await.expect("send");
+    assert_eq!(ws.next().await.expect("echo").expect("frame"), Message::text("before"));
+    assert_eq!(gw.running.control.open_connections(), 1, "the upgraded connection counts as open");
+
+    let control = gw.running.control.clone();
+    let shutdown = tokio::spawn(async move { control.shutdown().await });
+    ws.send(Message::text("during")).await.expect("send");
+    assert_eq!(ws.next().await.expect("echo").expect("frame"), Message::text("during"), "served while draining");
+    assert_eq!(shutdown.await.expect("shutdown"), 1, "cut at the timeout, and counted");
+    let ended = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.expect("the tunnel ends");
+    assert!(!matches!(ended, Some(Ok(Message::Text(_)))), "{ended:?}");
+}
+
 #[tokio::test]
 async fn the_route_middleware_decides_before_the_upgrade() {
     let (backend, upgraded) = ws_echo().await;

@@ -80,6 +80,8 @@ pub struct Peer {
     pub client_cert_subject: Option<Arc<str>>,
     /// On a `redirect_to_https` listener: the TLS port every request is sent to.
     pub redirect_https: Option<u16>,
+    /// The server's open-connection count, which an upgraded connection joins.
+    pub connections: Option<Arc<crate::server::Connections>>,
 }
 
 impl Peer {
@@ -92,7 +94,15 @@ impl Peer {
             std::net::IpAddr::V6(v6) => format!("for=\"[{v6}]\";proto={proto}"),
         };
         let ip_value = HeaderValue::try_from(ip.to_string()).unwrap_or(HeaderValue::from_static("unknown"));
-        Peer { addr, ip_value, forwarded_for, proto, client_cert_subject: None, redirect_https: None }
+        Peer {
+            addr,
+            ip_value,
+            forwarded_for,
+            proto,
+            client_cert_subject: None,
+            redirect_https: None,
+            connections: None,
+        }
     }
 }
 

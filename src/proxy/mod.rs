@@ -284,7 +284,8 @@ async fn route_and_forward(
     if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
         // A 101 the client did not ask for would leave it speaking HTTP to a switched peer.
         let Some(upgrade) = upgrade else { return Err(ErrorKind::UpstreamBadResponse.into()) };
-        upgrade.tunnel(hyper::upgrade::on(&mut resp), upstream.timeouts().upgrade_idle);
+        let hold = ctx.peer.connections.as_ref().map(|c| c.hold());
+        upgrade.tunnel(hyper::upgrade::on(&mut resp), upstream.timeouts().upgrade_idle, hold);
     }
     Ok((resp, in_flight, upstream.timeouts().idle))
 }

@@ -18,6 +18,8 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::server::Hold;
+
 /// A client's request to switch protocols.
 pub struct Requested {
     on_upgrade: OnUpgrade,
@@ -52,9 +54,9 @@ impl Requested {
     }
 
     /// After a 101 from the upstream: pipes the client's connection and the upstream's both
-    /// ways once both have switched, until either side closes or neither sends a byte for
-    /// `idle`.
-    pub fn tunnel(self, upstream: OnUpgrade, idle: Duration) {
+    /// ways once both have switched, until either side closes, neither sends a byte for
+    /// `idle`, or shutdown cuts it (`hold` keeps it in the server's open count until then).
+    pub fn tunnel(self, upstream: OnUpgrade, idle: Duration, mut hold: Option<Hold>) {
         tokio::spawn(async move {
             let (client, upstream) = match tokio::join!(self.on_upgrade, upstream) {
                 (Ok(c), Ok(u)) => (c, u),
@@ -84,6 +86,12 @@ impl Requested {
                     }
                 }
                 () = quiet => tracing::debug!("upgraded connection idle: closed"),
+                () = async {
+                    match hold.as_mut() {
+                        Some(h) => h.cut().await,
+                        None => std::future::pending().await,
+                    }
+                } => tracing::debug!("upgraded connection cut by shutdown"),
             }
         });
     }

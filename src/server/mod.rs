@@ -69,11 +69,45 @@ struct ListenerHandle {
     task: JoinHandle<()>,
 }
 
-/// Open connections, and a wake-up when the last one ends (for draining).
-#[derive(Default)]
-struct Connections {
+/// Open connections (upgraded ones included), a wake-up when the last one ends (for
+/// draining), and the signal that cuts upgraded connections when the shutdown timeout ends.
+pub struct Connections {
     open: AtomicUsize,
     drained: Notify,
+    cut: watch::Sender<bool>,
+}
+
+impl Default for Connections {
+    fn default() -> Self {
+        Connections { open: AtomicUsize::new(0), drained: Notify::new(), cut: watch::channel(false).0 }
+    }
+}
+
+impl Connections {
+    fn guard(self: &Arc<Self>) -> ConnectionGuard {
+        self.open.fetch_add(1, Ordering::AcqRel);
+        ConnectionGuard(self.clone())
+    }
+
+    /// For a connection that leaves hyper by an upgrade: it still counts as open (metrics,
+    /// drain) until the tunnel ends. Taken while the HTTP connection's own count is held, so
+    /// the count never dips to zero in between.
+    pub fn hold(self: &Arc<Self>) -> Hold {
+        Hold { _guard: self.guard(), cut: self.cut.subscribe() }
+    }
+}
+
+/// An upgraded connection's place in the open count.
+pub struct Hold {
+    _guard: ConnectionGuard,
+    cut: watch::Receiver<bool>,
+}
+
+impl Hold {
+    /// Resolves when shutdown gives up waiting and cuts what is still open.
+    pub async fn cut(&mut self) {
+        let _ = self.cut.wait_for(|c| *c).await;
+    }
 }
 
 struct ConnectionGuard(Arc<Connections>);
@@ -252,7 +286,11 @@ impl Control {
         };
         match tokio::time::timeout(self.shutdown_timeout, drained).await {
             Ok(()) => 0,
-            Err(_) => self.connections.open.load(Ordering::Acquire),
+            Err(_) => {
+                // Upgraded connections have no HTTP-level goodbye; they end here.
+                self.connections.cut.send_replace(true);
+                self.connections.open.load(Ordering::Acquire)
+            }
         }
     }
 
@@ -355,13 +393,13 @@ async fn accept_loop(listener: TcpListener, name: Arc<str>, control: Arc<Control
         let _ = stream.set_nodelay(true);
         // The listener's settings as of this connection; a reload applies to later ones.
         let Some(runtime) = control.gateway.snapshot().listeners.get(&*name).cloned() else { continue };
-        control.connections.open.fetch_add(1, Ordering::AcqRel);
-        let guard = ConnectionGuard(control.connections.clone());
+        let guard = control.connections.guard();
         let control = control.clone();
         tokio::spawn(async move {
             let _guard = guard;
             let mut peer = Peer::new(addr, runtime.tls.is_some());
             peer.redirect_https = runtime.redirect_https;
+            peer.connections = Some(control.connections.clone());
             match &runtime.tls {
                 None => serve(TokioIo::new(stream), peer, &control).await,
                 Some(tls) => {
