@@ -68,6 +68,8 @@ pub struct Acme {
 /// A certificate in service and its validity.
 struct Issued {
     key: Arc<CertifiedKey>,
+    /// Its DNS names: one inherited across a reload may lack a newly listed domain.
+    names: Vec<String>,
     not_before: SystemTime,
     not_after: SystemTime,
 }
@@ -197,7 +199,8 @@ impl Acme {
     /// `None` when a certificate is needed now; else how long until renewal.
     fn due_in(&self) -> Option<Duration> {
         let current = self.current.load();
-        let at = current.as_ref()?.renew_at(self.def.renew_before);
+        let current = current.as_ref().filter(|c| self.def.domains.iter().all(|d| c.names.contains(d)))?;
+        let at = current.renew_at(self.def.renew_before);
         at.duration_since(SystemTime::now()).ok().filter(|d| !d.is_zero())
     }
 
@@ -410,7 +413,7 @@ fn issued(chain_pem: &[u8], key_pem: &[u8], domains: &[String]) -> Result<Issued
     let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| e.to_string())?;
     let provider = rustls::crypto::ring::default_provider();
     let key = CertifiedKey::from_der(chain, key, &provider).map_err(|e| e.to_string())?;
-    Ok(Issued { key: Arc::new(key), not_before, not_after })
+    Ok(Issued { key: Arc::new(key), names, not_before, not_after })
 }
 
 /// Writes `bytes` to `path` readable by the owner only, through a temporary file renamed over
@@ -450,6 +453,16 @@ impl Registry {
         // Read here, not in the task: the cached certificate is in service before the
         // listener accepts its first connection.
         acme.load_cache();
+        if acme.current.load().is_none() {
+            // A reload that changed the list (a domain added): the previous certificate keeps
+            // serving the names it has until the new order completes.
+            let previous = live
+                .iter()
+                .filter(|(d, _)| d.directory == def.directory && d.domains.iter().any(|n| def.domains.contains(n)))
+                .filter_map(|(_, w)| w.upgrade()?.current.load_full())
+                .next();
+            acme.current.store(previous);
+        }
         live.push((def.clone(), Arc::downgrade(&acme)));
         acme
     }
@@ -463,7 +476,39 @@ mod tests {
         let now = SystemTime::now();
         let not_after = now + Duration::from_secs(days_left * 86_400);
         let key = alpn_certificate("a.test", &[0; 32]).expect("cert");
-        Issued { key, not_before: not_after - Duration::from_secs(life * 86_400), not_after }
+        Issued {
+            key,
+            names: vec!["a.test".into()],
+            not_before: not_after - Duration::from_secs(life * 86_400),
+            not_after,
+        }
+    }
+
+    fn def(domains: &[&str]) -> Arc<AcmeDef> {
+        Arc::new(AcmeDef {
+            domains: domains.iter().map(|d| d.to_string()).collect(),
+            email: None,
+            directory: "https://ca.test/dir".into(),
+            cache_dir: PathBuf::from("/nonexistent/ferroway-acme"),
+            challenge: AcmeChallenge::TlsAlpn01,
+            ca_roots: None,
+            ca_roots_file: None,
+            renew_before: Duration::from_secs(30 * 86_400),
+        })
+    }
+
+    #[test]
+    fn a_changed_domain_list_keeps_serving_the_previous_certificate_until_its_own_arrives() {
+        let registry = Registry::default();
+        let first = registry.get_or_create(&def(&["a.test"]));
+        assert!(Arc::ptr_eq(&first, &registry.get_or_create(&def(&["a.test"]))), "same definition, same state");
+        first.current.store(Some(Arc::new(cert(60, 90))));
+        let widened = registry.get_or_create(&def(&["a.test", "b.test"]));
+        assert!(!Arc::ptr_eq(&first, &widened));
+        assert!(widened.current.load().is_some(), "the previous certificate serves meanwhile");
+        assert!(widened.due_in().is_none(), "and an order for the new list starts at once");
+        let unrelated = registry.get_or_create(&def(&["c.test"]));
+        assert!(unrelated.current.load().is_none());
     }
 
     #[test]
