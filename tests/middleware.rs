@@ -233,3 +233,40 @@ async fn a_matched_api_key_id_reaches_the_access_log() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn path_filter_denies_every_spelling_of_a_denied_path_with_404_and_the_upstream_sees_nothing() {
+    let backend = Backend::recording(|_| Response::new(full("ok"))).await;
+    let gw = gateway(&config(
+        &backend,
+        "  block: { path_filter: { deny: [\"/internal/**\", \"/**/.git/**\", \"/**/*.env\"] } }",
+        "block",
+    ))
+    .await;
+    let denied = [
+        "/internal",
+        "/internal/",
+        "/internal/users/1",
+        "/%69nternal/x",
+        "/public/../internal/x",
+        "//internal/x",
+        "/./internal/x",
+        "/.git/config",
+        "/app/.git/HEAD",
+        "/app/%2Egit/HEAD",
+        "/prod.env",
+        "/conf/prod.env",
+        "/conf/prod%2Eenv",
+    ];
+    for path in denied {
+        let answer =
+            raw_exchange(gw.addr, format!("GET {path} HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n").as_bytes())
+                .await;
+        assert!(answer.starts_with("HTTP/1.1 404"), "{path}: {answer}");
+    }
+    assert!(backend.requests().is_empty(), "no denied request reached the upstream");
+    for path in ["/internals", "/public/internal/x", "/git/config", "/env", "/prod.env.txt", "/Internal/x"] {
+        assert_eq!(get(&gw.url(path)).await.status, StatusCode::OK, "{path} is not denied");
+    }
+    assert_eq!(backend.requests().len(), 6);
+}

@@ -15,7 +15,8 @@ use jsonwebtoken::{Algorithm, DecodingKey};
 use super::decode::{Decode, Dur, Fields, Located, Problems, did_you_mean, one_of, parse_str};
 use super::node::{Node, Value};
 
-pub const KINDS: &[&str] = &["cors", "jwt", "api_key", "ip_filter", "rate_limit", "headers", "security_headers"];
+pub const KINDS: &[&str] =
+    &["cors", "jwt", "api_key", "ip_filter", "rate_limit", "headers", "security_headers", "path_filter"];
 
 #[derive(Debug)]
 pub struct MiddlewareDef {
@@ -32,6 +33,7 @@ pub enum MiddlewareKind {
     RateLimit(RateLimitDef),
     Headers(HeaderRulesDef),
     SecurityHeaders(SecurityHeadersDef),
+    PathFilter(PathFilterDef),
 }
 
 impl MiddlewareKind {
@@ -44,6 +46,7 @@ impl MiddlewareKind {
             MiddlewareKind::RateLimit(_) => "rate_limit",
             MiddlewareKind::Headers(_) => "headers",
             MiddlewareKind::SecurityHeaders(_) => "security_headers",
+            MiddlewareKind::PathFilter(_) => "path_filter",
         }
     }
 }
@@ -85,6 +88,7 @@ pub(super) fn decode_middleware(node: &Node, path: &str, p: &mut Problems) -> Ve
             "rate_limit" => RateLimitDef::decode(body, &body_path, p).map(MiddlewareKind::RateLimit),
             "headers" => HeaderRulesDef::decode(body, &body_path, p).map(MiddlewareKind::Headers),
             "security_headers" => SecurityHeadersDef::decode(body, &body_path, p).map(MiddlewareKind::SecurityHeaders),
+            "path_filter" => PathFilterDef::decode(body, &body_path, p).map(MiddlewareKind::PathFilter),
             other => {
                 let hint = match did_you_mean(other, KINDS) {
                     Some(near) => format!("did you mean `{near}`?"),
@@ -515,6 +519,67 @@ impl Decode for IpFilterDef {
             p.add(f.pos(), path, "give `allow`, `deny` or both (CIDR lists)");
         }
         Some(IpFilterDef { allow, deny })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Path filter
+
+/// `path_filter`: globs over the normalised path; a match is answered 404.
+#[derive(Debug)]
+pub struct PathFilterDef {
+    /// As written, for logs and the admin view.
+    pub deny: Vec<String>,
+    pub set: globset::GlobSet,
+}
+
+impl Decode for PathFilterDef {
+    fn decode(node: &Node, path: &str, p: &mut Problems) -> Option<Self> {
+        let f = Fields::new(node, path, &["deny"], p)?;
+        let deny: Vec<Located<String>> = f.req("deny", p)?;
+        if deny.is_empty() {
+            p.add(f.pos(), &super::decode::child_path(path, "deny"), "list at least one glob such as \"/internal/**\"");
+        }
+        let mut set = globset::GlobSetBuilder::new();
+        let mut ok = true;
+        for g in &deny {
+            if !g.value.starts_with('/') && !g.value.starts_with("**") {
+                p.add(
+                    g.pos,
+                    &g.path,
+                    format!("{:?}: a glob over the path starts with / (such as \"/internal/**\")", g.value),
+                );
+                ok = false;
+                continue;
+            }
+            // `/dir/**` also denies `/dir` itself: a deny list that let the directory's own
+            // index through would surprise.
+            let variants = match g.value.strip_suffix("/**") {
+                Some(dir) if !dir.is_empty() => vec![g.value.clone(), dir.to_owned()],
+                _ => vec![g.value.clone()],
+            };
+            for v in variants {
+                // `*` stays within one segment, `**` crosses them, as in .gitignore.
+                match globset::GlobBuilder::new(&v).literal_separator(true).backslash_escape(true).build() {
+                    Ok(glob) => {
+                        set.add(glob);
+                    }
+                    Err(e) => {
+                        p.add(g.pos, &g.path, format!("invalid glob {:?}: {}", g.value, e.kind()));
+                        ok = false;
+                        break;
+                    }
+                }
+            }
+        }
+        let set = match set.build() {
+            Ok(set) => set,
+            Err(e) => {
+                p.add(f.pos(), path, format!("globs: {e}"));
+                return None;
+            }
+        };
+        ok.then(|| PathFilterDef { deny: deny.into_iter().map(|d| d.value).collect(), set })
     }
 }
 

@@ -424,3 +424,22 @@ routes: [{ name: r, match: { path_prefix: / }, upstream: u }]
     has("13:21: listeners[1].tls.certificates:", "either `certificates` or `acme`, not both");
     has("14:13: listeners[1].tls.acme:", "the http-01 challenge is answered on a plain HTTP listener");
 }
+
+#[test]
+fn path_filter_globs_are_checked() {
+    let yaml = "\
+listeners: [{ name: p, address: 127.0.0.1:8080 }]
+middleware:
+  f:
+    path_filter:
+      deny: [\"/ok/**\", \"internal/**\", \"/a/[b\"]
+upstreams: { u: { targets: [{ address: 127.0.0.1:9000 }] } }
+routes: [{ name: r, match: { path_prefix: / }, upstream: u, middleware: [f] }]
+";
+    let p = problems(yaml);
+    assert!(
+        p.iter().any(|m| m.starts_with("5:24: middleware.f.path_filter.deny[1]:") && m.contains("starts with /")),
+        "{p:#?}"
+    );
+    assert!(p.iter().any(|m| m.starts_with("5:39: middleware.f.path_filter.deny[2]: invalid glob")), "{p:#?}");
+}

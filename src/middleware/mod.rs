@@ -13,6 +13,7 @@ pub mod cors;
 pub mod headers;
 pub mod ip_filter;
 pub mod jwt;
+pub mod path_filter;
 pub mod rate_limit;
 
 use std::collections::HashMap;
@@ -119,6 +120,8 @@ pub enum Step<'a> {
 pub struct Req<'r> {
     pub method: &'r Method,
     pub uri: &'r Uri,
+    /// The normalised path routing matched (see `routing::normalize`).
+    pub path: &'r str,
     pub headers: &'r mut HeaderMap,
 }
 
@@ -366,6 +369,7 @@ pub fn compile(config: &Config, registry: &Registry) -> Compiled {
             }
             MiddlewareKind::Headers(def) => Arc::new(headers::HeaderRules::new(def)),
             MiddlewareKind::SecurityHeaders(def) => Arc::new(headers::SecurityHeaders::new(def)),
+            MiddlewareKind::PathFilter(def) => Arc::new(path_filter::PathFilter::new(def, metrics)),
         };
         by_name.insert(name.value.clone(), m);
     }

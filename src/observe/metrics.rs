@@ -295,7 +295,7 @@ pub fn render(s: &Scrape<'_>) -> String {
 /// Rate-limit decisions, auth outcomes and IP-filter decisions, each under its own name.
 fn render_middleware(out: &mut String, all: &[(String, Arc<crate::middleware::MiddlewareMetrics>)]) {
     use crate::middleware::Outcome;
-    let families: [(&str, &[&str], &str, &str); 3] = [
+    let families: [(&str, &[&str], &str, &str); 4] = [
         (
             "ferroway_ratelimit_decisions_total",
             &["rate_limit"],
@@ -309,6 +309,12 @@ fn render_middleware(out: &mut String, all: &[(String, Arc<crate::middleware::Mi
             "Authentication results by middleware: authenticated, or the reason for a 401.",
         ),
         ("ferroway_ip_filter_decisions_total", &["ip_filter"], "decision", "IP filter decisions by middleware."),
+        (
+            "ferroway_path_filter_decisions_total",
+            &["path_filter"],
+            "decision",
+            "Path filter decisions by middleware (denied: answered 404).",
+        ),
     ];
     for (name, kinds, label_name, help) in families {
         header(out, name, "counter", help);
@@ -324,7 +330,7 @@ fn render_middleware(out: &mut String, all: &[(String, Arc<crate::middleware::Mi
                             | Outcome::StoreErrorDenied
                             | Outcome::Untracked
                     ),
-                    "ip_filter" => matches!(outcome, Outcome::Allowed | Outcome::Denied),
+                    "ip_filter" | "path_filter" => matches!(outcome, Outcome::Allowed | Outcome::Denied),
                     _ => n > 0 || matches!(outcome, Outcome::Authenticated),
                 };
                 if relevant {

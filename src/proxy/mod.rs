@@ -213,7 +213,7 @@ async fn route_and_forward(
     // The client as the middleware sees it, read before this hop is added to X-Forwarded-For.
     if let Some(chain) = &route.chain {
         let ip = client_ip::client_ip(ctx.peer.addr.ip(), &parts.headers, &snapshot.trusted_proxies);
-        let req = Req { method: &parts.method, uri: &parts.uri, headers: &mut parts.headers };
+        let req = Req { method: &parts.method, uri: &parts.uri, path: &path, headers: &mut parts.headers };
         let subject = ctx.peer.client_cert_subject.clone();
         let cx = chain.new_cx(ip, subject, route.name.clone(), ctx.request_id.clone(), &req);
         *chained = Some(Chained { chain: chain.clone(), cx });
@@ -253,7 +253,7 @@ async fn route_and_forward(
 
     // Request hooks in order; one may answer instead of the upstream.
     if let Some(c) = chained.as_mut() {
-        let mut req = Req { method: &parts.method, uri: &parts.uri, headers: &mut parts.headers };
+        let mut req = Req { method: &parts.method, uri: &parts.uri, path: &path, headers: &mut parts.headers };
         c.chain.request(&mut c.cx, &mut req).await?;
     }
 
