@@ -16,7 +16,7 @@ use super::decode::{Decode, Dur, Fields, Located, Problems, did_you_mean, one_of
 use super::node::{Node, Value};
 
 pub const KINDS: &[&str] =
-    &["cors", "jwt", "api_key", "ip_filter", "rate_limit", "headers", "security_headers", "path_filter"];
+    &["cors", "jwt", "api_key", "ip_filter", "rate_limit", "headers", "security_headers", "path_filter", "compress"];
 
 #[derive(Debug)]
 pub struct MiddlewareDef {
@@ -34,6 +34,7 @@ pub enum MiddlewareKind {
     Headers(HeaderRulesDef),
     SecurityHeaders(SecurityHeadersDef),
     PathFilter(PathFilterDef),
+    Compress(CompressDef),
 }
 
 impl MiddlewareKind {
@@ -47,6 +48,7 @@ impl MiddlewareKind {
             MiddlewareKind::Headers(_) => "headers",
             MiddlewareKind::SecurityHeaders(_) => "security_headers",
             MiddlewareKind::PathFilter(_) => "path_filter",
+            MiddlewareKind::Compress(_) => "compress",
         }
     }
 }
@@ -89,6 +91,7 @@ pub(super) fn decode_middleware(node: &Node, path: &str, p: &mut Problems) -> Ve
             "headers" => HeaderRulesDef::decode(body, &body_path, p).map(MiddlewareKind::Headers),
             "security_headers" => SecurityHeadersDef::decode(body, &body_path, p).map(MiddlewareKind::SecurityHeaders),
             "path_filter" => PathFilterDef::decode(body, &body_path, p).map(MiddlewareKind::PathFilter),
+            "compress" => CompressDef::decode(body, &body_path, p).map(MiddlewareKind::Compress),
             other => {
                 let hint = match did_you_mean(other, KINDS) {
                     Some(near) => format!("did you mean `{near}`?"),
@@ -519,6 +522,108 @@ impl Decode for IpFilterDef {
             p.add(f.pos(), path, "give `allow`, `deny` or both (CIDR lists)");
         }
         Some(IpFilterDef { allow, deny })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Compression
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Coding {
+    Br,
+    Zstd,
+    Gzip,
+}
+
+impl Coding {
+    /// The content-coding token (RFC 9110 §8.4.1, RFC 7932, RFC 8878).
+    pub fn token(self) -> &'static str {
+        match self {
+            Coding::Br => "br",
+            Coding::Zstd => "zstd",
+            Coding::Gzip => "gzip",
+        }
+    }
+}
+
+/// `compress`: response compression negotiated by `Accept-Encoding`.
+#[derive(Debug)]
+pub struct CompressDef {
+    /// Codings offered, in the gateway's preference order (ties in the client's q-values).
+    pub algorithms: Vec<Coding>,
+    /// Bodies declared shorter than this are sent as they are.
+    pub min_size: u64,
+    /// Media types (`text/*`, `application/json`), lower case, without parameters.
+    pub content_types: Vec<String>,
+}
+
+impl Decode for CompressDef {
+    fn decode(node: &Node, path: &str, p: &mut Problems) -> Option<Self> {
+        let f = Fields::new(node, path, &["algorithms", "min_size", "content_types"], p)?;
+        let algorithms = match f.opt::<Vec<Located<String>>>("algorithms", p) {
+            None => vec![Coding::Br, Coding::Zstd, Coding::Gzip],
+            Some(list) => {
+                let mut codings = Vec::new();
+                for a in &list {
+                    let c = one_of(a, p, "compression algorithm", "br, zstd or gzip", |s| match s {
+                        "br" => Some(Coding::Br),
+                        "zstd" => Some(Coding::Zstd),
+                        "gzip" => Some(Coding::Gzip),
+                        _ => None,
+                    });
+                    match c {
+                        Some(c) if codings.contains(&c) => {
+                            p.add(a.pos, &a.path, format!("{} is listed twice", a.value))
+                        }
+                        Some(c) => codings.push(c),
+                        None => {}
+                    }
+                }
+                if list.is_empty() {
+                    p.add(
+                        f.pos(),
+                        &super::decode::child_path(path, "algorithms"),
+                        "list at least one of br, zstd, gzip",
+                    );
+                }
+                codings
+            }
+        };
+        let min_size = f.opt::<super::decode::ByteSize>("min_size", p).map_or(1024, |s| s.0);
+        let content_types = match f.opt::<Vec<Located<String>>>("content_types", p) {
+            None => ["text/*", "application/json", "application/javascript", "application/xml", "image/svg+xml"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            Some(list) => {
+                let mut types = Vec::new();
+                for t in list {
+                    let v = t.value.trim().to_ascii_lowercase();
+                    let valid = v.split_once('/').is_some_and(|(ty, sub)| {
+                        let token = |s: &str| {
+                            !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
+                        };
+                        match (ty, sub) {
+                            ("*", "*") => true,
+                            ("*", _) => false,
+                            (ty, "*") => token(ty),
+                            (ty, sub) => token(ty) && token(sub),
+                        }
+                    });
+                    if valid {
+                        types.push(v);
+                    } else {
+                        p.add(
+                            t.pos,
+                            &t.path,
+                            format!("{:?} is not a media type such as text/* or application/json", t.value),
+                        );
+                    }
+                }
+                types
+            }
+        };
+        Some(CompressDef { algorithms, min_size, content_types })
     }
 }
 

@@ -443,3 +443,27 @@ routes: [{ name: r, match: { path_prefix: / }, upstream: u, middleware: [f] }]
     );
     assert!(p.iter().any(|m| m.starts_with("5:39: middleware.f.path_filter.deny[2]: invalid glob")), "{p:#?}");
 }
+
+#[test]
+fn compress_settings_are_checked() {
+    let yaml = "\
+listeners: [{ name: p, address: 127.0.0.1:8080 }]
+middleware:
+  z:
+    compress:
+      algorithms: [br, deflate, br]
+      min_size: lots
+      content_types: [text/*, json, '*/html']
+upstreams: { u: { targets: [{ address: 127.0.0.1:9000 }] } }
+routes: [{ name: r, match: { path_prefix: / }, upstream: u, middleware: [z] }]
+";
+    let p = problems(yaml);
+    let has = |prefix: &str, needle: &str| {
+        assert!(p.iter().any(|m| m.starts_with(prefix) && m.contains(needle)), "{prefix} {needle}: {p:#?}")
+    };
+    has("5:24: middleware.z.compress.algorithms[1]:", "expected br, zstd or gzip");
+    has("5:33: middleware.z.compress.algorithms[2]:", "listed twice");
+    has("6:17: middleware.z.compress.min_size:", "");
+    has("7:31: middleware.z.compress.content_types[1]:", "not a media type");
+    has("7:37: middleware.z.compress.content_types[2]:", "not a media type");
+}

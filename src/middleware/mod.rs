@@ -9,6 +9,7 @@
 
 pub mod api_key;
 pub mod client_ip;
+pub mod compress;
 pub mod cors;
 pub mod headers;
 pub mod ip_filter;
@@ -51,6 +52,10 @@ pub struct Cx {
     pub api_key_id: Option<Arc<str>>,
     /// `RateLimit-Policy` and `RateLimit` values by the position of the middleware that set them.
     pub rate_limits: Vec<(usize, HeaderValue, HeaderValue)>,
+    /// The coding a `compress` middleware negotiated from `Accept-Encoding`.
+    pub accept_coding: Option<crate::config::Coding>,
+    /// The coding a `compress` middleware applied to this response (its body is encoded).
+    pub encode: std::sync::OnceLock<crate::config::Coding>,
     position: usize,
     ran: usize,
     /// Position of the first `cors` middleware, which answers preflights.
@@ -161,6 +166,8 @@ impl Chain {
             claims: None,
             api_key_id: None,
             rate_limits: Vec::new(),
+            accept_coding: None,
+            encode: std::sync::OnceLock::new(),
             position: 0,
             ran: 0,
             cors_at: self.cors_at,
@@ -370,6 +377,7 @@ pub fn compile(config: &Config, registry: &Registry) -> Compiled {
             MiddlewareKind::Headers(def) => Arc::new(headers::HeaderRules::new(def)),
             MiddlewareKind::SecurityHeaders(def) => Arc::new(headers::SecurityHeaders::new(def)),
             MiddlewareKind::PathFilter(def) => Arc::new(path_filter::PathFilter::new(def, metrics)),
+            MiddlewareKind::Compress(def) => Arc::new(compress::Compress::new(def)),
         };
         by_name.insert(name.value.clone(), m);
     }

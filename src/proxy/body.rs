@@ -16,6 +16,8 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
+use crate::config::Coding;
+use crate::middleware::compress::Encoder;
 use crate::observe::access_log::Entry;
 use crate::observe::metrics::RouteMetrics;
 use crate::upstream::balance::InFlight;
@@ -39,6 +41,8 @@ pub enum UpstreamBodyError {
     Read(#[source] hyper::Error),
     #[error("the upstream sent nothing of its response body for {0:?}")]
     Stalled(Duration),
+    #[error("compressing the response body failed: {0}")]
+    Encode(#[source] std::io::Error),
 }
 
 /// Counters shared by a request's two bodies and its access-log entry.
@@ -177,34 +181,50 @@ pub struct Done {
 /// The body the client receives.
 pub struct ResponseBody {
     source: Source,
+    /// Set when a `compress` middleware encodes this response.
+    encoding: Option<Box<Encoding>>,
     sent: u64,
     ended: bool,
     log: Option<Entry>,
     done: Option<Done>,
 }
 
+/// A body being compressed: the encoder, and the source's trailers held back until the
+/// encoded stream's last bytes have gone.
+struct Encoding {
+    encoder: Encoder,
+    finished: bool,
+    trailers: Option<Frame<Bytes>>,
+}
+
 impl ResponseBody {
     pub fn upstream(body: Incoming, log: Option<Entry>, done: Done, in_flight: InFlight, idle: Duration) -> Self {
         let source = Source::Upstream { body, _in_flight: in_flight, idle: IdleTimer::new(idle) };
-        ResponseBody { source, sent: 0, ended: false, log, done: Some(done) }
+        ResponseBody { source, encoding: None, sent: 0, ended: false, log, done: Some(done) }
     }
 
     pub fn fixed(bytes: Bytes, log: Option<Entry>, done: Done) -> Self {
-        ResponseBody { source: Source::Fixed(Some(bytes)), sent: 0, ended: false, log, done: Some(done) }
+        ResponseBody {
+            source: Source::Fixed(Some(bytes)),
+            encoding: None,
+            sent: 0,
+            ended: false,
+            log,
+            done: Some(done),
+        }
     }
 
     pub fn empty() -> Self {
-        ResponseBody { source: Source::Fixed(None), sent: 0, ended: true, log: None, done: None }
+        ResponseBody { source: Source::Fixed(None), encoding: None, sent: 0, ended: true, log: None, done: None }
     }
-}
 
-impl Body for ResponseBody {
-    type Data = Bytes;
-    type Error = UpstreamBodyError;
+    /// Compresses the body with `coding` (the headers already say so).
+    pub fn encode(&mut self, coding: Coding) {
+        self.encoding = Some(Box::new(Encoding { encoder: Encoder::new(coding), finished: false, trailers: None }));
+    }
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let this = &mut *self;
-        let polled = match &mut this.source {
+    fn poll_source(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, UpstreamBodyError>>> {
+        match &mut self.source {
             Source::Fixed(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Source::Upstream { body, idle, .. } => match Pin::new(body).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
@@ -216,7 +236,55 @@ impl Body for ResponseBody {
                 Poll::Pending if idle.expired(cx) => Poll::Ready(Some(Err(UpstreamBodyError::Stalled(idle.timeout)))),
                 Poll::Pending => Poll::Pending,
             },
-        };
+        }
+    }
+
+    /// The source through the encoder: data frames in, whatever the codec lets out; a pause
+    /// of the source flushes what was taken, so nothing waits behind a quiet upstream.
+    fn poll_encoded(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, UpstreamBodyError>>> {
+        let data = |b: Bytes| Poll::Ready(Some(Ok(Frame::data(b))));
+        loop {
+            let Some(enc) = self.encoding.as_deref_mut() else { return Poll::Ready(None) };
+            if enc.finished {
+                return Poll::Ready(enc.trailers.take().map(Ok));
+            }
+            let polled = self.poll_source(cx);
+            let Some(enc) = self.encoding.as_deref_mut() else { return Poll::Ready(None) };
+            let out = match polled {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(bytes) => enc.encoder.data(&bytes),
+                    Err(trailers) => {
+                        enc.finished = true;
+                        enc.trailers = Some(trailers);
+                        enc.encoder.finish()
+                    }
+                },
+                Poll::Ready(None) => {
+                    enc.finished = true;
+                    enc.encoder.finish()
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                Poll::Pending => match enc.encoder.flush() {
+                    Ok(b) if b.is_empty() => return Poll::Pending,
+                    flushed => flushed,
+                },
+            };
+            match out {
+                Ok(b) if b.is_empty() => continue,
+                Ok(b) => return data(b),
+                Err(e) => return Poll::Ready(Some(Err(UpstreamBodyError::Encode(e)))),
+            }
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = UpstreamBodyError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        let polled = if this.encoding.is_some() { this.poll_encoded(cx) } else { this.poll_source(cx) };
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
@@ -235,6 +303,9 @@ impl Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
+        if let Some(enc) = &self.encoding {
+            return enc.finished && enc.trailers.is_none();
+        }
         match &self.source {
             Source::Fixed(b) => b.is_none(),
             Source::Upstream { body, .. } => body.is_end_stream(),
@@ -242,6 +313,9 @@ impl Body for ResponseBody {
     }
 
     fn size_hint(&self) -> SizeHint {
+        if self.encoding.is_some() {
+            return SizeHint::default();
+        }
         match &self.source {
             Source::Fixed(Some(b)) => SizeHint::with_exact(b.len() as u64),
             Source::Fixed(None) => SizeHint::with_exact(0),

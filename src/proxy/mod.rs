@@ -106,13 +106,20 @@ pub async fn handle(req: Request<Incoming>, peer: &Peer, gw: &Gateway) -> Respon
                 e.status = status;
             }
             let done = Done { metrics, method, status, start };
-            resp.map(|b| ResponseBody::upstream(b, entry, done, in_flight, idle))
+            let mut resp = resp.map(|b| ResponseBody::upstream(b, entry, done, in_flight, idle));
+            if let Some(coding) = chained.as_ref().and_then(|c| c.cx.encode.get().copied()) {
+                resp.body_mut().encode(coding);
+            }
+            resp
         }
         Err(answer) => {
             let done = Done { metrics, method, status: answer.status.as_u16(), start };
             let mut resp = answer_response(answer, &request_id, entry, done, grpc);
             if let Some(c) = chained.as_mut() {
                 c.chain.response(&mut c.cx, resp.status(), resp.headers_mut());
+                if let Some(coding) = c.cx.encode.get().copied() {
+                    resp.body_mut().encode(coding);
+                }
             }
             resp
         }
@@ -163,6 +170,10 @@ fn answer_response(
         None => (answer.status, Bytes::from(answer.body)),
     };
     h.insert(X_REQUEST_ID.clone(), request_id.clone());
+    // Stated, not only implied by the body, so response hooks (compress's min_size) see it.
+    if !body.is_empty() {
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    }
     h.extend(answer.headers);
     let mut resp = Response::new(ResponseBody::fixed(body, entry, done));
     *resp.status_mut() = status;
