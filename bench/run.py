@@ -78,6 +78,15 @@ def write(d, name, text):
 def start_all(d):
     with open(os.path.join(d, "1m.bin"), "wb") as f:
         f.write(os.urandom(1 << 20))
+    # 1 MiB of JSON-like text for the compression scenario (compresses about 5:1, like API JSON).
+    import random
+    rnd = random.Random(7)
+    words = ["id", "name", "status", "active", "created_at", "price", "items", "user", "tags", "region"]
+    text = []
+    while sum(map(len, text)) < (1 << 20):
+        text.append('{"%s": %d, "%s": "%s-%x"},\n' % (rnd.choice(words), rnd.randrange(10**6), rnd.choice(words), rnd.choice(words), rnd.getrandbits(32)))
+    with open(os.path.join(d, "1m.json"), "w") as f:
+        f.write("".join(text)[: 1 << 20])
     # One self-signed ECDSA P-256 certificate for every TLS listener (h2load does not verify).
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
                     "-keyout", f"{d}/tls-key.pem", "-out", f"{d}/tls.pem", "-days", "2", "-subj", "/CN=bench.test",
@@ -89,14 +98,16 @@ def start_all(d):
 http {{ access_log off; sendfile on; tcp_nopush on; keepalive_requests 1000000; keepalive_timeout 300s;
   server {{ listen 127.0.0.1:{BACKEND} reuseport backlog=4096; root {d};
     location = /small {{ default_type text/plain; return 200 "hello world\\n"; }}
-    location = /1m {{ try_files /1m.bin =404; }} }} }}
+    location = /1m {{ try_files /1m.bin =404; }}
+    location = /1m.json {{ default_type application/json; try_files /1m.json =404; }} }} }}
 """)
     proxy = write(d, "proxy.conf", nginx_common % ("proxy", "proxy") + f"""
 http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 300s;
   upstream backend {{ server 127.0.0.1:{BACKEND}; keepalive 128; }}
   server {{ listen 127.0.0.1:{NGINX} backlog=4096; listen 127.0.0.1:{H2_TLS["nginx"]} ssl http2; listen 127.0.0.1:{H2C["nginx"]} http2;
     ssl_certificate {d}/tls.pem; ssl_certificate_key {d}/tls-key.pem; http2_max_concurrent_streams 256;
-    location / {{ proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_buffering on; }} }} }}
+    location / {{ proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_buffering on; }}
+    location /z/ {{ proxy_pass http://backend/; proxy_http_version 1.1; proxy_set_header Connection ""; gzip on; gzip_comp_level 5; gzip_types application/json; gzip_proxied any; }} }} }}
 """)
     haproxy = write(d, "haproxy.cfg", f"""global
   nbthread 1
@@ -132,7 +143,9 @@ middleware:
   auth: {{ jwt: {{ algorithms: [RS256], public_key_file: {d}/pub.pem, forward_claims: {{ x-user-id: sub }} }} }}
   cors: {{ cors: {{ allow_origins: ["https://app.example.com"], allow_credentials: true }} }}
   rules: {{ headers: {{ request: {{ set: {{ x-gateway: ferroway }} }}, response: {{ remove: [server] }} }} }}
+  zip: {{ compress: {{ algorithms: [br, zstd, gzip] }} }}
 routes:
+  - {{ name: z, match: {{ path_prefix: /z/ }}, upstream: backend, strip_prefix: true, middleware: [zip] }}
   - {{ name: all, match: {{ path_prefix: / }}, upstream: backend }}
   - {{ name: mw, match: {{ path_prefix: /, headers: {{ x-bench: mw }} }}, upstream: backend, middleware: [limit, auth, cors, rules] }}
 """)
@@ -251,12 +264,15 @@ def main():
     ap.add_argument("--idle-conns", type=int, default=5000)
     ap.add_argument("--middleware", action="store_true", help="only Ferroway: a bare route against rate limit + JWT + CORS + headers")
     ap.add_argument("--h2", action="store_true", help="HTTP/2 from the client (h2load): h2 over TLS and h2c, upstream HTTP/1.1")
+    ap.add_argument("--compress", action="store_true", help="CPU per MiB compressed, per algorithm (Ferroway; NGINX gzip for reference)")
     args = ap.parse_args()
     d = tempfile.mkdtemp(prefix="ferroway-bench-")
     procs = start_all(d)
     results = {}
     if args.h2:
         return h2_main(args, d, procs)
+    if args.compress:
+        return compress_main(args, d, procs)
     if args.middleware:
         try:
             token = jwt(d)
@@ -374,6 +390,36 @@ def h2_main(args, d, procs):
     failed = {k: sum(m["failed"] for m in v) for k, v in results.items() if any(m["failed"] for m in v)}
     if failed:
         print(f"\nFailed requests: {failed}")
+
+
+def compress_main(args, d, procs):
+    """1 MiB JSON responses over 8 keep-alive connections, compressed per algorithm."""
+    cases = [("identity (no compression)", "ferroway", FERRO, "identity"), ("gzip", "ferroway", FERRO, "gzip"),
+             ("zstd", "ferroway", FERRO, "zstd"), ("br", "ferroway", FERRO, "br"), ("gzip (NGINX, level 5)", "nginx", NGINX, "gzip")]
+    results = {}
+    try:
+        for _, name, port, enc in cases:
+            wrk(port, "/z/1m.json", 8, 1, headers=(f"accept-encoding: {enc}",))
+        for r in range(args.rounds):
+            for label, name, port, enc in cases:
+                m = measure(procs[name], port, "/z/1m.json", 8, args.duration, headers=(f"accept-encoding: {enc}",))
+                results.setdefault(label, []).append(m)
+                print(f"round {r + 1} {label:28} reqs={m['reqs']:>6} cpu={m['cpu']:.2f}s non2xx={m['non2xx']} {m['sock']}", file=sys.stderr)
+    finally:
+        for p in procs.values():
+            p.send_signal(signal.SIGTERM)
+        for p in procs.values():
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(d, ignore_errors=True)
+    print(f"# Ferroway compression bench, {datetime.date.today()} ({args.rounds} interleaved rounds of {args.duration}s; 1 MiB JSON, 8 conns; medians, min–max)\n")
+    print("| coding | proxy CPU per MiB of plain body |")
+    print("|---|---|")
+    for label, *_ in cases:
+        xs = [m["cpu"] / m["reqs"] * 1e6 for m in results[label]]
+        print(f"| {label} | {med(xs):.0f} µs ({min(xs):.0f}–{max(xs):.0f}) |")
 
 
 if __name__ == "__main__":
