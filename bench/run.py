@@ -169,6 +169,18 @@ routes:
     return procs
 
 
+def stop_all(procs, d):
+    """SIGTERM every server, wait (SIGKILL after 10 s), and remove the run's files."""
+    for p in procs.values():
+        p.send_signal(signal.SIGTERM)
+    for p in procs.values():
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+    shutil.rmtree(d, ignore_errors=True)
+
+
 def jwt(d):
     """An RS256 token for the middleware scenario, signed with openssl."""
     import base64, json
@@ -284,10 +296,7 @@ def main():
                     results.setdefault(name, []).append(m)
                     print(f"round {r + 1} {name:10} reqs={m['reqs']:>8} cpu={m['cpu']:.2f}s p50={m['p50']:.0f}us p99={m['p99']:.0f}us non2xx={m['non2xx']} {m['sock']}", file=sys.stderr)
         finally:
-            for p in procs.values():
-                p.send_signal(signal.SIGTERM)
-                p.wait(timeout=10)
-            shutil.rmtree(d, ignore_errors=True)
+            stop_all(procs, d)
         cpu = {n: med([m["cpu"] / m["reqs"] * 1e6 for m in v]) for n, v in results.items()}
         print(f"# Ferroway middleware cost, {datetime.date.today()} ({args.rounds} interleaved rounds of {args.duration}s; medians)\n")
         print("| route | CPU per request | throughput per core vs bare | p50 / p99 |")
@@ -319,14 +328,7 @@ def main():
                     print(f"round {r + 1} {scen:5} {name:8} reqs={m['reqs']:>8} cpu={m['cpu']:.2f}s p50={m['p50']:.0f}us p99={m['p99']:.0f}us non2xx={m['non2xx']} {m['sock']}", file=sys.stderr)
         idle = {name: idle_rss(procs[name], port, args.idle_conns) for name, port in PROXIES}
     finally:
-        for p in procs.values():
-            p.send_signal(signal.SIGTERM)
-        for p in procs.values():
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        shutil.rmtree(d, ignore_errors=True)
+        stop_all(procs, d)
 
     def per(scen, name, unit):
         xs = [m["cpu"] / m["reqs"] * unit for m in results[(scen, name)]]
@@ -369,14 +371,7 @@ def h2_main(args, d, procs):
                     results.setdefault((scen, name), []).append(m)
                     print(f"round {r + 1} {scen:8} {name:8} reqs={m['reqs']:>8} cpu={m['cpu']:.2f}s mean={m['mean']:.0f}us failed={m['failed']}", file=sys.stderr)
     finally:
-        for p in procs.values():
-            p.send_signal(signal.SIGTERM)
-        for p in procs.values():
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        shutil.rmtree(d, ignore_errors=True)
+        stop_all(procs, d)
     print(f"# Ferroway HTTP/2 bench, {datetime.date.today()} ({args.rounds} interleaved rounds of {args.duration}s; h2load -c8 -m32; medians, min–max)\n")
     print("| figure | " + " | ".join(n for n, _ in PROXIES) + " |")
     print("|---|" + "---|" * len(PROXIES))
@@ -406,14 +401,7 @@ def compress_main(args, d, procs):
                 results.setdefault(label, []).append(m)
                 print(f"round {r + 1} {label:28} reqs={m['reqs']:>6} cpu={m['cpu']:.2f}s non2xx={m['non2xx']} {m['sock']}", file=sys.stderr)
     finally:
-        for p in procs.values():
-            p.send_signal(signal.SIGTERM)
-        for p in procs.values():
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        shutil.rmtree(d, ignore_errors=True)
+        stop_all(procs, d)
     print(f"# Ferroway compression bench, {datetime.date.today()} ({args.rounds} interleaved rounds of {args.duration}s; 1 MiB JSON, 8 conns; medians, min–max)\n")
     print("| coding | proxy CPU per MiB of plain body |")
     print("|---|---|")

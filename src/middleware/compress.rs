@@ -27,6 +27,7 @@ use http::{Method, StatusCode};
 
 use super::{Cx, Middleware, Req, Step};
 use crate::config::{Coding, CompressDef};
+use crate::proxy::headers::list_items;
 
 pub struct Compress {
     algorithms: Vec<Coding>,
@@ -54,13 +55,7 @@ impl Compress {
         if headers.get(header::CONTENT_ENCODING).is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity")) {
             return false;
         }
-        let no_transform = headers
-            .get_all(header::CACHE_CONTROL)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|d| d.trim().eq_ignore_ascii_case("no-transform"));
-        if no_transform {
+        if list_items(headers, &header::CACHE_CONTROL).any(|d| d.eq_ignore_ascii_case("no-transform")) {
             return false;
         }
         let short = headers
@@ -117,12 +112,7 @@ impl Middleware for Compress {
 
 /// `Vary: Accept-Encoding`, unless the response already varies on it or on everything.
 fn add_vary(headers: &mut HeaderMap) {
-    let covered = headers
-        .get_all(header::VARY)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|f| f.trim() == "*" || f.trim().eq_ignore_ascii_case("accept-encoding"));
+    let covered = list_items(headers, &header::VARY).any(|f| f == "*" || f.eq_ignore_ascii_case("accept-encoding"));
     if !covered {
         headers.append(header::VARY, HeaderValue::from_static("accept-encoding"));
     }

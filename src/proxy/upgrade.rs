@@ -32,12 +32,7 @@ pub fn requested(version: Version, headers: &HeaderMap, extensions: &mut http::E
     if version != Version::HTTP_11 {
         return None;
     }
-    let asks = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    let asks = super::headers::list_items(headers, &header::CONNECTION).any(|t| t.eq_ignore_ascii_case("upgrade"));
     if !asks {
         return None;
     }

@@ -91,6 +91,12 @@ pub struct AcmeStatus {
     pub not_after: Option<u64>,
 }
 
+impl std::fmt::Debug for Acme {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Acme").field("domains", &self.def.domains).finish_non_exhaustive()
+    }
+}
+
 impl Drop for Acme {
     fn drop(&mut self) {
         self.stop.notify_one();

@@ -80,12 +80,6 @@ impl ResolvesServerCert for SniResolver {
 #[derive(Debug)]
 struct AcmeResolver(Arc<Acme>);
 
-impl std::fmt::Debug for Acme {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Acme")
-    }
-}
-
 impl ResolvesServerCert for AcmeResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         self.0.resolve(&hello)
