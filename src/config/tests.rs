@@ -6,6 +6,11 @@ fn check(yaml: &str) -> Result<Config, ConfigError> {
     load_str(yaml, Path::new("gw.yaml"), [("PORT".to_string(), "9001".to_string())].into_iter().collect())
 }
 
+/// Asserts that one of `problems` starts with `prefix` (line:column: path:) and mentions `needle`.
+fn has_problem(problems: &[String], prefix: &str, needle: &str) {
+    assert!(problems.iter().any(|m| m.starts_with(prefix) && m.contains(needle)), "{prefix} {needle}: {problems:#?}")
+}
+
 fn problems(yaml: &str) -> Vec<String> {
     match check(yaml) {
         Ok(_) => panic!("config should be rejected"),
@@ -412,9 +417,7 @@ upstreams: { u: { targets: [{ address: 127.0.0.1:9000 }] } }
 routes: [{ name: r, match: { path_prefix: / }, upstream: u }]
 ";
     let p = problems(yaml);
-    let has = |prefix: &str, needle: &str| {
-        assert!(p.iter().any(|m| m.starts_with(prefix) && m.contains(needle)), "{prefix} {needle}: {p:#?}")
-    };
+    let has = |prefix: &str, needle: &str| has_problem(&p, prefix, needle);
     has("6:9: listeners[0].tls.acme:", "missing required key `cache_dir`");
     has("6:36: listeners[0].tls.acme.domains[1]:", "wildcard certificates need the dns-01 challenge");
     has("6:53: listeners[0].tls.acme.domains[2]:", "is not a DNS name");
@@ -458,9 +461,7 @@ upstreams: { u: { targets: [{ address: 127.0.0.1:9000 }] } }
 routes: [{ name: r, match: { path_prefix: / }, upstream: u, middleware: [z] }]
 ";
     let p = problems(yaml);
-    let has = |prefix: &str, needle: &str| {
-        assert!(p.iter().any(|m| m.starts_with(prefix) && m.contains(needle)), "{prefix} {needle}: {p:#?}")
-    };
+    let has = |prefix: &str, needle: &str| has_problem(&p, prefix, needle);
     has("5:24: middleware.z.compress.algorithms[1]:", "expected br, zstd or gzip");
     has("5:33: middleware.z.compress.algorithms[2]:", "listed twice");
     has("6:17: middleware.z.compress.min_size:", "");
