@@ -88,11 +88,48 @@ async fn answer(req: Request<Incoming>, control: &Arc<Control>, token: Option<&s
                 reply(StatusCode::UNPROCESSABLE_ENTITY, json!({ "status": "failed", "errors": errors }))
             }
         },
-        (_, "/healthz" | "/ready" | "/upstreams" | "/metrics" | "/reload") => {
+        (&Method::POST, "/cache/purge") => purge(control, req.uri().query()),
+        (_, "/healthz" | "/ready" | "/upstreams" | "/metrics" | "/reload" | "/cache/purge") => {
             reply(StatusCode::METHOD_NOT_ALLOWED, json!({ "error": "method not allowed" }))
         }
         _ => reply(StatusCode::NOT_FOUND, json!({ "error": "no such admin endpoint" })),
     }
+}
+
+/// `POST /cache/purge?prefix=/api/items`: drops the entries of every `cache` middleware whose
+/// normalised path starts with the prefix (`prefix=/` empties them).
+fn purge(control: &Control, query: Option<&str>) -> Response<Full<Bytes>> {
+    let prefix = query.into_iter().flat_map(|q| q.split('&')).find_map(|kv| kv.strip_prefix("prefix="));
+    let Some(prefix) = prefix.map(percent_decode) else {
+        return reply(StatusCode::BAD_REQUEST, json!({ "error": "give ?prefix=/path (a normalised path prefix)" }));
+    };
+    if !prefix.starts_with('/') {
+        return reply(StatusCode::BAD_REQUEST, json!({ "error": "the prefix is a path: it starts with /" }));
+    }
+    let caches = control.gateway.registries.middleware.caches();
+    let purged: usize = caches.iter().map(|(_, store)| store.purge(&prefix)).sum();
+    reply(StatusCode::OK, json!({ "purged": purged, "caches": caches.len() }))
+}
+
+/// `%XX` escapes of a query value decoded (the rest kept as is).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1).and_then(|&b| hex(b)), bytes.get(i + 2).and_then(|&b| hex(b))) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Ready: not shutting down, and every upstream that routes use has an available target.
@@ -132,6 +169,17 @@ fn metrics(control: &Control) -> Response<Full<Bytes>> {
         active_connections: control.open_connections(),
         middleware: control.gateway.registries.middleware.metrics(),
         acme: snapshot.acme.iter().map(|a| a.status()).collect(),
+        caches: control
+            .gateway
+            .registries
+            .middleware
+            .caches()
+            .into_iter()
+            .map(|(name, store)| {
+                let (bytes, entries) = store.usage();
+                (name, bytes, entries)
+            })
+            .collect(),
     };
     let mut r = Response::new(Full::new(Bytes::from(crate::observe::metrics::render(&scrape))));
     r.headers_mut()

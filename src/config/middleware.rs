@@ -15,8 +15,18 @@ use jsonwebtoken::{Algorithm, DecodingKey};
 use super::decode::{Decode, Dur, Fields, Located, Problems, did_you_mean, one_of, parse_str};
 use super::node::{Node, Value};
 
-pub const KINDS: &[&str] =
-    &["cors", "jwt", "api_key", "ip_filter", "rate_limit", "headers", "security_headers", "path_filter", "compress"];
+pub const KINDS: &[&str] = &[
+    "cors",
+    "jwt",
+    "api_key",
+    "ip_filter",
+    "rate_limit",
+    "headers",
+    "security_headers",
+    "path_filter",
+    "compress",
+    "cache",
+];
 
 #[derive(Debug)]
 pub struct MiddlewareDef {
@@ -35,6 +45,7 @@ pub enum MiddlewareKind {
     SecurityHeaders(SecurityHeadersDef),
     PathFilter(PathFilterDef),
     Compress(CompressDef),
+    Cache(CacheDef),
 }
 
 impl MiddlewareKind {
@@ -49,6 +60,7 @@ impl MiddlewareKind {
             MiddlewareKind::SecurityHeaders(_) => "security_headers",
             MiddlewareKind::PathFilter(_) => "path_filter",
             MiddlewareKind::Compress(_) => "compress",
+            MiddlewareKind::Cache(_) => "cache",
         }
     }
 }
@@ -92,6 +104,7 @@ pub(super) fn decode_middleware(node: &Node, path: &str, p: &mut Problems) -> Ve
             "security_headers" => SecurityHeadersDef::decode(body, &body_path, p).map(MiddlewareKind::SecurityHeaders),
             "path_filter" => PathFilterDef::decode(body, &body_path, p).map(MiddlewareKind::PathFilter),
             "compress" => CompressDef::decode(body, &body_path, p).map(MiddlewareKind::Compress),
+            "cache" => CacheDef::decode(body, &body_path, p).map(MiddlewareKind::Cache),
             other => {
                 let hint = match did_you_mean(other, KINDS) {
                     Some(near) => format!("did you mean `{near}`?"),
@@ -522,6 +535,80 @@ impl Decode for IpFilterDef {
             p.add(f.pos(), path, "give `allow`, `deny` or both (CIDR lists)");
         }
         Some(IpFilterDef { allow, deny })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Response cache
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheKeyPart {
+    Method,
+    Host,
+    Path,
+    Query,
+}
+
+/// `cache`: a shared response cache (RFC 9111) in memory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheDef {
+    /// Bytes held in all (bodies, headers and keys).
+    pub max_size: u64,
+    /// Larger responses stream through uncached.
+    pub max_object_size: u64,
+    /// Freshness for a storable response that states none.
+    pub default_ttl: Duration,
+    pub key: Vec<CacheKeyPart>,
+    /// How long past freshness an entry may be served while one request refreshes it.
+    pub stale_while_revalidate: Duration,
+}
+
+impl Decode for CacheDef {
+    fn decode(node: &Node, path: &str, p: &mut Problems) -> Option<Self> {
+        const KEYS: &[&str] = &["max_size", "max_object_size", "default_ttl", "key", "stale_while_revalidate"];
+        let f = Fields::new(node, path, KEYS, p)?;
+        let max_size = f.opt::<super::decode::ByteSize>("max_size", p).map_or(256 << 20, |s| s.0);
+        let max_object_size = f.opt::<super::decode::ByteSize>("max_object_size", p).map_or(1 << 20, |s| s.0);
+        if max_object_size > max_size || max_object_size > u64::from(u32::MAX) {
+            let at = f.node("max_object_size").map_or(f.pos(), |n| n.pos);
+            p.add(
+                at,
+                &super::decode::child_path(path, "max_object_size"),
+                format!("max_object_size must be at most max_size ({max_size} bytes) and under 4GiB"),
+            );
+        }
+        let key = match f.opt::<Vec<Located<String>>>("key", p) {
+            None => vec![CacheKeyPart::Method, CacheKeyPart::Host, CacheKeyPart::Path, CacheKeyPart::Query],
+            Some(list) => {
+                let parts: Vec<CacheKeyPart> = list
+                    .iter()
+                    .filter_map(|k| {
+                        one_of(k, p, "cache key part", "method, host, path or query", |s| match s {
+                            "method" => Some(CacheKeyPart::Method),
+                            "host" => Some(CacheKeyPart::Host),
+                            "path" => Some(CacheKeyPart::Path),
+                            "query" => Some(CacheKeyPart::Query),
+                            _ => None,
+                        })
+                    })
+                    .collect();
+                if !list.iter().any(|k| k.value == "path") {
+                    p.add(
+                        f.node("key").map_or(f.pos(), |n| n.pos),
+                        &super::decode::child_path(path, "key"),
+                        "the key must include `path`, or every path would share one entry",
+                    );
+                }
+                parts
+            }
+        };
+        Some(CacheDef {
+            max_size,
+            max_object_size,
+            default_ttl: f.opt::<Dur>("default_ttl", p).map_or(Duration::ZERO, |d| d.0),
+            key,
+            stale_while_revalidate: f.opt::<Dur>("stale_while_revalidate", p).map_or(Duration::ZERO, |d| d.0),
+        })
     }
 }
 

@@ -468,3 +468,22 @@ routes: [{ name: r, match: { path_prefix: / }, upstream: u, middleware: [z] }]
     has("7:31: middleware.z.compress.content_types[1]:", "not a media type");
     has("7:37: middleware.z.compress.content_types[2]:", "not a media type");
 }
+
+#[test]
+fn cache_settings_are_checked() {
+    let yaml = "\
+listeners: [{ name: p, address: 127.0.0.1:8080 }]
+middleware:
+  c:
+    cache:
+      max_size: 1MiB
+      max_object_size: 2MiB
+      key: [method, host, cookie]
+upstreams: { u: { targets: [{ address: 127.0.0.1:9000 }] } }
+routes: [{ name: r, match: { path_prefix: / }, upstream: u, middleware: [c] }]
+";
+    let p = problems(yaml);
+    has_problem(&p, "6:24: middleware.c.cache.max_object_size:", "at most max_size");
+    has_problem(&p, "7:27: middleware.c.cache.key[2]:", "expected method, host, path or query");
+    has_problem(&p, "7:12: middleware.c.cache.key:", "must include `path`");
+}

@@ -89,7 +89,7 @@ impl Middleware for Cors {
         if cx.preflight {
             // Answered here whether or not the origin is allowed: the upstream has no business
             // with a preflight this middleware owns, and a refused one simply lacks the headers.
-            return Step::Answer(Answer::plain(StatusCode::NO_CONTENT, HeaderMap::new(), Box::default()));
+            return Step::Answer(Answer::plain(StatusCode::NO_CONTENT, HeaderMap::new(), bytes::Bytes::new()));
         }
         Step::Next
     }

@@ -8,6 +8,7 @@
 //! Middleware never touches the body.
 
 pub mod api_key;
+pub mod cache;
 pub mod client_ip;
 pub mod compress;
 pub mod cors;
@@ -23,6 +24,8 @@ use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+
+use bytes::Bytes;
 
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 
@@ -56,6 +59,8 @@ pub struct Cx {
     pub accept_coding: Option<crate::config::Coding>,
     /// The coding a `compress` middleware applied to this response (its body is encoded).
     pub encode: std::sync::OnceLock<crate::config::Coding>,
+    /// A `cache` middleware's view of this request, from lookup to store.
+    pub cache: Option<Box<cache::RequestState>>,
     position: usize,
     ran: usize,
     /// Position of the first `cors` middleware, which answers preflights.
@@ -89,23 +94,24 @@ pub struct Answer {
     /// Error answers carry a JSON body and count as that kind; `None` sends `body`.
     pub kind: Option<ErrorKind>,
     pub headers: HeaderMap,
-    /// Boxed rather than `Bytes` to keep `Answer` (an `Err` on hot paths) small.
-    pub body: Box<[u8]>,
+    /// Boxed to keep `Answer` (an `Err` on hot paths) small; `None` is empty.
+    pub body: Option<Box<Bytes>>,
 }
 
 impl From<ErrorKind> for Answer {
     fn from(kind: ErrorKind) -> Answer {
-        Answer { status: kind.status(), kind: Some(kind), headers: HeaderMap::new(), body: Box::default() }
+        Answer { status: kind.status(), kind: Some(kind), headers: HeaderMap::new(), body: None }
     }
 }
 
 impl Answer {
     pub fn error(kind: ErrorKind, headers: HeaderMap) -> Answer {
-        Answer { status: kind.status(), kind: Some(kind), headers, body: Box::default() }
+        Answer { status: kind.status(), kind: Some(kind), headers, body: None }
     }
 
     /// An answer that is not an error: `status` with `headers` and `body`.
-    pub fn plain(status: StatusCode, headers: HeaderMap, body: Box<[u8]>) -> Answer {
+    pub fn plain(status: StatusCode, headers: HeaderMap, body: Bytes) -> Answer {
+        let body = (!body.is_empty()).then(|| Box::new(body));
         Answer { status, kind: None, headers, body }
     }
 }
@@ -125,7 +131,8 @@ pub enum Step<'a> {
 pub struct Req<'r> {
     pub method: &'r Method,
     pub uri: &'r Uri,
-    /// The normalised path routing matched (see `routing::normalize`).
+    /// The normalised host (lower case, no port) and path routing matched.
+    pub host: &'r str,
     pub path: &'r str,
     pub headers: &'r mut HeaderMap,
 }
@@ -168,6 +175,7 @@ impl Chain {
             rate_limits: Vec::new(),
             accept_coding: None,
             encode: std::sync::OnceLock::new(),
+            cache: None,
             position: 0,
             ran: 0,
             cors_at: self.cors_at,
@@ -232,10 +240,13 @@ pub enum Outcome {
     UnknownKey,
     InvalidKey,
     Denied,
+    CacheHit,
+    CacheMiss,
+    CacheStale,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 18] = [
+    pub const ALL: [Outcome; 21] = [
         Outcome::Allowed,
         Outcome::Limited,
         Outcome::StoreErrorAllowed,
@@ -254,6 +265,9 @@ impl Outcome {
         Outcome::UnknownKey,
         Outcome::InvalidKey,
         Outcome::Denied,
+        Outcome::CacheHit,
+        Outcome::CacheMiss,
+        Outcome::CacheStale,
     ];
 
     pub fn label(self) -> &'static str {
@@ -276,6 +290,9 @@ impl Outcome {
             Outcome::UnknownKey => "unknown_key",
             Outcome::InvalidKey => "invalid_key",
             Outcome::Denied => "denied",
+            Outcome::CacheHit => "hit",
+            Outcome::CacheMiss => "miss",
+            Outcome::CacheStale => "stale",
         }
     }
 }
@@ -290,6 +307,7 @@ pub struct Registry {
     local_limits: Mutex<HashMap<String, Weak<rate_limit::LocalStore>>>,
     jwks: Mutex<HashMap<String, Weak<jwt::Jwks>>>,
     redis: Mutex<HashMap<String, Weak<rate_limit::RedisStore>>>,
+    caches: Mutex<HashMap<String, Weak<cache::Store>>>,
     metrics: Mutex<HashMap<String, Arc<MiddlewareMetrics>>>,
 }
 
@@ -305,6 +323,17 @@ fn shared<T>(map: &Mutex<HashMap<String, Weak<T>>>, key: String, make: impl FnOn
 }
 
 impl Registry {
+    /// Live response caches by middleware name (for `/metrics` and purges).
+    pub fn caches(&self) -> Vec<(String, Arc<cache::Store>)> {
+        let map = self.caches.lock().unwrap_or_else(|e| e.into_inner());
+        let mut list: Vec<(String, Arc<cache::Store>)> = map
+            .iter()
+            .filter_map(|(k, w)| Some((k.split_once('\0').map_or(k.as_str(), |(n, _)| n).to_owned(), w.upgrade()?)))
+            .collect();
+        list.sort_by(|a, b| a.0.cmp(&b.0));
+        list
+    }
+
     pub fn metrics(&self) -> Vec<(String, Arc<MiddlewareMetrics>)> {
         let map = self.metrics.lock().unwrap_or_else(|e| e.into_inner());
         let mut list: Vec<_> = map.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
@@ -378,6 +407,12 @@ pub fn compile(config: &Config, registry: &Registry) -> Compiled {
             MiddlewareKind::SecurityHeaders(def) => Arc::new(headers::SecurityHeaders::new(def)),
             MiddlewareKind::PathFilter(def) => Arc::new(path_filter::PathFilter::new(def, metrics)),
             MiddlewareKind::Compress(def) => Arc::new(compress::Compress::new(def)),
+            MiddlewareKind::Cache(def) => {
+                // Entries survive a reload that leaves this definition as it was.
+                let store =
+                    shared(&registry.caches, format!("{}\0{:?}", name.value, def), || cache::Store::new(def.max_size));
+                Arc::new(cache::Cache::new(def, store, metrics))
+            }
         };
         by_name.insert(name.value.clone(), m);
     }

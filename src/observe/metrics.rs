@@ -119,6 +119,8 @@ pub struct Scrape<'a> {
     pub middleware: Vec<(String, Arc<crate::middleware::MiddlewareMetrics>)>,
     /// ACME certificates of the running config, by first domain.
     pub acme: Vec<crate::server::acme::AcmeStatus>,
+    /// Response caches by middleware name: bytes held and entries.
+    pub caches: Vec<(String, u64, u64)>,
 }
 
 pub fn render(s: &Scrape<'_>) -> String {
@@ -287,6 +289,16 @@ pub fn render(s: &Scrape<'_>) -> String {
             }
         }
     }
+    if !s.caches.is_empty() {
+        header(&mut out, "ferroway_cache_bytes", "gauge", "Bytes a response cache holds (bodies, headers, keys).");
+        for (name, bytes, _) in &s.caches {
+            let _ = writeln!(out, "ferroway_cache_bytes{{middleware=\"{}\"}} {bytes}", label(name));
+        }
+        header(&mut out, "ferroway_cache_entries", "gauge", "Entries a response cache holds.");
+        for (name, _, entries) in &s.caches {
+            let _ = writeln!(out, "ferroway_cache_entries{{middleware=\"{}\"}} {entries}", label(name));
+        }
+    }
     header(&mut out, "ferroway_build_info", "gauge", "Build information.");
     let _ = writeln!(out, "ferroway_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
     out
@@ -295,7 +307,7 @@ pub fn render(s: &Scrape<'_>) -> String {
 /// Rate-limit decisions, auth outcomes and IP-filter decisions, each under its own name.
 fn render_middleware(out: &mut String, all: &[(String, Arc<crate::middleware::MiddlewareMetrics>)]) {
     use crate::middleware::Outcome;
-    let families: [(&str, &[&str], &str, &str); 4] = [
+    let families: [(&str, &[&str], &str, &str); 5] = [
         (
             "ferroway_ratelimit_decisions_total",
             &["rate_limit"],
@@ -315,6 +327,7 @@ fn render_middleware(out: &mut String, all: &[(String, Arc<crate::middleware::Mi
             "decision",
             "Path filter decisions by middleware (denied: answered 404).",
         ),
+        ("ferroway_cache_requests_total", &["cache"], "result", "Response cache lookups by middleware and result."),
     ];
     for (name, kinds, label_name, help) in families {
         header(out, name, "counter", help);
@@ -331,6 +344,7 @@ fn render_middleware(out: &mut String, all: &[(String, Arc<crate::middleware::Mi
                             | Outcome::Untracked
                     ),
                     "ip_filter" | "path_filter" => matches!(outcome, Outcome::Allowed | Outcome::Denied),
+                    "cache" => matches!(outcome, Outcome::CacheHit | Outcome::CacheMiss | Outcome::CacheStale),
                     _ => n > 0 || matches!(outcome, Outcome::Authenticated),
                 };
                 if relevant {

@@ -17,6 +17,7 @@ use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use crate::config::Coding;
+use crate::middleware::cache::Filling;
 use crate::middleware::compress::Encoder;
 use crate::observe::access_log::Entry;
 use crate::observe::metrics::RouteMetrics;
@@ -183,6 +184,8 @@ pub struct ResponseBody {
     source: Source,
     /// Set when a `compress` middleware encodes this response.
     encoding: Option<Box<Encoding>>,
+    /// Set when a `cache` middleware stores this response: it sees every byte sent.
+    tee: Option<Box<Filling>>,
     sent: u64,
     ended: bool,
     log: Option<Entry>,
@@ -200,13 +203,14 @@ struct Encoding {
 impl ResponseBody {
     pub fn upstream(body: Incoming, log: Option<Entry>, done: Done, in_flight: InFlight, idle: Duration) -> Self {
         let source = Source::Upstream { body, _in_flight: in_flight, idle: IdleTimer::new(idle) };
-        ResponseBody { source, encoding: None, sent: 0, ended: false, log, done: Some(done) }
+        ResponseBody { source, encoding: None, tee: None, sent: 0, ended: false, log, done: Some(done) }
     }
 
     pub fn fixed(bytes: Bytes, log: Option<Entry>, done: Done) -> Self {
         ResponseBody {
             source: Source::Fixed(Some(bytes)),
             encoding: None,
+            tee: None,
             sent: 0,
             ended: false,
             log,
@@ -215,7 +219,25 @@ impl ResponseBody {
     }
 
     pub fn empty() -> Self {
-        ResponseBody { source: Source::Fixed(None), encoding: None, sent: 0, ended: true, log: None, done: None }
+        ResponseBody {
+            source: Source::Fixed(None),
+            encoding: None,
+            tee: None,
+            sent: 0,
+            ended: true,
+            log: None,
+            done: None,
+        }
+    }
+
+    /// Copies the body, as sent, into the cache (see `cache::Filling`).
+    pub fn tee(&mut self, filling: Box<Filling>) {
+        self.tee = Some(filling);
+    }
+
+    /// Sends `body` instead of the source's (the cache turning a 304 back into its entry).
+    pub fn replace(&mut self, body: Bytes) {
+        self.source = Source::Fixed(Some(body));
     }
 
     /// Compresses the body with `coding` (the headers already say so).
@@ -286,13 +308,32 @@ impl Body for ResponseBody {
         let this = &mut *self;
         let polled = if this.encoding.is_some() { this.poll_encoded(cx) } else { this.poll_source(cx) };
         match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
+            Poll::Ready(Some(Ok(frame))) => match frame.data_ref() {
+                Some(data) => {
                     this.sent += data.len() as u64;
+                    if let Some(tee) = this.tee.as_mut()
+                        && !tee.data(data)
+                    {
+                        this.tee = None;
+                    }
+                    // hyper stops polling a body whose length it knows once it has it all.
+                    if this.is_end_stream()
+                        && let Some(tee) = this.tee.take()
+                    {
+                        tee.end();
+                    }
+                }
+                // A response with trailers is not stored: an entry holds no trailers.
+                None => this.tee = None,
+            },
+            Poll::Ready(None) => {
+                this.ended = true;
+                if let Some(tee) = this.tee.take() {
+                    tee.end();
                 }
             }
-            Poll::Ready(None) => this.ended = true,
             Poll::Ready(Some(Err(_))) => {
+                this.tee = None;
                 if let Some(log) = &mut this.log {
                     log.error.get_or_insert("upstream_body_error");
                 }

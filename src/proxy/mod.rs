@@ -28,6 +28,7 @@ use self::error::ErrorKind;
 use self::forward::{Outgoing, Payload};
 use self::headers::{Peer, X_REQUEST_ID};
 use crate::config::HostHeader;
+use crate::middleware::cache::Finishing;
 use crate::middleware::client_ip;
 use crate::middleware::{Answer, Chain, Cx, Req};
 use crate::observe::access_log::Entry;
@@ -101,12 +102,23 @@ pub async fn handle(req: Request<Incoming>, peer: &Peer, gw: &Gateway) -> Respon
             if let Some(c) = chained.as_mut() {
                 c.chain.response(&mut c.cx, resp.status(), resp.headers_mut());
             }
+            let cached = chained.as_ref().and_then(|c| c.cx.cache.as_deref()).and_then(|state| {
+                let mut status = resp.status();
+                let finishing = crate::middleware::cache::finish(state, &mut status, resp.headers());
+                *resp.status_mut() = status;
+                finishing
+            });
             let status = resp.status().as_u16();
             if let Some(e) = entry.as_mut() {
                 e.status = status;
             }
             let done = Done { metrics, method, status, start };
             let mut resp = resp.map(|b| ResponseBody::upstream(b, entry, done, in_flight, idle));
+            match cached {
+                Some(Finishing::Body(body)) => resp.body_mut().replace(body),
+                Some(Finishing::Tee(filling)) => resp.body_mut().tee(filling),
+                None => {}
+            }
             if let Some(coding) = chained.as_ref().and_then(|c| c.cx.encode.get().copied()) {
                 resp.body_mut().encode(coding);
             }
@@ -167,7 +179,7 @@ fn answer_response(
             h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             (answer.status, error::json_body(kind, request_id.to_str().unwrap_or("-")))
         }
-        None => (answer.status, Bytes::from(answer.body)),
+        None => (answer.status, answer.body.map_or_else(Bytes::new, |b| *b)),
     };
     h.insert(X_REQUEST_ID.clone(), request_id.clone());
     // Stated, not only implied by the body, so response hooks (compress's min_size) see it.
@@ -224,7 +236,7 @@ async fn route_and_forward(
     // The client as the middleware sees it, read before this hop is added to X-Forwarded-For.
     if let Some(chain) = &route.chain {
         let ip = client_ip::client_ip(ctx.peer.addr.ip(), &parts.headers, &snapshot.trusted_proxies);
-        let req = Req { method: &parts.method, uri: &parts.uri, path: &path, headers: &mut parts.headers };
+        let req = Req { method: &parts.method, uri: &parts.uri, host: &host, path: &path, headers: &mut parts.headers };
         let subject = ctx.peer.client_cert_subject.clone();
         let cx = chain.new_cx(ip, subject, route.name.clone(), ctx.request_id.clone(), &req);
         *chained = Some(Chained { chain: chain.clone(), cx });
@@ -264,7 +276,8 @@ async fn route_and_forward(
 
     // Request hooks in order; one may answer instead of the upstream.
     if let Some(c) = chained.as_mut() {
-        let mut req = Req { method: &parts.method, uri: &parts.uri, path: &path, headers: &mut parts.headers };
+        let mut req =
+            Req { method: &parts.method, uri: &parts.uri, host: &host, path: &path, headers: &mut parts.headers };
         c.chain.request(&mut c.cx, &mut req).await?;
     }
 
@@ -316,7 +329,7 @@ fn redirect_to_https<B>(req: &Request<B>, port: u16) -> Answer {
     let Ok(location) = HeaderValue::try_from(location) else { return ErrorKind::BadRequest.into() };
     let mut headers = http::HeaderMap::new();
     headers.insert(header::LOCATION, location);
-    Answer::plain(http::StatusCode::PERMANENT_REDIRECT, headers, Box::default())
+    Answer::plain(http::StatusCode::PERMANENT_REDIRECT, headers, Bytes::new())
 }
 
 /// The host the client asked for. HTTP/2 carries it in `:authority`, HTTP/1.1 in `Host`

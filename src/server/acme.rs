@@ -57,7 +57,7 @@ pub struct Acme {
     /// tls-alpn-01 certificates by domain while an order is pending.
     alpn: ArcSwap<HashMap<String, Arc<CertifiedKey>>>,
     /// http-01 key authorizations by token while an order is pending.
-    tokens: ArcSwap<HashMap<String, Box<[u8]>>>,
+    tokens: ArcSwap<HashMap<String, Bytes>>,
     started: AtomicBool,
     orders_ok: AtomicU64,
     orders_failed: AtomicU64,
@@ -133,7 +133,7 @@ impl Acme {
     }
 
     /// The key authorization for an http-01 token, while its order is pending.
-    pub fn http01(&self, token: &str) -> Option<Box<[u8]>> {
+    pub fn http01(&self, token: &str) -> Option<Bytes> {
         self.tokens.load().get(token).cloned()
     }
 
@@ -279,7 +279,7 @@ impl Acme {
                     self.alpn.store(Arc::new(alpn.clone()));
                 }
                 AcmeChallenge::Http01 => {
-                    tokens.insert(challenge.token.clone(), key_auth.as_str().as_bytes().into());
+                    tokens.insert(challenge.token.clone(), Bytes::copy_from_slice(key_auth.as_str().as_bytes()));
                     self.tokens.store(Arc::new(tokens.clone()));
                 }
             }
