@@ -144,7 +144,9 @@ middleware:
   cors: {{ cors: {{ allow_origins: ["https://app.example.com"], allow_credentials: true }} }}
   rules: {{ headers: {{ request: {{ set: {{ x-gateway: ferroway }} }}, response: {{ remove: [server] }} }} }}
   zip: {{ compress: {{ algorithms: [br, zstd, gzip] }} }}
+  hot: {{ cache: {{ default_ttl: 1h }} }}
 routes:
+  - {{ name: c, match: {{ path_prefix: /c/ }}, upstream: backend, strip_prefix: true, middleware: [hot] }}
   - {{ name: z, match: {{ path_prefix: /z/ }}, upstream: backend, strip_prefix: true, middleware: [zip] }}
   - {{ name: all, match: {{ path_prefix: / }}, upstream: backend }}
   - {{ name: mw, match: {{ path_prefix: /, headers: {{ x-bench: mw }} }}, upstream: backend, middleware: [limit, auth, cors, rules] }}
@@ -277,6 +279,7 @@ def main():
     ap.add_argument("--middleware", action="store_true", help="only Ferroway: a bare route against rate limit + JWT + CORS + headers")
     ap.add_argument("--h2", action="store_true", help="HTTP/2 from the client (h2load): h2 over TLS and h2c, upstream HTTP/1.1")
     ap.add_argument("--compress", action="store_true", help="CPU per MiB compressed, per algorithm (Ferroway; NGINX gzip for reference)")
+    ap.add_argument("--cache", action="store_true", help="only Ferroway: a cache hit against proxying the same small response")
     args = ap.parse_args()
     d = tempfile.mkdtemp(prefix="ferroway-bench-")
     procs = start_all(d)
@@ -285,6 +288,8 @@ def main():
         return h2_main(args, d, procs)
     if args.compress:
         return compress_main(args, d, procs)
+    if args.cache:
+        return cache_main(args, d, procs)
     if args.middleware:
         try:
             token = jwt(d)
@@ -385,6 +390,30 @@ def h2_main(args, d, procs):
     failed = {k: sum(m["failed"] for m in v) for k, v in results.items() if any(m["failed"] for m in v)}
     if failed:
         print(f"\nFailed requests: {failed}")
+
+
+def cache_main(args, d, procs):
+    """The small response over 64 keep-alive connections: proxied, and answered from the cache."""
+    cases = [("proxied", "/small"), ("cache hit", "/c/small")]
+    results = {}
+    try:
+        for _, path in cases:
+            wrk(FERRO, path, 64, 1)
+        for r in range(args.rounds):
+            for label, path in cases:
+                m = measure(procs["ferroway"], FERRO, path, 64, args.duration)
+                results.setdefault(label, []).append(m)
+                print(f"round {r + 1} {label:10} reqs={m['reqs']:>8} cpu={m['cpu']:.2f}s p50={m['p50']:.0f}us p99={m['p99']:.0f}us non2xx={m['non2xx']} {m['sock']}", file=sys.stderr)
+    finally:
+        stop_all(procs, d)
+    cpu = {n: med([m["cpu"] / m["reqs"] * 1e6 for m in v]) for n, v in results.items()}
+    print(f"# Ferroway cache bench, {datetime.date.today()} ({args.rounds} interleaved rounds of {args.duration}s; small response, 64 conns; medians)\n")
+    print("| answer | CPU per request | vs proxied | p50 / p99 |")
+    print("|---|---|---|---|")
+    for label, _ in cases:
+        p50 = med([m["p50"] for m in results[label]])
+        p99 = med([m["p99"] for m in results[label]])
+        print(f"| {label} | {cpu[label]:.1f} µs | {cpu[label] / cpu['proxied']:.2f}× | {p50:.0f} / {p99:.0f} µs |")
 
 
 def compress_main(args, d, procs):
