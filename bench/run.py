@@ -291,29 +291,9 @@ def main():
     if args.cache:
         return cache_main(args, d, procs)
     if args.middleware:
-        try:
-            token = jwt(d)
-            mw = ("x-bench: mw", f"authorization: Bearer {token}", "origin: https://app.example.com")
-            wrk(FERRO, "/small", 64, 1, headers=mw)
-            for r in range(args.rounds):
-                for name, headers in (("bare", ()), ("middleware", mw)):
-                    m = measure(procs["ferroway"], FERRO, "/small", 64, args.duration, headers=headers)
-                    results.setdefault(name, []).append(m)
-                    print(f"round {r + 1} {name:10} reqs={m['reqs']:>8} cpu={m['cpu']:.2f}s p50={m['p50']:.0f}us p99={m['p99']:.0f}us non2xx={m['non2xx']} {m['sock']}", file=sys.stderr)
-        finally:
-            stop_all(procs, d)
-        cpu = {n: med([m["cpu"] / m["reqs"] * 1e6 for m in v]) for n, v in results.items()}
-        print(f"# Ferroway middleware cost, {datetime.date.today()} ({args.rounds} interleaved rounds of {args.duration}s; medians)\n")
-        print("| route | CPU per request | throughput per core vs bare | p50 / p99 |")
-        print("|---|---|---|---|")
-        for n in ("bare", "middleware"):
-            p50 = med([m["p50"] for m in results[n]])
-            p99 = med([m["p99"] for m in results[n]])
-            print(f"| {n} | {cpu[n]:.1f} µs | {cpu['bare'] / cpu[n] * 100:.0f}% | {p50:.0f} / {p99:.0f} µs |")
-        bad = {k: sum(m["non2xx"] for m in v) for k, v in results.items() if any(m["non2xx"] or m["sock"] for m in v)}
-        if bad:
-            print(f"\nErrors seen (non-2xx counts): {bad}")
-        return
+        token = jwt(d)
+        mw = ("x-bench: mw", f"authorization: Bearer {token}", "origin: https://app.example.com")
+        return ferroway_ab(args, d, procs, "Ferroway middleware cost", [("bare", "/small", ()), ("middleware", "/small", mw)])
     try:
         for _ in range(2):  # warm pools and caches
             for name, port in PROXIES:
@@ -393,27 +373,36 @@ def h2_main(args, d, procs):
 
 
 def cache_main(args, d, procs):
-    """The small response over 64 keep-alive connections: proxied, and answered from the cache."""
-    cases = [("proxied", "/small"), ("cache hit", "/c/small")]
+    """The small response proxied, and answered from the cache."""
+    return ferroway_ab(args, d, procs, "Ferroway cache bench", [("proxied", "/small", ()), ("cache hit", "/c/small", ())])
+
+
+def ferroway_ab(args, d, procs, title, cases):
+    """Ferroway alone: each (label, path, headers) case over 64 keep-alive connections, rounds
+    interleaved; CPU per request against the first case."""
     results = {}
     try:
-        for _, path in cases:
-            wrk(FERRO, path, 64, 1)
+        for _, path, headers in cases:
+            wrk(FERRO, path, 64, 1, headers=headers)
         for r in range(args.rounds):
-            for label, path in cases:
-                m = measure(procs["ferroway"], FERRO, path, 64, args.duration)
+            for label, path, headers in cases:
+                m = measure(procs["ferroway"], FERRO, path, 64, args.duration, headers=headers)
                 results.setdefault(label, []).append(m)
                 print(f"round {r + 1} {label:10} reqs={m['reqs']:>8} cpu={m['cpu']:.2f}s p50={m['p50']:.0f}us p99={m['p99']:.0f}us non2xx={m['non2xx']} {m['sock']}", file=sys.stderr)
     finally:
         stop_all(procs, d)
     cpu = {n: med([m["cpu"] / m["reqs"] * 1e6 for m in v]) for n, v in results.items()}
-    print(f"# Ferroway cache bench, {datetime.date.today()} ({args.rounds} interleaved rounds of {args.duration}s; small response, 64 conns; medians)\n")
-    print("| answer | CPU per request | vs proxied | p50 / p99 |")
-    print("|---|---|---|---|")
-    for label, _ in cases:
+    base = cases[0][0]
+    print(f"# {title}, {datetime.date.today()} ({args.rounds} interleaved rounds of {args.duration}s; small response, 64 conns; medians)\n")
+    print(f"| case | CPU per request | CPU vs {base} | throughput per core vs {base} | p50 / p99 |")
+    print("|---|---|---|---|---|")
+    for label, _, _ in cases:
         p50 = med([m["p50"] for m in results[label]])
         p99 = med([m["p99"] for m in results[label]])
-        print(f"| {label} | {cpu[label]:.1f} µs | {cpu[label] / cpu['proxied']:.2f}× | {p50:.0f} / {p99:.0f} µs |")
+        print(f"| {label} | {cpu[label]:.1f} µs | {cpu[label] / cpu[base]:.2f}× | {cpu[base] / cpu[label] * 100:.0f}% | {p50:.0f} / {p99:.0f} µs |")
+    bad = {k: sum(m["non2xx"] for m in v) for k, v in results.items() if any(m["non2xx"] or m["sock"] for m in v)}
+    if bad:
+        print(f"\nErrors seen (non-2xx counts): {bad}")
 
 
 def compress_main(args, d, procs):

@@ -434,7 +434,8 @@ impl Cache {
             default_ttl: self.default_ttl,
             stale_while_revalidate: self.stale_while_revalidate,
             revalidating,
-            req_headers: req.headers.clone(),
+            // Only a GET's response is stored under a variant key.
+            req_headers: if *req.method == Method::GET { req.headers.clone() } else { HeaderMap::new() },
             fill: Mutex::new(None),
             finish: Mutex::new(Finish::AsIs),
         }
