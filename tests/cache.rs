@@ -343,3 +343,26 @@ async fn cached_before_compress_each_coding_is_its_own_variant() {
     assert_eq!((x_cache(&plain2), plain2.body.len()), ("HIT", 5000));
     assert_eq!(o.served.load(Ordering::SeqCst), 2);
 }
+
+#[tokio::test]
+async fn a_must_revalidate_entry_is_never_served_stale() {
+    let o = origin().await;
+    let gw = Arc::new(cached_gateway(&o, "stale_while_revalidate: 10s", "c", "").await);
+    let path = "/mr?h=cache-control:max-age%3D1,must-revalidate&h=age:3&block";
+    o.gate.send_replace(true);
+    get_h(&gw, path, &[]).await;
+    o.gate.send_replace(false);
+    let spawn = |gw: Arc<TestGateway>| tokio::spawn(async move { get_h(&gw, path, &[]).await });
+    let refresher = spawn(gw.clone());
+    while o.served.load(Ordering::SeqCst) < 2 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let waiter = spawn(gw.clone());
+    o.gate.send_replace(true);
+    let (refreshed, waited) = (refresher.await.expect("task"), waiter.await.expect("task"));
+    assert_eq!(x_cache(&refreshed), "MISS");
+    assert_ne!(x_cache(&waited), "STALE", "must-revalidate: never stale");
+    // The origin's answers are stale on arrival (age 3 > max-age 1), so the waiter, released
+    // by the refresh, fetches for itself rather than take a stale one.
+    assert!(!waited.text().starts_with("n=1 "), "never the stale entry: {}", waited.text());
+}
