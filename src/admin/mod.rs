@@ -97,39 +97,19 @@ async fn answer(req: Request<Incoming>, control: &Arc<Control>, token: Option<&s
 }
 
 /// `POST /cache/purge?prefix=/api/items`: drops the entries of every `cache` middleware whose
-/// normalised path starts with the prefix (`prefix=/` empties them).
+/// path starts with the prefix (`prefix=/` empties them). The prefix is normalised as request
+/// paths are (`/api/%69tems` is `/api/items`), since entries hold normalised paths.
 fn purge(control: &Control, query: Option<&str>) -> Response<Full<Bytes>> {
     let prefix = query.into_iter().flat_map(|q| q.split('&')).find_map(|kv| kv.strip_prefix("prefix="));
-    let Some(prefix) = prefix.map(percent_decode) else {
-        return reply(StatusCode::BAD_REQUEST, json!({ "error": "give ?prefix=/path (a normalised path prefix)" }));
+    let Some(prefix) = prefix.and_then(|p| crate::routing::normalize_path(p.as_bytes()).ok()) else {
+        return reply(
+            StatusCode::BAD_REQUEST,
+            json!({ "error": "give ?prefix=/path (a path prefix starting with /)" }),
+        );
     };
-    if !prefix.starts_with('/') {
-        return reply(StatusCode::BAD_REQUEST, json!({ "error": "the prefix is a path: it starts with /" }));
-    }
     let caches = control.gateway.registries.middleware.caches();
     let purged: usize = caches.iter().map(|(_, store)| store.purge(&prefix)).sum();
     reply(StatusCode::OK, json!({ "purged": purged, "caches": caches.len() }))
-}
-
-/// `%XX` escapes of a query value decoded (the rest kept as is).
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (bytes[i], bytes.get(i + 1).and_then(|&b| hex(b)), bytes.get(i + 2).and_then(|&b| hex(b))) {
-            (b'%', Some(h), Some(l)) => {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Ready: not shutting down, and every upstream that routes use has an available target.
