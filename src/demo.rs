@@ -62,4 +62,5 @@ Try:
   curl -si localhost:8080/nowhere                # 404: no route; JSON body with the request id
   curl -si localhost:8080/broken                 # 502: the upstream refuses connections
   curl -si -X DELETE localhost:8080/api/orders   # 404: route `orders` takes GET and POST only
+Live dashboard: http://127.0.0.1:9901/ (admin listener; metrics at /metrics)
 Ctrl-C stops the gateway and the backends.";

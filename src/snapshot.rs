@@ -50,6 +50,8 @@ pub struct Snapshot {
     pub watched_files: Vec<PathBuf>,
     /// Certificates this config obtains by ACME (http-01 tokens are looked up here).
     pub acme: Vec<Arc<Acme>>,
+    /// Route names in config order (the dashboard lists these).
+    pub route_names: Vec<Arc<str>>,
 }
 
 /// Why a checked config still could not be compiled (for example an upstream address that
@@ -133,6 +135,7 @@ pub fn compile(config: &Config, registries: &Registries) -> Result<Snapshot, Com
         listeners.insert(l.name.value.clone(), Arc::new(ListenerRuntime { tls, redirect_https }));
     }
     Ok(Snapshot {
+        route_names: config.routes.iter().map(|r| Arc::from(r.name.value.as_str())).collect(),
         acme,
         listeners,
         watched_files,

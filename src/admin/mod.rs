@@ -59,7 +59,22 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The live dashboard: one self-contained page (no external resources), compiled in. It holds
+/// no data, so it is served without the token; the `/stats` it polls needs the token.
+const DASHBOARD: &str = include_str!("dashboard.html");
+
 async fn answer(req: Request<Incoming>, control: &Arc<Control>, token: Option<&str>) -> Response<Full<Bytes>> {
+    if req.uri().path() == "/" && req.method() == Method::GET {
+        let mut r = Response::new(Full::new(Bytes::from_static(DASHBOARD.as_bytes())));
+        r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/html; charset=utf-8"));
+        r.headers_mut().insert(
+            header::CONTENT_SECURITY_POLICY,
+            http::HeaderValue::from_static(
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:",
+            ),
+        );
+        return r;
+    }
     if let Some(token) = token {
         let given = req
             .headers()
@@ -77,6 +92,7 @@ async fn answer(req: Request<Incoming>, control: &Arc<Control>, token: Option<&s
         (&Method::GET, "/ready") => ready(control),
         (&Method::GET, "/upstreams") => upstreams(control),
         (&Method::GET, "/metrics") => metrics(control),
+        (&Method::GET, "/stats") => stats(control),
         (&Method::POST, "/reload") => match control.reload_from_file().await {
             Ok(s) => reply(
                 StatusCode::OK,
@@ -89,7 +105,7 @@ async fn answer(req: Request<Incoming>, control: &Arc<Control>, token: Option<&s
             }
         },
         (&Method::POST, "/cache/purge") => purge(control, req.uri().query()),
-        (_, "/healthz" | "/ready" | "/upstreams" | "/metrics" | "/reload" | "/cache/purge") => {
+        (_, "/" | "/healthz" | "/ready" | "/upstreams" | "/metrics" | "/stats" | "/reload" | "/cache/purge") => {
             reply(StatusCode::METHOD_NOT_ALLOWED, json!({ "error": "method not allowed" }))
         }
         _ => reply(StatusCode::NOT_FOUND, json!({ "error": "no such admin endpoint" })),
@@ -134,6 +150,52 @@ fn ready(control: &Control) -> Response<Full<Bytes>> {
             json!({ "ready": false, "reason": "no available target", "upstreams": down }),
         )
     }
+}
+
+/// What the dashboard polls: counters as they are now (the page takes differences between two
+/// polls for rates and latency quantiles), upstream targets, and the last reloads.
+fn stats(control: &Control) -> Response<Full<Bytes>> {
+    let snapshot = control.gateway.snapshot();
+    let by_name = control.gateway.metrics().routes();
+    let routes: Vec<serde_json::Value> = snapshot
+        .route_names
+        .iter()
+        .filter_map(|name| by_name.iter().find(|(n, _)| **n == **name))
+        .map(|(name, m)| {
+            let s = m.stats();
+            json!({ "name": name, "requests": s.requests, "errors": s.errors, "buckets": s.buckets.to_vec() })
+        })
+        .collect();
+    let upstreams: Vec<serde_json::Value> = snapshot
+        .upstreams
+        .iter()
+        .map(|u| {
+            let v = u.view();
+            json!({
+                "name": &*v.name,
+                "targets": v.targets.iter().map(|t| json!({
+                    "address": &*t.address,
+                    "healthy": t.healthy && !t.ejected,
+                    "in_flight": t.in_flight,
+                    "ewma_latency_ms": t.ewma_latency.as_secs_f64() * 1e3,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let unix = |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let reloads: Vec<serde_json::Value> =
+        control.reload_history().iter().map(|r| json!({ "at_ms": unix(r.at), "ok": r.ok, "error": r.error })).collect();
+    reply(
+        StatusCode::OK,
+        json!({
+            "now_ms": unix(std::time::SystemTime::now()),
+            "bounds_ms": crate::observe::metrics::BUCKETS.iter().map(|b| b * 1e3).collect::<Vec<_>>(),
+            "routes": routes,
+            "upstreams": upstreams,
+            "reloads": reloads,
+            "connections": control.open_connections(),
+        }),
+    )
 }
 
 fn metrics(control: &Control) -> Response<Full<Bytes>> {

@@ -63,7 +63,28 @@ pub struct RouteMetrics {
     duration: Histogram,
 }
 
+/// A route's counters at one moment, for the dashboard (which takes differences between two).
+pub struct RouteStats {
+    pub requests: u64,
+    /// Answers with a 5xx status.
+    pub errors: u64,
+    /// Durations per bucket of [`BUCKETS`] (not cumulative), and past the last bound.
+    pub buckets: [u64; BUCKETS.len() + 1],
+}
+
 impl RouteMetrics {
+    pub fn stats(&self) -> RouteStats {
+        let by_class = |c: usize| self.requests.iter().map(|m| m[c].load(Ordering::Relaxed)).sum::<u64>();
+        let requests = (0..5).map(by_class).sum();
+        let mut buckets = [0; BUCKETS.len() + 1];
+        for (b, n) in buckets.iter_mut().zip(&self.duration.buckets) {
+            *b = n.load(Ordering::Relaxed);
+        }
+        let counted: u64 = buckets.iter().sum();
+        buckets[BUCKETS.len()] = self.duration.count.load(Ordering::Relaxed).saturating_sub(counted);
+        RouteStats { requests, errors: by_class(4), buckets }
+    }
+
     pub fn record(&self, method: usize, status: u16, took: Duration) {
         let class = usize::from((status / 100).clamp(1, 5)) - 1;
         self.requests[method.min(METHODS.len() - 1)][class].fetch_add(1, Ordering::Relaxed);
@@ -91,7 +112,7 @@ impl Metrics {
         routes.entry(name.to_owned()).or_default().clone()
     }
 
-    fn routes(&self) -> Vec<(String, Arc<RouteMetrics>)> {
+    pub fn routes(&self) -> Vec<(String, Arc<RouteMetrics>)> {
         let routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
         let mut list: Vec<_> = routes.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         list.sort_by(|a, b| a.0.cmp(&b.0));

@@ -136,7 +136,20 @@ pub struct Control {
     /// Signalled after each successful reload (the file watch re-reads its file set).
     reloaded: Notify,
     admin_address: Mutex<Option<SocketAddr>>,
+    /// The last reloads, newest last, for the dashboard.
+    reload_history: Mutex<std::collections::VecDeque<ReloadRecord>>,
 }
+
+/// One reload as the dashboard lists it.
+#[derive(Clone, Debug)]
+pub struct ReloadRecord {
+    pub at: std::time::SystemTime,
+    pub ok: bool,
+    /// The first line of the error, for a failed one.
+    pub error: Option<String>,
+}
+
+const RELOAD_HISTORY: usize = 20;
 
 /// A started gateway.
 pub struct Running {
@@ -198,9 +211,25 @@ impl Control {
             Ok(config) => self.reload(&config).await,
             Err(e) => {
                 self.gateway.metrics().reloads_failed.fetch_add(1, Ordering::Relaxed);
-                Err(e.into())
+                let e = ReloadError::from(e);
+                self.record_reload(Err(&e));
+                Err(e)
             }
         }
+    }
+
+    fn record_reload(&self, result: Result<(), &ReloadError>) {
+        let mut history = self.reload_history.lock().unwrap_or_else(|e| e.into_inner());
+        if history.len() == RELOAD_HISTORY {
+            history.pop_front();
+        }
+        let error = result.err().map(|e| e.to_string().lines().next().unwrap_or_default().to_owned());
+        history.push_back(ReloadRecord { at: std::time::SystemTime::now(), ok: error.is_none(), error });
+    }
+
+    /// The last reloads (up to 20), oldest first.
+    pub fn reload_history(&self) -> Vec<ReloadRecord> {
+        self.reload_history.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()
     }
 
     /// Client connections open right now.
@@ -217,6 +246,7 @@ impl Control {
         let counter =
             if result.is_ok() { &self.gateway.metrics().reloads_ok } else { &self.gateway.metrics().reloads_failed };
         counter.fetch_add(1, Ordering::Relaxed);
+        self.record_reload(result.as_ref().map(|_| ()));
         result
     }
 
@@ -335,6 +365,7 @@ pub async fn start_with_file(config: &Config, config_path: Option<PathBuf>) -> R
         reloading: tokio::sync::Mutex::new(()),
         reloaded: Notify::new(),
         admin_address: Mutex::new(None),
+        reload_history: Mutex::new(std::collections::VecDeque::with_capacity(RELOAD_HISTORY)),
     });
     let handles: Vec<ListenerHandle> = bound
         .into_iter()

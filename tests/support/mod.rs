@@ -3,6 +3,7 @@
 //! polling, never by sleeping a fixed time.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod pebble;
 pub mod pki;
 
