@@ -27,6 +27,13 @@ enum Command {
     Check {
         /// The YAML config file.
         config: PathBuf,
+        /// Also list what a reload from this config file would change.
+        #[arg(long, value_name = "FILE", conflicts_with = "admin")]
+        against: Option<PathBuf>,
+        /// Also list what a reload would change in the gateway whose admin listener is here
+        /// (reads its GET /config; the token, if any, from FERROWAY_ADMIN_TOKEN).
+        #[arg(long, value_name = "HOST:PORT")]
+        admin: Option<String>,
     },
     /// Start sample backends and the gateway in front of them (examples/demo.yaml).
     Demo {
@@ -41,7 +48,7 @@ const DEMO_YAML: &str = include_str!("../examples/demo.yaml");
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config } => check(&config),
+        Command::Check { config, against, admin } => check(&config, against.as_deref(), admin.as_deref()),
         Command::Run { config } => exit(run_config(&config, false)),
         Command::Demo { config } => exit(match config {
             Some(path) => run_config(&path, true),
@@ -62,11 +69,35 @@ fn exit(result: anyhow::Result<()>) -> ExitCode {
     }
 }
 
-fn check(path: &Path) -> ExitCode {
+fn check(path: &Path, against: Option<&Path>, admin: Option<&str>) -> ExitCode {
     match config::load(path) {
         Ok(c) => match snapshot::compile(&c, &Default::default()) {
             Ok(_) => {
                 println!("{}: ok: {}", path.display(), snapshot::summary(&c));
+                let running = match (against, admin) {
+                    (Some(file), _) => Some((file.display().to_string(), document_of(file))),
+                    (None, Some(addr)) => Some((format!("the gateway at {addr}"), running_document(addr))),
+                    (None, None) => None,
+                };
+                if let Some((what, old)) = running {
+                    match old {
+                        Ok(old) => {
+                            let changes = config::view::diff(&old, &c.document);
+                            if changes.is_empty() {
+                                println!("no changes against {what}");
+                            } else {
+                                println!("changes against {what}:");
+                                for line in changes {
+                                    println!("  {line}");
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            eprintln!("ferroway: cannot compare with {what}: {e:#}");
+                            return ExitCode::FAILURE;
+                        }
+                    }
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -79,6 +110,35 @@ fn check(path: &Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A config file's document (after `${ENV}`, secrets redacted), read without checking it: the
+/// file being replaced may itself be the broken one.
+fn document_of(path: &Path) -> anyhow::Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let tree = config::node::parse(&text, std::env::vars().collect()).map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    Ok(config::view::redacted(&tree))
+}
+
+/// `GET /config` of a running gateway's admin listener.
+fn running_document(addr: &str) -> anyhow::Result<serde_json::Value> {
+    use http_body_util::BodyExt;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http::<http_body_util::Empty<bytes::Bytes>>();
+        let mut req = http::Request::get(format!("http://{addr}/config")).body(http_body_util::Empty::new())?;
+        if let Ok(token) = std::env::var("FERROWAY_ADMIN_TOKEN") {
+            req.headers_mut().insert(http::header::AUTHORIZATION, format!("Bearer {token}").parse()?);
+        }
+        let resp = tokio::time::timeout(std::time::Duration::from_secs(10), client.request(req))
+            .await
+            .context("no answer within 10 s")??;
+        let status = resp.status();
+        let body = resp.into_body().collect().await?.to_bytes();
+        anyhow::ensure!(status.is_success(), "GET /config answered {status}");
+        Ok(serde_json::from_slice(&body)?)
+    })
 }
 
 fn run_config(path: &Path, demo: bool) -> anyhow::Result<()> {

@@ -52,6 +52,8 @@ pub struct Snapshot {
     pub acme: Vec<Arc<Acme>>,
     /// Route names in config order (the dashboard lists these).
     pub route_names: Vec<Arc<str>>,
+    /// The config document, secrets redacted (`GET /config`).
+    pub document: Arc<serde_json::Value>,
 }
 
 /// Why a checked config still could not be compiled (for example an upstream address that
@@ -136,6 +138,7 @@ pub fn compile(config: &Config, registries: &Registries) -> Result<Snapshot, Com
     }
     Ok(Snapshot {
         route_names: config.routes.iter().map(|r| Arc::from(r.name.value.as_str())).collect(),
+        document: config.document.clone(),
         acme,
         listeners,
         watched_files,

@@ -144,3 +144,40 @@ async fn sighup_reloads_the_config_file_and_a_bad_file_changes_nothing() {
         assert!(v["level"].is_string() && v["message"].is_string(), "{line}");
     }
 }
+
+const BASE: &str = "listeners: [{ name: public, address: 127.0.0.1:0 }]\naccess_log: { output: off }\nadmin: { address: 127.0.0.1:0 }\nmiddleware: { auth: { jwt: { algorithms: [HS256], secret: topsecret-topsecret-topsecret-0123 } } }\nupstreams:\n  a: { targets: [{ address: 127.0.0.1:2 }] }\n  b: { targets: [{ address: 127.0.0.1:3 }] }\nroutes:\n  - { name: r1, match: { path: /1 }, upstream: a, middleware: [auth] }\n  - { name: r2, match: { path: /2 }, upstream: b }\n";
+const NEXT: &str = "listeners: [{ name: public, address: 127.0.0.1:0 }]\naccess_log: { output: off }\nadmin: { address: 127.0.0.1:0 }\nmiddleware: { auth: { jwt: { algorithms: [HS256], secret: topsecret-topsecret-topsecret-0123 } } }\nupstreams:\n  a: { targets: [{ address: 127.0.0.1:4 }] }\n  c: { targets: [{ address: 127.0.0.1:3 }] }\nroutes:\n  - { name: r1, match: { path: /1 }, upstream: a, middleware: [auth] }\n  - { name: r3, match: { path: /3 }, upstream: c }\n";
+const CHANGES: &str = "  + route r3\n  - route r2\n  ~ upstream a\n  + upstream c\n  - upstream b\n";
+
+#[test]
+fn check_against_another_file_lists_what_a_reload_would_change() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let old = write(&dir, "old.yaml", BASE);
+    let new = write(&dir, "new.yaml", NEXT);
+    let out = ferroway().arg("check").arg(&new).arg("--against").arg(&old).output().expect("run check");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.ends_with(&format!("changes against {}:\n{CHANGES}", old.display())), "{stdout}");
+    let same = ferroway().arg("check").arg(&old).arg("--against").arg(&old).output().expect("run check");
+    assert!(String::from_utf8_lossy(&same.stdout).contains("no changes against"));
+}
+
+#[tokio::test]
+async fn check_against_a_running_gateway_reads_its_redacted_config() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gw = gateway(BASE).await;
+    let admin = gw.running.control.admin_address().expect("admin");
+    let shown = get(&format!("http://{admin}/config")).await;
+    assert_eq!(shown.status, http::StatusCode::OK);
+    assert!(!shown.text().contains("topsecret"), "secrets are redacted: {}", shown.text());
+    assert_eq!(shown.json()["middleware"]["auth"]["jwt"]["secret"], "<redacted>");
+    let new = write(&dir, "new.yaml", NEXT);
+    let out = tokio::task::spawn_blocking(move || {
+        ferroway().arg("check").arg(&new).arg("--admin").arg(admin.to_string()).output().expect("run check")
+    })
+    .await
+    .expect("join");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.ends_with(&format!("changes against the gateway at {admin}:\n{CHANGES}")), "{stdout}");
+}

@@ -93,6 +93,7 @@ async fn answer(req: Request<Incoming>, control: &Arc<Control>, token: Option<&s
         (&Method::GET, "/upstreams") => upstreams(control),
         (&Method::GET, "/metrics") => metrics(control),
         (&Method::GET, "/stats") => stats(control),
+        (&Method::GET, "/config") => reply(StatusCode::OK, (*control.gateway.snapshot().document).clone()),
         (&Method::POST, "/reload") => match control.reload_from_file().await {
             Ok(s) => reply(
                 StatusCode::OK,
@@ -105,9 +106,10 @@ async fn answer(req: Request<Incoming>, control: &Arc<Control>, token: Option<&s
             }
         },
         (&Method::POST, "/cache/purge") => purge(control, req.uri().query()),
-        (_, "/" | "/healthz" | "/ready" | "/upstreams" | "/metrics" | "/stats" | "/reload" | "/cache/purge") => {
-            reply(StatusCode::METHOD_NOT_ALLOWED, json!({ "error": "method not allowed" }))
-        }
+        (
+            _,
+            "/" | "/healthz" | "/ready" | "/upstreams" | "/metrics" | "/stats" | "/config" | "/reload" | "/cache/purge",
+        ) => reply(StatusCode::METHOD_NOT_ALLOWED, json!({ "error": "method not allowed" })),
         _ => reply(StatusCode::NOT_FOUND, json!({ "error": "no such admin endpoint" })),
     }
 }

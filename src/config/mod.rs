@@ -11,6 +11,7 @@ mod schema;
 mod tls;
 mod upstream;
 mod validate;
+pub mod view;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -57,9 +58,10 @@ pub fn load_str(text: &str, file: &Path, env: HashMap<String, String>) -> Result
     let tree = node::parse(text, env)
         .map_err(|e| fail(vec![Problem { pos: e.pos.unwrap_or_default(), path: String::new(), message: e.message }]))?;
     let mut problems = decode::Problems::default();
-    let config = schema::decode_config(&tree, &mut problems);
+    let mut config = schema::decode_config(&tree, &mut problems);
     validate::validate(&config, &mut problems);
     if problems.0.is_empty() {
+        config.document = std::sync::Arc::new(view::redacted(&tree));
         Ok(config)
     } else {
         let mut list = problems.0;

@@ -43,6 +43,8 @@ pub struct Config {
     /// Peers allowed to say who the client is through `X-Forwarded-For`.
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub redis: Option<RedisDef>,
+    /// The document as loaded (after `${ENV}`), secrets redacted: what `GET /config` shows.
+    pub document: std::sync::Arc<serde_json::Value>,
 }
 
 #[derive(Debug)]
@@ -126,6 +128,7 @@ pub fn decode_config(node: &Node, p: &mut Problems) -> Config {
         middleware_names: Vec::new(),
         trusted_proxies: Vec::new(),
         redis: None,
+        document: Default::default(),
     };
     let Some(f) = Fields::new(node, "", KEYS, p) else { return empty };
     let listeners = if f.has("listeners") {
@@ -151,6 +154,7 @@ pub fn decode_config(node: &Node, p: &mut Problems) -> Config {
         middleware_names,
         trusted_proxies: f.opt("trusted_proxies", p).unwrap_or_default(),
         redis: f.opt("redis", p),
+        document: Default::default(),
         listeners,
         admin: f.opt("admin", p),
         upstreams,
