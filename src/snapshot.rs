@@ -168,6 +168,8 @@ pub struct Gateway {
     pub registries: Registries,
     pub access_log: Arc<AccessLog>,
     pub ids: IdSource,
+    /// OTLP span export, when `tracing:` is configured (a change takes a restart).
+    pub tracing: Option<Arc<crate::observe::otel::Exporter>>,
 }
 
 impl Gateway {
@@ -175,7 +177,15 @@ impl Gateway {
         let registries = Registries::default();
         let snapshot = compile(config, &registries)?;
         start_background(&snapshot);
-        Ok(Gateway { current: ArcSwap::from_pointee(snapshot), registries, access_log, ids: IdSource::default() })
+        let tracing =
+            config.tracing.as_ref().map(crate::observe::otel::Exporter::new).transpose().map_err(CompileError)?;
+        Ok(Gateway {
+            current: ArcSwap::from_pointee(snapshot),
+            registries,
+            access_log,
+            ids: IdSource::default(),
+            tracing,
+        })
     }
 
     /// The snapshot a new request should use; it stays valid for that request whatever

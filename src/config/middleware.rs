@@ -1027,6 +1027,43 @@ impl Decode for SecurityHeadersDef {
 // ---------------------------------------------------------------------------------------------
 // Top level: trusted proxies and Redis
 
+/// `tracing:`: export one span per request over OTLP/HTTP.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TracingDef {
+    /// Base URL of an OTLP/HTTP receiver (a collector); spans go to `<endpoint>/v1/traces`.
+    pub otlp_endpoint: String,
+    pub service_name: String,
+    /// How often queued spans are sent.
+    pub export_interval: Duration,
+}
+
+impl Decode for TracingDef {
+    fn decode(node: &Node, path: &str, p: &mut Problems) -> Option<Self> {
+        let f = Fields::new(node, path, &["otlp_endpoint", "service_name", "export_interval"], p)?;
+        let endpoint: Located<String> = f.req("otlp_endpoint", p)?;
+        let ok = endpoint
+            .value
+            .parse::<http::Uri>()
+            .is_ok_and(|u| u.scheme_str() == Some("http") && u.host().is_some() && u.query().is_none());
+        if !ok {
+            p.add(
+                endpoint.pos,
+                &endpoint.path,
+                format!(
+                    "{:?}: expected the http:// base URL of an OTLP/HTTP receiver, such as http://127.0.0.1:4318 (https is not supported yet)",
+                    endpoint.value
+                ),
+            );
+            return None;
+        }
+        Some(TracingDef {
+            otlp_endpoint: endpoint.value,
+            service_name: f.opt("service_name", p).unwrap_or_else(|| "ferroway".to_owned()),
+            export_interval: f.opt::<Dur>("export_interval", p).map_or(Duration::from_secs(5), |d| d.0),
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct RedisDef {
     pub url: Located<String>,

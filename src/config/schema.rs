@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::decode::{ByteSize, Decode, Dur, Fields, Located, Problems, item_path, parse_str};
-use super::middleware::{MiddlewareDef, RedisDef, decode_middleware};
+use super::middleware::{MiddlewareDef, RedisDef, TracingDef, decode_middleware};
 use super::node::{Node, Value};
 use super::route::{RouteDef, decode_route};
 use super::upstream::{UpstreamDef, decode_upstreams};
@@ -43,6 +43,8 @@ pub struct Config {
     /// Peers allowed to say who the client is through `X-Forwarded-For`.
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub redis: Option<RedisDef>,
+    /// OTLP span export; a change takes a restart.
+    pub tracing: Option<TracingDef>,
     /// The document as loaded (after `${ENV}`), secrets redacted: what `GET /config` shows.
     pub document: std::sync::Arc<serde_json::Value>,
 }
@@ -108,6 +110,7 @@ pub fn decode_config(node: &Node, p: &mut Problems) -> Config {
         "middleware",
         "trusted_proxies",
         "redis",
+        "tracing",
     ];
     let empty = Config {
         listeners: Vec::new(),
@@ -128,6 +131,7 @@ pub fn decode_config(node: &Node, p: &mut Problems) -> Config {
         middleware_names: Vec::new(),
         trusted_proxies: Vec::new(),
         redis: None,
+        tracing: None,
         document: Default::default(),
     };
     let Some(f) = Fields::new(node, "", KEYS, p) else { return empty };
@@ -154,6 +158,7 @@ pub fn decode_config(node: &Node, p: &mut Problems) -> Config {
         middleware_names,
         trusted_proxies: f.opt("trusted_proxies", p).unwrap_or_default(),
         redis: f.opt("redis", p),
+        tracing: f.opt("tracing", p),
         document: Default::default(),
         listeners,
         admin: f.opt("admin", p),

@@ -487,3 +487,14 @@ routes: [{ name: r, match: { path_prefix: / }, upstream: u, middleware: [c] }]
     has_problem(&p, "7:27: middleware.c.cache.key[2]:", "expected method, host, path or query");
     has_problem(&p, "7:12: middleware.c.cache.key:", "must include `path`");
 }
+
+#[test]
+fn tracing_needs_an_http_otlp_endpoint() {
+    let yaml = "\
+listeners: [{ name: p, address: 127.0.0.1:8080 }]
+tracing: { otlp_endpoint: \"grpc://collector:4317\" }
+upstreams: { u: { targets: [{ address: 127.0.0.1:9000 }] } }
+routes: [{ name: r, match: { path_prefix: / }, upstream: u }]
+";
+    has_problem(&problems(yaml), "2:27: tracing.otlp_endpoint:", "http:// base URL of an OTLP/HTTP receiver");
+}

@@ -52,6 +52,11 @@ impl Histogram {
 /// Methods get their own label value; anything else is `other` (a client cannot add series).
 const METHODS: [&str; 8] = ["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "other"];
 
+/// The label of a method index (`other` for methods outside the standard set).
+pub fn method_name(index: usize) -> &'static str {
+    METHODS.get(index).copied().unwrap_or("other")
+}
+
 pub fn method_index(m: &Method) -> usize {
     METHODS.iter().position(|&name| name == m.as_str()).unwrap_or(METHODS.len() - 1)
 }

@@ -171,12 +171,21 @@ enum Source {
     Fixed(Option<Bytes>),
 }
 
-/// What is recorded in the route's metrics once the response is over.
+/// What is recorded in the route's metrics (and its trace span) once the response is over.
 pub struct Done {
     pub metrics: Arc<RouteMetrics>,
     pub method: usize,
     pub status: u16,
     pub start: std::time::Instant,
+    pub span: Option<Box<PendingSpan>>,
+}
+
+/// A request's span, exported when its response ends.
+pub struct PendingSpan {
+    pub exporter: Arc<crate::observe::otel::Exporter>,
+    pub ids: crate::proxy::trace::TraceIds,
+    pub route: Option<Arc<str>>,
+    pub path: Box<str>,
 }
 
 /// The body the client receives.
@@ -369,6 +378,16 @@ impl Drop for ResponseBody {
     fn drop(&mut self) {
         if let Some(d) = self.done.take() {
             d.metrics.record(d.method, d.status, d.start.elapsed());
+            if let Some(span) = d.span {
+                span.exporter.record(&crate::observe::otel::Finished {
+                    ids: span.ids,
+                    method: crate::observe::metrics::method_name(d.method),
+                    route: span.route.as_deref(),
+                    path: &span.path,
+                    status: d.status,
+                    started: d.start,
+                });
+            }
         }
         if let Some(mut entry) = self.log.take() {
             let complete = self.ended || self.is_end_stream();

@@ -23,16 +23,17 @@ use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use self::body::{Done, Exchange, RequestBody, ResponseBody};
+use self::body::{Done, Exchange, PendingSpan, RequestBody, ResponseBody};
 use self::error::ErrorKind;
 use self::forward::{Outgoing, Payload};
 use self::headers::{Peer, X_REQUEST_ID};
+use self::trace::TraceIds;
 use crate::config::HostHeader;
 use crate::middleware::cache::Finishing;
 use crate::middleware::client_ip;
 use crate::middleware::{Answer, Chain, Cx, Req};
 use crate::observe::access_log::Entry;
-use crate::observe::metrics::{self, RouteMetrics};
+use crate::observe::metrics;
 use crate::routing::{normalize_host, normalize_path};
 use crate::server::acme;
 use crate::snapshot::{Gateway, Route, Snapshot};
@@ -44,7 +45,9 @@ struct Ctx<'a> {
     request_id: &'a HeaderValue,
     entry: Option<&'a mut Entry>,
     /// Set once a route matched: whose metrics the response is counted in.
-    route_metrics: &'a mut Option<Arc<RouteMetrics>>,
+    route: &'a mut Option<Arc<Route>>,
+    /// This request's trace and the gateway's span in it.
+    trace: &'a TraceIds,
 }
 
 pub async fn handle(req: Request<Incoming>, peer: &Peer, gw: &Gateway) -> Response<ResponseBody> {
@@ -53,7 +56,10 @@ pub async fn handle(req: Request<Incoming>, peer: &Peer, gw: &Gateway) -> Respon
     let version = req.version();
     let start = Instant::now();
     let method = metrics::method_index(req.method());
-    let mut route_metrics = None;
+    let mut matched: Option<Arc<Route>> = None;
+    let trace_ids = TraceIds::for_request(req.headers());
+    // Only with an OTLP exporter: what the request's span needs beyond the ids.
+    let span_path = gw.tracing.as_ref().map(|_| Box::<str>::from(req.uri().path()));
     let mut entry = gw.access_log.enabled().then(|| Entry {
         sink: gw.access_log.clone(),
         start,
@@ -79,10 +85,13 @@ pub async fn handle(req: Request<Incoming>, peer: &Peer, gw: &Gateway) -> Respon
         client_cert_subject: peer.client_cert_subject.clone(),
     });
     let grpc = is_grpc(req.headers());
-    let ctx = Ctx { peer, request_id: &request_id, entry: entry.as_mut(), route_metrics: &mut route_metrics };
+    let ctx = Ctx { peer, request_id: &request_id, entry: entry.as_mut(), route: &mut matched, trace: &trace_ids };
     let mut chained = None;
     let result = route_and_forward(req, ctx, &snapshot, &mut chained).await;
-    let metrics = route_metrics.unwrap_or_else(|| gw.metrics().unmatched.clone());
+    let metrics = matched.as_ref().map_or_else(|| gw.metrics().unmatched.clone(), |r| r.metrics.clone());
+    let span = gw.tracing.clone().zip(span_path).map(|(exporter, path)| {
+        Box::new(PendingSpan { exporter, ids: trace_ids, route: matched.as_ref().map(|r| r.name.clone()), path })
+    });
     if let (Some(e), Some(c)) = (entry.as_mut(), chained.as_ref()) {
         e.consumer = c.cx.consumer();
     }
@@ -112,7 +121,7 @@ pub async fn handle(req: Request<Incoming>, peer: &Peer, gw: &Gateway) -> Respon
             if let Some(e) = entry.as_mut() {
                 e.status = status;
             }
-            let done = Done { metrics, method, status, start };
+            let done = Done { metrics, method, status, start, span };
             let mut resp = resp.map(|b| ResponseBody::upstream(b, entry, done, in_flight, idle));
             match cached {
                 Some(Finishing::Body(body)) => resp.body_mut().replace(body),
@@ -125,7 +134,7 @@ pub async fn handle(req: Request<Incoming>, peer: &Peer, gw: &Gateway) -> Respon
             resp
         }
         Err(answer) => {
-            let done = Done { metrics, method, status: answer.status.as_u16(), start };
+            let done = Done { metrics, method, status: answer.status.as_u16(), start, span };
             let mut resp = answer_response(answer, &request_id, entry, done, grpc);
             if let Some(c) = chained.as_mut() {
                 c.chain.response(&mut c.cx, resp.status(), resp.headers_mut());
@@ -223,7 +232,7 @@ async fn route_and_forward(
     let host = host_value.as_ref().and_then(|h| h.to_str().ok()).map(normalize_host).unwrap_or_default();
     let route: &Arc<Route> =
         snapshot.router.lookup(&host, &path, &parts.method, &parts.headers).ok_or(ErrorKind::NoRoute)?;
-    *ctx.route_metrics = Some(route.metrics.clone());
+    *ctx.route = Some(route.clone());
     if let Some(e) = ctx.entry.as_deref_mut() {
         e.route = Some(route.name.clone());
     }
@@ -260,7 +269,7 @@ async fn route_and_forward(
     }
     headers::add_forwarding(&mut parts.headers, ctx.peer, host_value.as_ref(), client_version);
     parts.headers.insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
-    let traceparent = trace::propagate(&mut parts.headers);
+    let traceparent = trace::propagate(&mut parts.headers, ctx.trace);
     if let Some(e) = ctx.entry.as_deref_mut() {
         e.traceparent = Some(traceparent);
     }

@@ -11,46 +11,68 @@ use crate::upstream::balance::random_u64;
 pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 pub static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
-/// The trace id and flags of a valid version-00 `traceparent`.
-fn parse(v: &[u8]) -> Option<(&[u8], &[u8])> {
+/// This request's place in a trace: the trace, the gateway's own span, and the caller's span
+/// when it sent a valid `traceparent`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TraceIds {
+    pub trace: u128,
+    pub span: u64,
+    pub parent: Option<u64>,
+    pub flags: u8,
+}
+
+impl TraceIds {
+    /// Continues the request's valid version-00 `traceparent` with a new span, or starts a
+    /// trace (sampled) when there is none.
+    pub fn for_request(headers: &HeaderMap) -> TraceIds {
+        let span = random_u64() | 1;
+        match headers.get(&TRACEPARENT).and_then(|v| parse(v.as_bytes())) {
+            Some((trace, parent, flags)) => TraceIds { trace, span, parent: Some(parent), flags },
+            None => {
+                let trace = (u128::from(random_u64()) << 64) | u128::from(random_u64() | 1);
+                TraceIds { trace, span, parent: None, flags: 1 }
+            }
+        }
+    }
+
+    pub fn sampled(&self) -> bool {
+        self.flags & 1 == 1
+    }
+
+    /// The `traceparent` naming the gateway's span as the parent of the upstream's.
+    pub fn traceparent(&self) -> HeaderValue {
+        let text = format!("00-{:032x}-{:016x}-{:02x}", self.trace, self.span, self.flags);
+        HeaderValue::try_from(text).unwrap_or(HeaderValue::from_static("-"))
+    }
+}
+
+/// Trace id, parent id and flags of a valid version-00 `traceparent`: lower-case hex, ids not
+/// all zero.
+fn parse(v: &[u8]) -> Option<(u128, u64, u8)> {
     // 00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>
     if v.len() != 55 || &v[..3] != b"00-" || v[35] != b'-' || v[52] != b'-' {
         return None;
     }
     let (trace, parent, flags) = (&v[3..35], &v[36..52], &v[53..55]);
     let lower_hex = |s: &[u8]| s.iter().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c));
-    let nonzero = |s: &[u8]| s.iter().any(|&c| c != b'0');
-    (lower_hex(trace) && lower_hex(parent) && lower_hex(flags) && nonzero(trace) && nonzero(parent))
-        .then_some((trace, flags))
+    if !(lower_hex(trace) && lower_hex(parent) && lower_hex(flags)) {
+        return None;
+    }
+    fn text(s: &[u8]) -> Option<&str> {
+        std::str::from_utf8(s).ok()
+    }
+    let trace = u128::from_str_radix(text(trace)?, 16).ok().filter(|t| *t != 0)?;
+    let parent = u64::from_str_radix(text(parent)?, 16).ok().filter(|p| *p != 0)?;
+    Some((trace, parent, u8::from_str_radix(text(flags)?, 16).ok()?))
 }
 
-fn hex(out: &mut Vec<u8>, v: u64) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    out.extend((0..16).map(|i| HEX[((v >> (60 - 4 * i)) & 15) as usize]));
-}
-
-/// Sets the `traceparent` for the upstream request; returns it (for the access log).
-pub fn propagate(headers: &mut HeaderMap) -> HeaderValue {
-    let mut out = Vec::with_capacity(55);
-    out.extend_from_slice(b"00-");
-    let continued = headers.get(&TRACEPARENT).and_then(|v| parse(v.as_bytes()).map(|(t, f)| (t.to_vec(), f.to_vec())));
-    let flags = match continued {
-        Some((trace, flags)) => {
-            out.extend_from_slice(&trace);
-            flags
-        }
-        None => {
-            headers.remove(&TRACESTATE);
-            hex(&mut out, random_u64());
-            hex(&mut out, random_u64() | 1);
-            b"01".to_vec()
-        }
-    };
-    out.push(b'-');
-    hex(&mut out, random_u64() | 1);
-    out.push(b'-');
-    out.extend_from_slice(&flags);
-    let value = HeaderValue::from_maybe_shared(bytes::Bytes::from(out)).unwrap_or(HeaderValue::from_static("-"));
+/// Sets the `traceparent` for the upstream request (dropping `tracestate` when the trace was
+/// not continued); returns it (for the access log).
+pub fn propagate(headers: &mut HeaderMap, ids: &TraceIds) -> HeaderValue {
+    if ids.parent.is_none() {
+        headers.remove(&TRACESTATE);
+    }
+    let value = ids.traceparent();
     headers.insert(TRACEPARENT.clone(), value.clone());
     value
 }
@@ -61,18 +83,25 @@ mod tests {
 
     const VALID: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
+    fn forward(h: &mut HeaderMap) -> (HeaderValue, TraceIds) {
+        let ids = TraceIds::for_request(h);
+        (propagate(h, &ids), ids)
+    }
+
     #[test]
     fn a_valid_traceparent_is_continued_with_a_new_span() {
         let mut h = HeaderMap::new();
         h.insert(&TRACEPARENT, HeaderValue::from_static(VALID));
         h.insert(&TRACESTATE, HeaderValue::from_static("vendor=x"));
-        let out = propagate(&mut h);
+        let (out, ids) = forward(&mut h);
         let s = out.to_str().expect("ascii");
         assert_eq!(&s[..36], &VALID[..36], "same version and trace id");
         assert_ne!(&s[36..52], &VALID[36..52], "a new span id");
         assert_eq!(&s[52..], "-01");
         assert!(parse(s.as_bytes()).is_some());
         assert_eq!(h[&TRACESTATE], "vendor=x");
+        assert_eq!(ids.parent, Some(0x00f0_67aa_0ba9_02b7), "the caller's span is the parent");
+        assert!(ids.sampled());
     }
 
     #[test]
@@ -87,12 +116,13 @@ mod tests {
             let mut h = HeaderMap::new();
             h.insert(&TRACEPARENT, HeaderValue::from_static(bad));
             h.insert(&TRACESTATE, HeaderValue::from_static("vendor=x"));
-            let out = propagate(&mut h);
+            let (out, ids) = forward(&mut h);
             assert!(parse(out.as_bytes()).is_some(), "{bad}");
             assert_ne!(&out.to_str().expect("ascii")[3..35], bad.get(3..35).unwrap_or(""), "{bad}");
             assert!(!h.contains_key(&TRACESTATE), "{bad}");
+            assert_eq!(ids.parent, None);
         }
         let mut none = HeaderMap::new();
-        assert!(parse(propagate(&mut none).as_bytes()).is_some());
+        assert!(parse(forward(&mut none).0.as_bytes()).is_some());
     }
 }

@@ -314,14 +314,18 @@ impl Control {
                 wait.await;
             }
         };
-        match tokio::time::timeout(self.shutdown_timeout, drained).await {
+        let cut = match tokio::time::timeout(self.shutdown_timeout, drained).await {
             Ok(()) => 0,
             Err(_) => {
                 // Upgraded connections have no HTTP-level goodbye; they end here.
                 self.connections.cut.send_replace(true);
                 self.connections.open.load(Ordering::Acquire)
             }
+        };
+        if let Some(exporter) = &self.gateway.tracing {
+            exporter.flush().await;
         }
+        cut
     }
 
     fn spawn_listener(
