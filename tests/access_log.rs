@@ -91,3 +91,35 @@ async fn the_combined_format_and_reopening_after_logrotate() {
     assert!(fresh[0].contains("/users/2"), "{fresh:?}");
     assert_eq!(std::fs::read_to_string(&rotated).expect("rotated").lines().count(), 1);
 }
+
+#[tokio::test]
+async fn a_template_picks_the_fields_and_auth_refusals_say_why() {
+    let backend = Backend::echo().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("access.log");
+    let secret = "a-secret-of-at-least-thirty-two-bytes!!";
+    let yaml = format!(
+        "access_log: {{ output: {}, format: template, template: \"{{client}} {{method}} {{uri}} {{status}} {{route}} [{{decision}}] {{user_agent}} {{{{literal}}}}\" }}\nmiddleware: {{ auth: {{ jwt: {{ algorithms: [HS256], secret: \"{secret}\" }} }} }}\nupstreams: {{ u: {{ targets: [{{ address: {} }}] }} }}\nroutes: [{{ name: users, match: {{ path_prefix: /users }}, upstream: u, middleware: [auth] }}]\n",
+        log.display(),
+        backend.address()
+    );
+    let gw = gateway(&yaml).await;
+    // An expired HS256 token (exp in 2001).
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &serde_json::json!({ "sub": "x", "exp": 1_000_000_000 }),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("sign");
+    let refused = send(
+        Request::get(gw.url("/users/1"))
+            .header("authorization", format!("Bearer {token}"))
+            .header("user-agent", "probe/1")
+            .body(full(""))
+            .expect("req"),
+    )
+    .await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+    let lines = wait_for_lines(&log, 1).await;
+    assert_eq!(lines[0], "127.0.0.1 GET /users/1 401 users [auth_failed:expired] probe/1 {literal}");
+}

@@ -110,11 +110,13 @@ async fn mutual_tls_requires_a_client_certificate_and_exposes_its_subject() {
         "listeners:\n  - name: https\n    address: 127.0.0.1:0\n    tls:\n      certificates: [{{ cert: {}, key: {} }}]\n      client_auth: {{ ca: {}, required: true }}\n\
          middleware:\n  subject:\n    headers:\n      request: {{ set: {{ x-client-subject: \"${{client_cert_subject}}\" }} }}\n\
          upstreams:\n  app:\n    targets: [{{ address: \"{}\" }}]\n\
-         routes:\n  - {{ name: all, match: {{ path_prefix: / }}, upstream: app, middleware: [subject] }}\n",
+         routes:\n  - {{ name: all, match: {{ path_prefix: / }}, upstream: app, middleware: [subject] }}\n\
+         access_log: {{ output: {} }}\n",
         path(&cert),
         path(&key),
         path(&clients),
-        backend.address()
+        backend.address(),
+        path(&dir.path().join("access.log"))
     ))
     .await;
 
@@ -137,6 +139,20 @@ async fn mutual_tls_requires_a_client_certificate_and_exposes_its_subject() {
         "CN=client-one",
         "the verified subject, not the client's copy"
     );
+    // The access log has the subject and the TLS version (written by a background thread).
+    let log = dir.path().join("access.log");
+    let mut line = None;
+    for _ in 0..500 {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(first) = text.lines().next() {
+            line = Some(serde_json::from_str::<serde_json::Value>(first).expect("JSON line"));
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let line = line.expect("an access-log line within 5 s");
+    assert_eq!(line["client_cert_subject"], "CN=client-one");
+    assert_eq!(line["tls"], "TLSv1.3");
 }
 
 /// Whether the gateway refuses a request from a client with `config`: at the handshake, or

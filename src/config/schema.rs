@@ -88,11 +88,82 @@ pub enum LogOutput {
     File(std::path::PathBuf),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum LogFormat {
     Json,
     /// The NCSA combined log format, as NGINX and Apache write it.
     Combined,
+    /// `template: "{client} {method} {uri} {status}"`: the JSON line's fields by name.
+    Template(std::sync::Arc<[TemplatePiece]>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum TemplatePiece {
+    Text(String),
+    Field(String),
+}
+
+/// What a template may name: the JSON line's fields, and the two the combined format adds.
+pub const TEMPLATE_FIELDS: &[&str] = &[
+    "ts",
+    "request_id",
+    "client",
+    "method",
+    "uri",
+    "proto",
+    "status",
+    "route",
+    "upstream_target",
+    "bytes_in",
+    "bytes_out",
+    "duration_ms",
+    "upstream_duration_ms",
+    "retries",
+    "trace_id",
+    "error",
+    "decision",
+    "consumer",
+    "client_cert_subject",
+    "tls",
+    "referer",
+    "user_agent",
+];
+
+/// `{field}` placeholders and text; `{{` and `}}` are literal braces.
+fn parse_template(t: &str) -> Result<Vec<TemplatePiece>, String> {
+    let mut pieces = Vec::new();
+    let mut text = String::new();
+    let mut chars = t.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '{' if chars.peek() == Some(&'{') => {
+                chars.next();
+                text.push('{');
+            }
+            '}' if chars.peek() == Some(&'}') => {
+                chars.next();
+                text.push('}');
+            }
+            '{' => {
+                let name: String = chars.by_ref().take_while(|c| *c != '}').collect();
+                if !TEMPLATE_FIELDS.contains(&name.as_str()) {
+                    let near = super::decode::did_you_mean(&name, TEMPLATE_FIELDS)
+                        .map_or_else(String::new, |n| format!("did you mean {{{n}}}? "));
+                    return Err(format!("unknown field {{{name}}}; {near}fields: {}", TEMPLATE_FIELDS.join(", ")));
+                }
+                if !text.is_empty() {
+                    pieces.push(TemplatePiece::Text(std::mem::take(&mut text)));
+                }
+                pieces.push(TemplatePiece::Field(name));
+            }
+            '}' => return Err("a lone `}`; write `}}` for a literal brace".into()),
+            c => text.push(c),
+        }
+    }
+    if !text.is_empty() {
+        pieces.push(TemplatePiece::Text(text));
+    }
+    Ok(pieces)
 }
 
 pub fn decode_config(node: &Node, p: &mut Problems) -> Config {
@@ -270,15 +341,43 @@ impl Decode for Limits {
 
 impl Decode for AccessLogDef {
     fn decode(node: &Node, path: &str, p: &mut Problems) -> Option<Self> {
-        let f = Fields::new(node, path, &["output", "format"], p)?;
+        let f = Fields::new(node, path, &["output", "format", "template"], p)?;
+        let template = f.opt::<Located<String>>("template", p);
         let format = f.opt::<Located<String>>("format", p).map_or(LogFormat::Json, |v| match v.value.as_str() {
             "json" => LogFormat::Json,
             "combined" => LogFormat::Combined,
+            "template" => match &template {
+                Some(t) => match parse_template(&t.value) {
+                    Ok(pieces) => LogFormat::Template(pieces.into()),
+                    Err(why) => {
+                        p.add(t.pos, &t.path, why);
+                        LogFormat::Json
+                    }
+                },
+                None => {
+                    p.add(
+                        v.pos,
+                        &v.path,
+                        "format: template needs `template:` (such as \"{client} {method} {uri} {status}\")",
+                    );
+                    LogFormat::Json
+                }
+            },
             other => {
-                p.add(v.pos, &v.path, format!("unknown access log format {other:?}; expected json or combined"));
+                p.add(
+                    v.pos,
+                    &v.path,
+                    format!("unknown access log format {other:?}; expected json, combined or template"),
+                );
                 LogFormat::Json
             }
         });
+        if let Some(t) = &template
+            && !matches!(format, LogFormat::Template(_))
+            && !p.0.iter().any(|q| q.path == t.path)
+        {
+            p.add(t.pos, &t.path, "`template` is used only with `format: template`");
+        }
         // `output: off` is the documented spelling; `output: false` means the same.
         if f.node("output").is_some_and(|n| n.value == Value::Bool(false)) {
             return Some(AccessLogDef { output: LogOutput::Off, format });

@@ -498,3 +498,14 @@ routes: [{ name: r, match: { path_prefix: / }, upstream: u }]
 ";
     has_problem(&problems(yaml), "2:27: tracing.otlp_endpoint:", "http:// base URL of an OTLP/HTTP receiver");
 }
+
+#[test]
+fn access_log_templates_are_checked() {
+    let yaml = "\
+listeners: [{ name: p, address: 127.0.0.1:8080 }]
+access_log: { format: template, template: \"{client} {staus} }\" }
+upstreams: { u: { targets: [{ address: 127.0.0.1:9000 }] } }
+routes: [{ name: r, match: { path_prefix: / }, upstream: u }]
+";
+    has_problem(&problems(yaml), "2:43: access_log.template:", "unknown field {staus}; did you mean {status}?");
+}

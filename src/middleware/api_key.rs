@@ -38,8 +38,9 @@ impl ApiKey {
         found
     }
 
-    fn refuse(&self, outcome: Outcome) -> Step<'static> {
+    fn refuse(&self, cx: &mut Cx, outcome: Outcome) -> Step<'static> {
         self.metrics.count(outcome);
+        cx.auth_failure = Some(outcome);
         let mut h = HeaderMap::new();
         h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("ApiKey"));
         Step::Answer(Answer::error(ErrorKind::Unauthorized, h))
@@ -51,14 +52,14 @@ impl Middleware for ApiKey {
         if cx.preflight_answered_later() {
             return Step::Next;
         }
-        let Some(presented) = req.headers.get(&self.header) else { return self.refuse(Outcome::Missing) };
+        let Some(presented) = req.headers.get(&self.header) else { return self.refuse(cx, Outcome::Missing) };
         match self.find(presented.as_bytes()) {
             Some(id) => {
                 self.metrics.count(Outcome::Authenticated);
                 cx.api_key_id = Some(id);
                 Step::Next
             }
-            None => self.refuse(Outcome::InvalidKey),
+            None => self.refuse(cx, Outcome::InvalidKey),
         }
     }
 }

@@ -107,8 +107,9 @@ impl Jwt {
         .filter(|t| !t.is_empty())
     }
 
-    fn refuse(&self, outcome: Outcome) -> Answer {
+    fn refuse(&self, cx: &mut Cx, outcome: Outcome) -> Answer {
         self.metrics.count(outcome);
+        cx.auth_failure = Some(outcome);
         let value = match outcome {
             Outcome::Missing => HeaderValue::from_static("Bearer"),
             Outcome::Expired => {
@@ -205,15 +206,15 @@ impl Middleware for Jwt {
         if cx.preflight_answered_later() {
             return Step::Next;
         }
-        let Some(token) = self.token(req) else { return Step::Answer(self.refuse(Outcome::Missing)) };
+        let Some(token) = self.token(req) else { return Step::Answer(self.refuse(cx, Outcome::Missing)) };
         match self.verify(token, self.generation()) {
             Ok(claims) => {
                 self.admit(cx, req, claims);
                 Step::Next
             }
-            Err(Some(outcome)) => Step::Answer(self.refuse(outcome)),
+            Err(Some(outcome)) => Step::Answer(self.refuse(cx, outcome)),
             Err(None) => {
-                let Keys::Jwks(jwks) = &self.keys else { return Step::Answer(self.refuse(Outcome::UnknownKey)) };
+                let Keys::Jwks(jwks) = &self.keys else { return Step::Answer(self.refuse(cx, Outcome::UnknownKey)) };
                 let token = token.to_owned();
                 Step::Wait(Box::pin(async move {
                     // Fetch now unless one ran within the cooldown, then look again.
@@ -223,7 +224,7 @@ impl Middleware for Jwt {
                             self.admit(cx, req, claims);
                             Ok(())
                         }
-                        Err(outcome) => Err(self.refuse(outcome.unwrap_or(Outcome::UnknownKey))),
+                        Err(outcome) => Err(self.refuse(cx, outcome.unwrap_or(Outcome::UnknownKey))),
                     }
                 }))
             }

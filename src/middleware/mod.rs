@@ -59,6 +59,8 @@ pub struct Cx {
     pub accept_coding: Option<crate::config::Coding>,
     /// The coding a `compress` middleware applied to this response (its body is encoded).
     pub encode: std::sync::OnceLock<crate::config::Coding>,
+    /// Why an auth middleware refused the request (the access log's `auth_failed:REASON`).
+    pub auth_failure: Option<Outcome>,
     /// A `cache` middleware's view of this request, from lookup to store.
     pub cache: Option<Box<cache::RequestState>>,
     position: usize,
@@ -176,6 +178,7 @@ impl Chain {
             accept_coding: None,
             encode: std::sync::OnceLock::new(),
             cache: None,
+            auth_failure: None,
             position: 0,
             ran: 0,
             cors_at: self.cors_at,

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 use http::{HeaderValue, Method, Version};
 use serde::Serialize;
 
-use crate::config::{AccessLogDef, LogFormat, LogOutput};
+use crate::config::{AccessLogDef, LogFormat, LogOutput, TemplatePiece};
 use crate::proxy::body::Exchange;
 
 const QUEUE: usize = 16 * 1024;
@@ -39,7 +39,7 @@ impl AccessLog {
     pub fn open(def: &AccessLogDef) -> std::io::Result<Arc<AccessLog>> {
         let (out, path): (Box<dyn Write + Send>, _) = match &def.output {
             LogOutput::Off => {
-                return Ok(Arc::new(AccessLog { tx: None, format: def.format, dropped: AtomicU64::new(0) }));
+                return Ok(Arc::new(AccessLog { tx: None, format: def.format.clone(), dropped: AtomicU64::new(0) }));
             }
             LogOutput::Stdout => (Box::new(std::io::stdout()), None),
             LogOutput::Stderr => (Box::new(std::io::stderr()), None),
@@ -47,16 +47,23 @@ impl AccessLog {
         };
         let (tx, rx) = sync_channel(QUEUE);
         std::thread::Builder::new().name("ferroway-access-log".into()).spawn(move || drain(rx, out, path))?;
-        Ok(Arc::new(AccessLog { tx: Some(tx), format: def.format, dropped: AtomicU64::new(0) }))
+        Ok(Arc::new(AccessLog { tx: Some(tx), format: def.format.clone(), dropped: AtomicU64::new(0) }))
     }
 
     pub fn enabled(&self) -> bool {
         self.tx.is_some()
     }
 
-    /// Whether lines need the Referer and User-Agent (the combined format does).
+    /// Whether lines need the Referer and User-Agent (the combined format, or a template that
+    /// names them).
     pub fn wants_agent(&self) -> bool {
-        self.format == LogFormat::Combined
+        match &self.format {
+            LogFormat::Combined => true,
+            LogFormat::Template(pieces) => {
+                pieces.iter().any(|p| matches!(p, TemplatePiece::Field(f) if f == "referer" || f == "user_agent"))
+            }
+            LogFormat::Json => false,
+        }
     }
 
     /// Reopens a file output (SIGUSR1, after logrotate has moved the file).
@@ -133,6 +140,10 @@ pub struct Entry {
     pub consumer: Option<Arc<str>>,
     /// The verified mTLS client certificate's subject.
     pub client_cert_subject: Option<Arc<str>>,
+    /// The TLS version of the client's connection (`TLSv1.3`), on a TLS listener.
+    pub tls: Option<&'static str>,
+    /// Why a middleware refused the request, beyond its status (`auth_failed:expired`).
+    pub decision: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -159,6 +170,10 @@ struct Line<'a> {
     consumer: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     client_cert_subject: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    decision: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls: Option<&'a str>,
 }
 
 impl Entry {
@@ -168,7 +183,20 @@ impl Entry {
             self.sink.send(line);
             return;
         }
-        let line = Line {
+        let line = self.line();
+        if let LogFormat::Template(pieces) = &self.sink.format {
+            let text = self.templated(&line, pieces);
+            self.sink.send(text);
+            return;
+        }
+        if let Ok(mut text) = serde_json::to_string(&line) {
+            text.push('\n');
+            self.sink.send(text);
+        }
+    }
+
+    fn line(&self) -> Line<'_> {
+        Line {
             ts: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
             request_id: self.request_id.to_str().unwrap_or("-"),
             client: self.client.ip().to_string(),
@@ -191,11 +219,42 @@ impl Entry {
             error: self.error,
             consumer: self.consumer.as_deref(),
             client_cert_subject: self.client_cert_subject.as_deref(),
-        };
-        if let Ok(mut text) = serde_json::to_string(&line) {
-            text.push('\n');
-            self.sink.send(text);
+            decision: self.decision.as_deref(),
+            tls: self.tls,
         }
+    }
+
+    /// The line through a template: each field as the JSON line has it (strings unquoted), `-`
+    /// for one the request does not have.
+    fn templated(&self, line: &Line<'_>, pieces: &[TemplatePiece]) -> String {
+        let fields = serde_json::to_value(line).unwrap_or_default();
+        let agent = |i: usize| {
+            self.agent
+                .as_ref()
+                .and_then(|a| if i == 0 { a.0.as_ref() } else { a.1.as_ref() })
+                .and_then(|v| v.to_str().ok())
+        };
+        let mut out = String::with_capacity(128);
+        for piece in pieces {
+            match piece {
+                TemplatePiece::Text(t) => out.push_str(t),
+                TemplatePiece::Field(name) => {
+                    let value = match name.as_str() {
+                        "referer" => agent(0).map(str::to_owned),
+                        "user_agent" => agent(1).map(str::to_owned),
+                        _ => match fields.get(name) {
+                            None | Some(serde_json::Value::Null) => None,
+                            Some(serde_json::Value::String(s)) => Some(s.clone()),
+                            Some(other) => Some(other.to_string()),
+                        },
+                    };
+                    // One line per request, whatever a header held.
+                    out.push_str(&value.map_or_else(|| "-".to_owned(), |v| v.replace(['\n', '\r'], " ")));
+                }
+            }
+        }
+        out.push('\n');
+        out
     }
 }
 

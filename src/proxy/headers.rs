@@ -79,6 +79,8 @@ pub struct Peer {
     pub client_cert_subject: Option<Arc<str>>,
     /// On a `redirect_to_https` listener: the TLS port every request is sent to.
     pub redirect_https: Option<u16>,
+    /// The TLS version of this connection (`TLSv1.3`), on a TLS listener.
+    pub tls_version: Option<&'static str>,
     /// The server's open-connection count, which an upgraded connection joins.
     pub connections: Option<Arc<crate::server::Connections>>,
 }
@@ -100,6 +102,7 @@ impl Peer {
             proto,
             client_cert_subject: None,
             redirect_https: None,
+            tls_version: None,
             connections: None,
         }
     }

@@ -83,6 +83,8 @@ pub async fn handle(req: Request<Incoming>, peer: &Peer, gw: &Gateway) -> Respon
         error: None,
         consumer: None,
         client_cert_subject: peer.client_cert_subject.clone(),
+        tls: peer.tls_version,
+        decision: None,
     });
     let grpc = is_grpc(req.headers());
     let ctx = Ctx { peer, request_id: &request_id, entry: entry.as_mut(), route: &mut matched, trace: &trace_ids };
@@ -94,6 +96,7 @@ pub async fn handle(req: Request<Incoming>, peer: &Peer, gw: &Gateway) -> Respon
     });
     if let (Some(e), Some(c)) = (entry.as_mut(), chained.as_ref()) {
         e.consumer = c.cx.consumer();
+        e.decision = c.cx.auth_failure.map(|o| format!("auth_failed:{}", o.label()));
     }
     match result {
         Ok((mut resp, in_flight, idle)) => {

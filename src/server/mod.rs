@@ -457,6 +457,11 @@ async fn accept_loop(listener: TcpListener, name: Arc<str>, control: Arc<Control
                         return;
                     }
                     peer.client_cert_subject = tls::client_subject(tls_stream.get_ref().1);
+                    peer.tls_version = match tls_stream.get_ref().1.protocol_version() {
+                        Some(rustls::ProtocolVersion::TLSv1_3) => Some("TLSv1.3"),
+                        Some(rustls::ProtocolVersion::TLSv1_2) => Some("TLSv1.2"),
+                        _ => None,
+                    };
                     serve(TokioIo::new(tls_stream), peer, &control).await
                 }
             }
