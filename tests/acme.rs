@@ -94,10 +94,13 @@ async fn tls_alpn_01_obtains_a_certificate_serves_it_and_a_restart_serves_it_fro
     let (issued, got) = wait_for_certificate(addr, std::slice::from_ref(&root), |_| true).await;
     assert_eq!(got.status, StatusCode::OK);
     assert_eq!(got.text(), "hello");
+    let text = metrics(&gw).await;
     assert!(
-        metrics(&gw).await.contains(&format!("ferroway_acme_orders_total{{domain=\"{DOMAIN}\",outcome=\"ok\"}} 1")),
+        text.contains(&format!("ferroway_acme_orders_total{{domain=\"{DOMAIN}\",outcome=\"ok\"}} 1")),
         "one order, counted"
     );
+    assert!(text.contains("ferroway_acme_certificate_expiry_timestamp_seconds{domain="));
+    promtool_check(&text);
     let cached: Vec<_> = walk(cache.path());
     assert!(cached.iter().any(|p| p.ends_with(".crt.pem")), "certificate cached: {cached:?}");
     assert!(cached.iter().any(|p| p.ends_with("account.json")), "account cached: {cached:?}");

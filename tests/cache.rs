@@ -284,6 +284,8 @@ async fn memory_stays_within_max_size_and_large_objects_stream_through_uncached(
         .and_then(|v| v.parse().ok())
         .expect("ferroway_cache_bytes");
     assert!(bytes <= 1 << 20, "{bytes} bytes held past max_size");
+    assert!(metrics.contains("ferroway_cache_requests_total{middleware=\"c\",result=\"hit\"}"));
+    promtool_check(&metrics);
     assert!(bytes > 0);
     let big = "/big?h=cache-control:max-age%3D60&size=100000";
     let before = o.served.load(Ordering::SeqCst);

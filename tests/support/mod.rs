@@ -427,6 +427,27 @@ impl Drop for GatewayProcess {
     }
 }
 
+/// Asserts that `text` is valid Prometheus exposition, by promtool from Debian's prometheus
+/// package (installed by scripts/test).
+pub fn promtool_check(text: &str) {
+    use std::io::Write;
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool is installed (scripts/test installs Debian's prometheus package)");
+    promtool.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("write metrics");
+    let out = promtool.wait_with_output().expect("promtool runs");
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A real `redis-server` (Debian's package; `scripts/test` installs it) on a free loopback
 /// port, with persistence off. Killed when dropped.
 pub struct RedisServer {
