@@ -141,6 +141,7 @@ upstreams: {{ backend: {{ targets: [{{ address: 127.0.0.1:{BACKEND} }}] }} }}
 middleware:
   limit: {{ rate_limit: {{ rate: 10000000/s, burst: 10000000 }} }}
   auth: {{ jwt: {{ algorithms: [RS256], public_key_file: {d}/pub.pem, forward_claims: {{ x-user-id: sub }} }} }}
+  auth-nc: {{ jwt: {{ algorithms: [RS256], public_key_file: {d}/pub.pem, forward_claims: {{ x-user-id: sub }}, verify_cache: false }} }}
   cors: {{ cors: {{ allow_origins: ["https://app.example.com"], allow_credentials: true }} }}
   rules: {{ headers: {{ request: {{ set: {{ x-gateway: ferroway }} }}, response: {{ remove: [server] }} }} }}
   zip: {{ compress: {{ algorithms: [br, zstd, gzip] }} }}
@@ -150,6 +151,7 @@ routes:
   - {{ name: z, match: {{ path_prefix: /z/ }}, upstream: backend, strip_prefix: true, middleware: [zip] }}
   - {{ name: all, match: {{ path_prefix: / }}, upstream: backend }}
   - {{ name: mw, match: {{ path_prefix: /, headers: {{ x-bench: mw }} }}, upstream: backend, middleware: [limit, auth, cors, rules] }}
+  - {{ name: mw-nc, match: {{ path_prefix: /, headers: {{ x-bench: mw-nocache }} }}, upstream: backend, middleware: [limit, auth-nc, cors, rules] }}
 """)
     for port in (BACKEND, NGINX, HAPROXY, FERRO, *H2_TLS.values(), H2C["nginx"], H2C["haproxy"]):
         try:
@@ -292,8 +294,10 @@ def main():
         return cache_main(args, d, procs)
     if args.middleware:
         token = jwt(d)
-        mw = ("x-bench: mw", f"authorization: Bearer {token}", "origin: https://app.example.com")
-        return ferroway_ab(args, d, procs, "Ferroway middleware cost", [("bare", "/small", ()), ("middleware", "/small", mw)])
+        auth = (f"authorization: Bearer {token}", "origin: https://app.example.com")
+        cases = [("bare", "/small", ()), ("middleware", "/small", ("x-bench: mw", *auth)),
+                 ("middleware, no JWT cache", "/small", ("x-bench: mw-nocache", *auth))]
+        return ferroway_ab(args, d, procs, "Ferroway middleware cost", cases)
     try:
         for _ in range(2):  # warm pools and caches
             for name, port in PROXIES:

@@ -122,11 +122,20 @@ async fn every_supported_algorithm_verifies() {
 
 #[tokio::test]
 async fn bad_tokens_are_refused_with_invalid_token() {
+    bad_tokens_are_refused(true).await;
+}
+
+#[tokio::test]
+async fn bad_tokens_are_refused_without_the_verification_cache_too() {
+    bad_tokens_are_refused(false).await;
+}
+
+async fn bad_tokens_are_refused(verify_cache: bool) {
     let backend = Backend::recording(|_| Response::new(full("ok"))).await;
     let gw = jwt_gateway(
         &backend,
         &format!(
-            "      algorithms: [HS256]\n      secret: \"{SECRET}\"\n      issuer: https://auth.example.com\n      audience: [api]\n      leeway: 5s\n      required_claims: [sub, exp]"
+            "      algorithms: [HS256]\n      secret: \"{SECRET}\"\n      issuer: https://auth.example.com\n      audience: [api]\n      leeway: 5s\n      required_claims: [sub, exp]\n      verify_cache: {verify_cache}"
         ),
     )
     .await;

@@ -270,6 +270,8 @@ pub struct JwtDef {
     pub required_claims: Vec<String>,
     pub forward_claims: Vec<(HeaderName, String)>,
     pub token_from: TokenSource,
+    /// Keep verified tokens briefly (see the jwt middleware); `false` verifies every request.
+    pub verify_cache: bool,
 }
 
 impl Decode for JwtDef {
@@ -288,6 +290,7 @@ impl Decode for JwtDef {
             "required_claims",
             "forward_claims",
             "token_from",
+            "verify_cache",
         ];
         let f = Fields::new(node, path, KEYS, p)?;
         let algs: Vec<Located<String>> = f.req("algorithms", p)?;
@@ -437,6 +440,7 @@ impl Decode for JwtDef {
             required_claims: f.opt("required_claims", p).unwrap_or_else(|| vec!["exp".to_owned()]),
             forward_claims,
             token_from: token_from?,
+            verify_cache: f.opt("verify_cache", p).unwrap_or(true),
         })
     }
 }

@@ -39,7 +39,8 @@ pub struct Jwt {
     required: Vec<String>,
     forward: Vec<(HeaderName, String)>,
     source: TokenSource,
-    cache: TokenCache,
+    /// `None` with `verify_cache: false`.
+    cache: Option<TokenCache>,
     metrics: Arc<MiddlewareMetrics>,
 }
 
@@ -75,7 +76,7 @@ impl Jwt {
             required: def.required_claims.clone(),
             forward: def.forward_claims.clone(),
             source: def.token_from.clone(),
-            cache: TokenCache::default(),
+            cache: def.verify_cache.then(TokenCache::default),
             metrics,
         }
     }
@@ -124,7 +125,7 @@ impl Jwt {
 
     /// Verifies with the key the token names; `Err(None)` when that key is not (yet) known.
     fn verify(&self, token: &str, generation: u64) -> Result<Arc<Claims>, Option<Outcome>> {
-        if let Some(claims) = self.cache.get(token, generation) {
+        if let Some(claims) = self.cache.as_ref().and_then(|c| c.get(token, generation)) {
             return Ok(claims);
         }
         let header = jsonwebtoken::decode_header(token).map_err(|e| Some(reason(&e)))?;
@@ -147,7 +148,9 @@ impl Jwt {
             return Err(Some(Outcome::MissingClaim));
         }
         let claims = Arc::new(claims);
-        self.cache.put(token, &claims, generation);
+        if let Some(cache) = &self.cache {
+            cache.put(token, &claims, generation);
+        }
         Ok(claims)
     }
 
