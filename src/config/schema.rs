@@ -17,6 +17,8 @@ use super::upstream::{UpstreamDef, decode_upstreams};
 pub const DEFAULT_MAX_REQUEST_BODY: u64 = 10 << 20;
 pub const DEFAULT_MAX_HEADER_BYTES: u64 = 32 << 10;
 pub const DEFAULT_CLIENT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_CLIENT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(75);
 
 #[derive(Debug)]
 pub struct Config {
@@ -71,6 +73,10 @@ pub struct Limits {
     pub max_header_bytes: u64,
     /// Longest pause allowed between pieces of a request body before the gateway answers 408.
     pub client_body_timeout: Duration,
+    /// Longest a request head may take to arrive once it has begun.
+    pub client_header_timeout: Duration,
+    /// Longest an HTTP/1.1 client connection may stay open with no request.
+    pub keepalive_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -192,6 +198,8 @@ pub fn decode_config(node: &Node, p: &mut Problems) -> Config {
             max_request_body: DEFAULT_MAX_REQUEST_BODY,
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             client_body_timeout: DEFAULT_CLIENT_BODY_TIMEOUT,
+            client_header_timeout: DEFAULT_CLIENT_HEADER_TIMEOUT,
+            keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
         },
         access_log: AccessLogDef { output: LogOutput::Stdout, format: LogFormat::Json },
         shutdown_timeout: Duration::from_secs(30),
@@ -322,7 +330,14 @@ impl Decode for SocketAddr {
 
 impl Decode for Limits {
     fn decode(node: &Node, path: &str, p: &mut Problems) -> Option<Self> {
-        let f = Fields::new(node, path, &["max_request_body", "max_header_bytes", "client_body_timeout"], p)?;
+        const KEYS: &[&str] = &[
+            "max_request_body",
+            "max_header_bytes",
+            "client_body_timeout",
+            "client_header_timeout",
+            "keepalive_timeout",
+        ];
+        let f = Fields::new(node, path, KEYS, p)?;
         let max_header_bytes = f.opt::<Located<ByteSize>>("max_header_bytes", p).and_then(|b| {
             if b.value.0 < 1024 || b.value.0 > (1 << 20) {
                 p.add(b.pos, &b.path, "max_header_bytes must be between 1KiB and 1MiB");
@@ -335,6 +350,10 @@ impl Decode for Limits {
             max_request_body: f.opt::<ByteSize>("max_request_body", p).map_or(DEFAULT_MAX_REQUEST_BODY, |b| b.0),
             max_header_bytes: max_header_bytes.unwrap_or(DEFAULT_MAX_HEADER_BYTES),
             client_body_timeout: f.opt::<Dur>("client_body_timeout", p).map_or(DEFAULT_CLIENT_BODY_TIMEOUT, |d| d.0),
+            client_header_timeout: f
+                .opt::<Dur>("client_header_timeout", p)
+                .map_or(DEFAULT_CLIENT_HEADER_TIMEOUT, |d| d.0),
+            keepalive_timeout: f.opt::<Dur>("keepalive_timeout", p).map_or(DEFAULT_KEEPALIVE_TIMEOUT, |d| d.0),
         })
     }
 }

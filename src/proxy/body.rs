@@ -29,7 +29,7 @@ pub enum RequestBodyError {
     #[error("request body exceeds the limit of {0} bytes")]
     TooLarge(u64),
     #[error("reading the client's request body failed: {0}")]
-    Client(#[source] hyper::Error),
+    Client(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("the client sent nothing of its request body for {0:?}")]
     Timeout(Duration),
 }
@@ -52,9 +52,46 @@ pub struct Exchange {
     pub bytes_in: AtomicU64,
 }
 
+/// A client's request body as the server hands it over: HTTP/2 streams come through hyper,
+/// HTTP/1.1 bodies through the gateway's own codec (`server::h1`).
+pub enum ClientBody {
+    Hyper(Incoming),
+    H1(crate::server::h1::Body),
+    Empty,
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            ClientBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            ClientBody::H1(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            ClientBody::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Hyper(b) => b.is_end_stream(),
+            ClientBody::H1(b) => b.is_end_stream(),
+            ClientBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::Hyper(b) => b.size_hint(),
+            ClientBody::H1(b) => b.size_hint(),
+            ClientBody::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
+
 enum Inner {
     /// Streamed from the client as it arrives.
-    Client(Incoming),
+    Client(ClientBody),
     /// Already in memory: a body buffered for replay, or none (`None` once sent).
     Bytes(Option<Bytes>),
 }
@@ -97,7 +134,7 @@ impl IdleTimer {
 
 impl RequestBody {
     /// The client's body, cut at `limit` bytes or after `idle_timeout` without data.
-    pub fn client(inner: Incoming, limit: u64, idle_timeout: Duration, exchange: Option<Arc<Exchange>>) -> Self {
+    pub fn client(inner: ClientBody, limit: u64, idle_timeout: Duration, exchange: Option<Arc<Exchange>>) -> Self {
         RequestBody { inner: Inner::Client(inner), limit, seen: 0, exchange, idle: IdleTimer::new(idle_timeout) }
     }
 

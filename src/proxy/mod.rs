@@ -23,7 +23,7 @@ use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use self::body::{Done, Exchange, PendingSpan, RequestBody, ResponseBody};
+use self::body::{ClientBody, Done, Exchange, PendingSpan, RequestBody, ResponseBody};
 use self::error::ErrorKind;
 use self::forward::{Outgoing, Payload};
 use self::headers::{Peer, X_REQUEST_ID};
@@ -50,7 +50,7 @@ struct Ctx<'a> {
     trace: &'a TraceIds,
 }
 
-pub async fn handle(req: Request<Incoming>, peer: &Peer, gw: &Gateway) -> Response<ResponseBody> {
+pub async fn handle(req: Request<ClientBody>, peer: &Peer, gw: &Gateway) -> Response<ResponseBody> {
     let snapshot = gw.snapshot();
     let request_id = gw.ids.for_request(req.headers());
     let version = req.version();
@@ -206,7 +206,7 @@ fn answer_response(
 }
 
 async fn route_and_forward(
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     mut ctx: Ctx<'_>,
     snapshot: &Snapshot,
     chained: &mut Option<Chained>,

@@ -19,11 +19,33 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::server::Hold;
+use crate::server::h1::PendingUpgrade;
 
 /// A client's request to switch protocols.
 pub struct Requested {
-    on_upgrade: OnUpgrade,
+    on_upgrade: ClientSide,
     protocol: HeaderValue,
+}
+
+/// Where the client's switched connection comes from: the gateway's HTTP/1.1 codec, or hyper.
+enum ClientSide {
+    H1(PendingUpgrade),
+    Hyper(OnUpgrade),
+}
+
+/// A switched client connection, whichever server side it came from.
+trait Switched: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Switched for T {}
+
+impl ClientSide {
+    async fn upgraded(self) -> Result<Box<dyn Switched>, String> {
+        match self {
+            ClientSide::H1(p) => p.switched().await.map(|s| Box::new(s) as Box<dyn Switched>).map_err(str::to_owned),
+            ClientSide::Hyper(o) => {
+                o.await.map(|u| Box::new(TokioIo::new(u)) as Box<dyn Switched>).map_err(|e| e.to_string())
+            }
+        }
+    }
 }
 
 /// The upgrade a request asks for, read before hop-by-hop fields are stripped: HTTP/1.1 with
@@ -37,7 +59,10 @@ pub fn requested(version: Version, headers: &HeaderMap, extensions: &mut http::E
         return None;
     }
     let protocol = headers.get(header::UPGRADE)?.clone();
-    let on_upgrade = extensions.remove::<OnUpgrade>()?;
+    let on_upgrade = match extensions.remove::<PendingUpgrade>() {
+        Some(p) => ClientSide::H1(p),
+        None => ClientSide::Hyper(extensions.remove::<OnUpgrade>()?),
+    };
     Some(Requested { on_upgrade, protocol })
 }
 
@@ -53,16 +78,20 @@ impl Requested {
     /// `idle`, or shutdown cuts it (`hold` keeps it in the server's open count until then).
     pub fn tunnel(self, upstream: OnUpgrade, idle: Duration, mut hold: Option<Hold>) {
         tokio::spawn(async move {
-            let (client, upstream) = match tokio::join!(self.on_upgrade, upstream) {
+            let (client, upstream) = match tokio::join!(self.on_upgrade.upgraded(), upstream) {
                 (Ok(c), Ok(u)) => (c, u),
-                (Err(e), _) | (_, Err(e)) => {
+                (Err(e), _) => {
+                    tracing::debug!(error = %e, "upgrade did not complete");
+                    return;
+                }
+                (_, Err(e)) => {
                     tracing::debug!(error = %e, "upgrade did not complete");
                     return;
                 }
             };
             let start = Instant::now();
             let last = Arc::new(AtomicU64::new(0));
-            let mut client = Active { io: TokioIo::new(client), last: last.clone(), start };
+            let mut client = Active { io: client, last: last.clone(), start };
             let mut upstream = Active { io: TokioIo::new(upstream), last: last.clone(), start };
             let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
             let quiet = async {

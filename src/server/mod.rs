@@ -1,6 +1,7 @@
-//! Listeners and connections: accept TCP, serve HTTP/1.1 and HTTP/2 (prior knowledge) on the
-//! same port with upgrades enabled, hand each request to the proxy, reload without dropping a
-//! connection, and drain on shutdown.
+//! Listeners and connections: accept TCP, serve HTTP/1.1 (the gateway's own codec, `h1`) and
+//! HTTP/2 (hyper; prior knowledge in cleartext, ALPN over TLS) on the same port with upgrades
+//! enabled, hand each request to the proxy, reload without dropping a connection, and drain on
+//! shutdown.
 //!
 //! Nothing here knows about routes or upstreams; it owns sockets, protocol settings and the
 //! connection lifecycle. The listener set is behind a mutex that only reload and shutdown
@@ -8,6 +9,7 @@
 
 pub mod acme;
 mod file_watch;
+pub mod h1;
 pub mod tls;
 
 use std::convert::Infallible;
@@ -18,10 +20,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use bytes::{Bytes, BytesMut};
+use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
@@ -124,7 +128,7 @@ impl Drop for ConnectionGuard {
 pub struct Control {
     pub gateway: Arc<Gateway>,
     listeners: Mutex<Vec<ListenerHandle>>,
-    builder: ArcSwap<auto::Builder<TokioExecutor>>,
+    protocols: ArcSwap<Protocols>,
     connections: Arc<Connections>,
     /// Tells every open connection to finish its in-flight requests and close.
     drain: watch::Sender<bool>,
@@ -268,7 +272,7 @@ impl Control {
         }
         self.gateway.install(snapshot);
         self.reloaded.notify_one();
-        self.builder.store(Arc::new(connection_builder(&config.limits)));
+        self.protocols.store(Arc::new(Protocols::new(&config.limits)));
         let wanted: Vec<(String, SocketAddr)> =
             config.listeners.iter().map(|l| (l.name.value.clone(), l.address.value)).collect();
         let mut summary = ReloadSummary::default();
@@ -360,7 +364,7 @@ pub async fn start_with_file(config: &Config, config_path: Option<PathBuf>) -> R
     let control = Arc::new(Control {
         gateway: gateway.clone(),
         listeners: Mutex::new(Vec::new()),
-        builder: ArcSwap::from_pointee(connection_builder(&config.limits)),
+        protocols: ArcSwap::from_pointee(Protocols::new(&config.limits)),
         connections: Arc::default(),
         drain: watch::channel(false).0,
         shutting_down: AtomicBool::new(false),
@@ -389,26 +393,34 @@ pub async fn start_with_file(config: &Config, config_path: Option<PathBuf>) -> R
     Ok(Running { gateway, control })
 }
 
-fn connection_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    // hyper answers 431 by itself past its read buffer; keep that well above our own
-    // max_header_bytes check so clients normally get the gateway's JSON answer instead.
-    let header_buf = usize::try_from(limits.max_header_bytes).unwrap_or(usize::MAX).saturating_add(16 << 10).max(8192);
-    b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
-        .max_buf_size(header_buf)
-        .keep_alive(true);
-    b.http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(256)
-        // Rapid reset (CVE-2023-44487): a connection whose client resets more than 20 streams
-        // before they are served, or makes the gateway reset more than 1024, gets GOAWAY
-        // ENHANCE_YOUR_CALM. The header list limit also bounds CONTINUATION floods.
-        .max_pending_accept_reset_streams(20)
-        .max_local_error_reset_streams(1024);
-    b
+/// How client connections are served, as of the last reload.
+struct Protocols {
+    h1: h1::Settings,
+    h2: http2::Builder<TokioExecutor>,
+}
+
+impl Protocols {
+    fn new(limits: &Limits) -> Self {
+        // The head may be this much longer than `max_header_bytes` (the request line, the
+        // separators) before the codec answers 431 itself; the proxy checks the fields exactly.
+        let max_head = usize::try_from(limits.max_header_bytes).unwrap_or(usize::MAX).saturating_add(16 << 10);
+        let h1 = h1::Settings {
+            max_head,
+            header_timeout: limits.client_header_timeout,
+            keepalive_timeout: limits.keepalive_timeout,
+            body_timeout: limits.client_body_timeout,
+        };
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(256)
+            // Rapid reset (CVE-2023-44487): a connection whose client resets more than 20
+            // streams before they are served, or makes the gateway reset more than 1024, gets
+            // GOAWAY ENHANCE_YOUR_CALM. The header list limit also bounds CONTINUATION floods.
+            .max_pending_accept_reset_streams(20)
+            .max_local_error_reset_streams(1024);
+        Protocols { h1, h2 }
+    }
 }
 
 async fn accept_loop(listener: TcpListener, name: Arc<str>, control: Arc<Control>, mut stop: watch::Receiver<bool>) {
@@ -430,63 +442,134 @@ async fn accept_loop(listener: TcpListener, name: Arc<str>, control: Arc<Control
         let Some(runtime) = control.gateway.snapshot().listeners.get(&*name).cloned() else { continue };
         let guard = control.connections.guard();
         let control = control.clone();
-        tokio::spawn(async move {
+        let task = async move {
             let _guard = guard;
             let mut peer = Peer::new(addr, runtime.tls.is_some());
             peer.redirect_https = runtime.redirect_https;
             peer.connections = Some(control.connections.clone());
             match &runtime.tls {
-                None => serve(TokioIo::new(stream), peer, &control).await,
+                None => serve_plain(stream, peer, &control).await,
+                // Boxed, like HTTP/2 below: a plain HTTP/1.1 connection's task then carries
+                // neither the handshake's state nor hyper's HTTP/2 connection.
                 Some(tls) => {
-                    let tls_stream =
-                        match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream)).await {
-                            Ok(Ok(s)) => s,
-                            Ok(Err(e)) => {
-                                control.gateway.metrics().tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
-                                tracing::debug!(client = %addr, error = %e, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => {
-                                control.gateway.metrics().tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
-                                tracing::debug!(client = %addr, "TLS handshake timed out");
-                                return;
-                            }
+                    Box::pin(async move {
+                        let tls_stream =
+                            match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream)).await {
+                                Ok(Ok(s)) => s,
+                                Ok(Err(e)) => {
+                                    control.gateway.metrics().tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
+                                    tracing::debug!(client = %addr, error = %e, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    control.gateway.metrics().tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
+                                    tracing::debug!(client = %addr, "TLS handshake timed out");
+                                    return;
+                                }
+                            };
+                        // RFC 8737 §3: a validation connection ends once the handshake is done.
+                        if tls_stream.get_ref().1.alpn_protocol() == Some(acme::ACME_TLS_ALPN) {
+                            return;
+                        }
+                        peer.client_cert_subject = tls::client_subject(tls_stream.get_ref().1);
+                        peer.tls_version = match tls_stream.get_ref().1.protocol_version() {
+                            Some(rustls::ProtocolVersion::TLSv1_3) => Some("TLSv1.3"),
+                            Some(rustls::ProtocolVersion::TLSv1_2) => Some("TLSv1.2"),
+                            _ => None,
                         };
-                    // RFC 8737 §3: a validation connection ends once the handshake is done.
-                    if tls_stream.get_ref().1.alpn_protocol() == Some(acme::ACME_TLS_ALPN) {
-                        return;
-                    }
-                    peer.client_cert_subject = tls::client_subject(tls_stream.get_ref().1);
-                    peer.tls_version = match tls_stream.get_ref().1.protocol_version() {
-                        Some(rustls::ProtocolVersion::TLSv1_3) => Some("TLSv1.3"),
-                        Some(rustls::ProtocolVersion::TLSv1_2) => Some("TLSv1.2"),
-                        _ => None,
-                    };
-                    serve(TokioIo::new(tls_stream), peer, &control).await
+                        serve_tls(tls_stream, peer, &control).await
+                    })
+                    .await
                 }
             }
-        });
+        };
+        tokio::spawn(task);
     }
 }
 
-/// Serves HTTP on one accepted connection (HTTP/1.1 or HTTP/2, by the client's preface)
-/// until it ends or the gateway drains.
-async fn serve<I>(io: I, peer: Peer, control: &Control)
+/// The client preface of HTTP/2 with prior knowledge (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Serves a cleartext connection: HTTP/2 if it opens with the HTTP/2 preface, else HTTP/1.1.
+async fn serve_plain(stream: TcpStream, peer: Peer, control: &Control) {
+    let protocols = control.protocols.load_full();
+    let mut drain = control.drain.subscribe();
+    // The first bytes are waited for with no buffer, like any idle keep-alive connection. A
+    // one-byte peek rather than `readable()`: a fresh socket may report a readiness that a read
+    // then finds empty, which would move the wait from this timeout to the header timeout.
+    let mut one = [0u8; 1];
+    let first = tokio::time::timeout(protocols.h1.keepalive_timeout, stream.peek(&mut one));
+    tokio::select! {
+        biased;
+        _ = drain.wait_for(|d| *d) => return,
+        peeked = first => if !matches!(peeked, Ok(Ok(n)) if n > 0) { return },
+    }
+    let mut buf = BytesMut::with_capacity(4096);
+    let sniff = async {
+        loop {
+            match stream.try_read_buf(&mut buf) {
+                Ok(0) => return false,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return false,
+            }
+            let n = buf.len().min(H2_PREFACE.len());
+            if buf[..n] != H2_PREFACE[..n] || n == H2_PREFACE.len() {
+                return true;
+            }
+            if stream.readable().await.is_err() {
+                return false;
+            }
+        }
+    };
+    match tokio::time::timeout(protocols.h1.header_timeout, sniff).await {
+        Ok(true) => {}
+        _ => return,
+    }
+    let peer = Arc::new(peer);
+    if buf.starts_with(H2_PREFACE) {
+        let io = TokioIo::new(Rewind { first: buf.freeze(), inner: stream });
+        Box::pin(serve_h2(io, peer, control, &protocols.h2)).await;
+    } else {
+        let (read, write) = stream.into_split();
+        let reader = h1::Reader::new(h1::ReadSide::Tcp(read), buf);
+        let gw = control.gateway.clone();
+        h1::serve(reader, h1::WriteSide::Tcp(write), peer, gw, drain, protocols.h1).await;
+    }
+}
+
+/// Serves a TLS connection: HTTP/2 when ALPN chose it, else HTTP/1.1.
+async fn serve_tls(stream: tokio_rustls::server::TlsStream<TcpStream>, peer: Peer, control: &Control) {
+    let protocols = control.protocols.load_full();
+    let peer = Arc::new(peer);
+    if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+        Box::pin(serve_h2(TokioIo::new(stream), peer, control, &protocols.h2)).await;
+    } else {
+        let (read, write) = tokio::io::split(stream);
+        let reader = h1::Reader::new(h1::ReadSide::Tls(read), BytesMut::new());
+        let gw = control.gateway.clone();
+        h1::serve(reader, h1::WriteSide::Tls(write), peer, gw, control.drain.subscribe(), protocols.h1).await;
+    }
+}
+
+/// Serves HTTP/2 on one connection until it ends or the gateway drains (then GOAWAY, and the
+/// streams in flight finish).
+async fn serve_h2<I>(io: I, peer: Arc<Peer>, control: &Control, builder: &http2::Builder<TokioExecutor>)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let peer = Arc::new(peer);
     let gw = control.gateway.clone();
-    let service = service_fn(move |req| {
+    let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let gw = gw.clone();
         let peer = peer.clone();
-        async move { Ok::<_, Infallible>(crate::proxy::handle(req, &peer, &gw).await) }
+        async move {
+            let req = req.map(crate::proxy::body::ClientBody::Hyper);
+            Ok::<_, Infallible>(crate::proxy::handle(req, &peer, &gw).await)
+        }
     });
-    let builder = control.builder.load_full();
     let mut drain = control.drain.subscribe();
-    let conn = builder.serve_connection_with_upgrades(io, service);
+    let conn = builder.serve_connection(io, service);
     tokio::pin!(conn);
-    // On drain: finish in-flight requests, then close (HTTP/2: GOAWAY).
     let ended = tokio::select! {
         ended = conn.as_mut() => Some(ended),
         _ = drain.wait_for(|d| *d) => None,
@@ -500,5 +583,64 @@ where
     };
     if let Err(e) = ended {
         tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// A stream whose first bytes were already read (to tell HTTP/2 from HTTP/1.1): they are
+/// read again first.
+struct Rewind {
+    first: Bytes,
+    inner: TcpStream,
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if !this.first.is_empty() {
+            let n = this.first.len().min(buf.remaining());
+            buf.put_slice(&this.first.split_to(n));
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
