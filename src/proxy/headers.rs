@@ -38,6 +38,14 @@ pub fn list_items<'h>(headers: &'h HeaderMap, name: &HeaderName) -> impl Iterato
 /// Removes hop-by-hop fields. Returns whether the sender accepts trailers (`TE: trailers`),
 /// the one hop-by-hop signal a proxy passes on, since it holds for the whole chain.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
+    // One scan of the names present rather than a hashed removal of each hop-by-hop name: most
+    // messages carry none or one of them, and Connection-listed names need Connection.
+    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return false;
+    }
+    // Read before Connection's list is applied: a sender of TE lists "te" there (RFC 9110
+    // §10.1.4).
+    let te_trailers = list_items(headers, &header::TE).any(|t| t.eq_ignore_ascii_case("trailers"));
     if headers.contains_key(header::CONNECTION) {
         let listed: Vec<HeaderName> = list_items(headers, &header::CONNECTION)
             .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
@@ -46,8 +54,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
             headers.remove(name);
         }
     }
-    let te_trailers = list_items(headers, &header::TE).any(|t| t.eq_ignore_ascii_case("trailers"));
-    for name in &HOP_BY_HOP {
+    while let Some(name) = headers.keys().find(|k| HOP_BY_HOP.contains(k)).cloned() {
         headers.remove(name);
     }
     te_trailers
@@ -170,6 +177,19 @@ mod tests {
         assert_eq!(h.len(), 2);
         assert!(h.contains_key("x-kept"));
         assert!(h.contains_key(header::TRAILER), "Trailer is end to end (RFC 9110 §6.6.2)");
+    }
+
+    #[test]
+    fn te_trailers_holds_when_connection_lists_te() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("TE"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        assert!(strip_hop_by_hop(&mut h));
+        assert!(h.is_empty());
+        let mut plain = HeaderMap::new();
+        plain.insert(header::HOST, HeaderValue::from_static("x"));
+        assert!(!strip_hop_by_hop(&mut plain));
+        assert_eq!(plain.len(), 1);
     }
 
     #[test]
