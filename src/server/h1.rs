@@ -150,20 +150,18 @@ impl Reader {
 
     /// Waits for the next request's first bytes. Over TCP no buffer is held while waiting: a
     /// buffer is taken only once a read will find data. (Over TLS the session keeps buffers
-    /// of its own anyway, and the read itself waits.) `Ok(0)` when the client closed.
-    async fn next_request(&mut self) -> io::Result<usize> {
+    /// of its own anyway, and the read itself waits.) `Ok(0)` when the client closed. A poll
+    /// function rather than an `async fn`: it keeps no state of its own, and an idle
+    /// connection's task is mostly its wait for this.
+    fn poll_next_request(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let ReadSide::Tcp(r) = &self.io else { return self.poll_fill(cx, HEAD_BUFFER) };
         loop {
-            if let ReadSide::Tcp(r) = &self.io {
-                r.readable().await?;
-                self.buf.reserve(HEAD_BUFFER);
-                let ReadSide::Tcp(r) = &self.io else { unreachable!("matched above") };
-                match r.try_read_buf(&mut self.buf) {
-                    // Readiness was stale: give the buffer back and wait again.
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.buf = BytesMut::new(),
-                    done => return done,
-                }
-            } else {
-                return self.fill(HEAD_BUFFER).await;
+            ready!(r.as_ref().poll_read_ready(cx))?;
+            self.buf.reserve(HEAD_BUFFER);
+            match r.try_read_buf(&mut self.buf) {
+                // Readiness was stale: give the buffer back and wait again.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.buf = BytesMut::new(),
+                done => return Poll::Ready(done),
             }
         }
     }
@@ -221,53 +219,82 @@ impl PendingUpgrade {
 
 /// Serves HTTP/1.1 requests on one connection until it closes, the client is idle for
 /// `keepalive_timeout`, or the gateway drains. `reader` may already hold the first bytes.
-pub async fn serve(
+///
+/// A plain function returning an `async move` block, not an `async fn`: an `async fn` keeps
+/// its arguments twice in its state (as arguments and as locals), and this state is what an
+/// idle connection costs.
+#[expect(clippy::manual_async_fn, reason = "an async fn would hold its arguments twice")]
+pub fn serve(
     mut reader: Reader,
     mut writer: WriteSide,
     peer: Arc<Peer>,
     gw: Arc<Gateway>,
     mut drain: watch::Receiver<bool>,
     settings: Settings,
-) {
-    loop {
-        if reader.buf.is_empty() {
-            // Idle: no buffer while waiting (a pipelined request keeps its bytes).
-            reader.buf = BytesMut::new();
-            let idle = tokio::time::timeout(settings.keepalive_timeout, reader.next_request());
-            tokio::select! {
-                biased;
-                _ = drain.wait_for(|d| *d) => return,
-                read = idle => if !matches!(read, Ok(Ok(n)) if n > 0) { return },
-            }
-        }
-        let head = match tokio::time::timeout(settings.header_timeout, read_head(&mut reader, settings.max_head)).await
-        {
-            Ok(Ok(head)) => head,
-            Ok(Err(HeadError::Closed)) | Err(_) => return,
-            Ok(Err(HeadError::Io(e))) => {
-                tracing::debug!(client = %peer.addr, error = %e, "reading a request head failed");
-                return;
-            }
-            Ok(Err(HeadError::Refused(kind))) => {
-                if refuse(&mut writer, kind, &gw).await.is_ok() {
-                    linger(reader).await;
+) -> impl Future<Output = ()> {
+    async move {
+        loop {
+            if reader.buf.is_empty() {
+                // Idle: no buffer while waiting (a pipelined request keeps its bytes).
+                reader.buf = BytesMut::new();
+                let mut drained = std::pin::pin!(drain.wait_for(|d| *d));
+                let mut idle = std::pin::pin!(tokio::time::sleep(settings.keepalive_timeout));
+                let read = poll_fn(|cx| {
+                    if drained.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(false);
+                    }
+                    if let Poll::Ready(read) = reader.poll_next_request(cx) {
+                        return Poll::Ready(matches!(read, Ok(n) if n > 0));
+                    }
+                    idle.as_mut().poll(cx).map(|()| false)
+                })
+                .await;
+                if !read {
+                    return;
                 }
-                return;
             }
-        };
-        let draining = *drain.borrow();
-        // Boxed so that an idle connection's task stays small: the request path's state
-        // exists only while a request is in flight.
-        let exchange = Box::pin(exchange(head, reader, writer, &peer, &gw, draining, settings));
-        match exchange.await {
-            Next::Continue(r, w) => (reader, writer) = (r, w),
-            Next::Close(r, mut w) => {
-                let _ = w.shutdown().await;
-                linger(r).await;
-                return;
+            // Boxed so that an idle connection's task stays small: the request's state (about
+            // 6 KiB) exists only while it is in flight.
+            match Box::pin(one_request(reader, writer, &peer, &gw, &drain, settings)).await {
+                Next::Continue(r, w) => (reader, writer) = (r, w),
+                Next::Close(..) | Next::Done => return,
             }
-            Next::Done => return,
         }
+    }
+}
+
+/// Reads one request's head and answers it (or refuses it); closing, it lingers so that the
+/// client sees the answer. Never `Close`: that is handled here.
+async fn one_request(
+    mut reader: Reader,
+    mut writer: WriteSide,
+    peer: &Peer,
+    gw: &Gateway,
+    drain: &watch::Receiver<bool>,
+    settings: Settings,
+) -> Next {
+    let head = match tokio::time::timeout(settings.header_timeout, read_head(&mut reader, settings.max_head)).await {
+        Ok(Ok(head)) => head,
+        Ok(Err(HeadError::Closed)) | Err(_) => return Next::Done,
+        Ok(Err(HeadError::Io(e))) => {
+            tracing::debug!(client = %peer.addr, error = %e, "reading a request head failed");
+            return Next::Done;
+        }
+        Ok(Err(HeadError::Refused(kind))) => {
+            if refuse(&mut writer, kind, gw).await.is_ok() {
+                linger(reader).await;
+            }
+            return Next::Done;
+        }
+    };
+    let draining = *drain.borrow();
+    match exchange(head, reader, writer, peer, gw, draining, settings).await {
+        Next::Close(r, mut w) => {
+            let _ = w.shutdown().await;
+            linger(r).await;
+            Next::Done
+        }
+        next => next,
     }
 }
 

@@ -442,17 +442,18 @@ async fn accept_loop(listener: TcpListener, name: Arc<str>, control: Arc<Control
         let Some(runtime) = control.gateway.snapshot().listeners.get(&*name).cloned() else { continue };
         let guard = control.connections.guard();
         let control = control.clone();
+        let redirect = runtime.redirect_https;
         let task = async move {
             let _guard = guard;
-            let mut peer = Peer::new(addr, runtime.tls.is_some());
-            peer.redirect_https = runtime.redirect_https;
-            peer.connections = Some(control.connections.clone());
+            // The peer is made in each arm, not before the `match`: a local that lives across
+            // an `.await` takes room in the task for as long as the connection is open.
             match &runtime.tls {
-                None => serve_plain(stream, peer, &control).await,
+                None => serve_plain(stream, Arc::new(peer_of(addr, false, redirect, &control)), control).await,
                 // Boxed, like HTTP/2 below: a plain HTTP/1.1 connection's task then carries
                 // neither the handshake's state nor hyper's HTTP/2 connection.
                 Some(tls) => {
                     Box::pin(async move {
+                        let mut peer = peer_of(addr, true, redirect, &control);
                         let tls_stream =
                             match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream)).await {
                                 Ok(Ok(s)) => s,
@@ -490,22 +491,52 @@ async fn accept_loop(listener: TcpListener, name: Arc<str>, control: Arc<Control
 /// The client preface of HTTP/2 with prior knowledge (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// The client side of a connection accepted on a listener.
+fn peer_of(addr: SocketAddr, tls: bool, redirect_https: Option<u16>, control: &Control) -> Peer {
+    let mut peer = Peer::new(addr, tls);
+    peer.redirect_https = redirect_https;
+    peer.connections = Some(control.connections.clone());
+    peer
+}
+
 /// Serves a cleartext connection: HTTP/2 if it opens with the HTTP/2 preface, else HTTP/1.1.
-async fn serve_plain(stream: TcpStream, peer: Peer, control: &Control) {
-    let protocols = control.protocols.load_full();
-    let mut drain = control.drain.subscribe();
-    // The first bytes are waited for with no buffer, like any idle keep-alive connection. A
-    // one-byte peek rather than `readable()`: a fresh socket may report a readiness that a read
-    // then finds empty, which would move the wait from this timeout to the header timeout.
-    let mut one = [0u8; 1];
-    let first = tokio::time::timeout(protocols.h1.keepalive_timeout, stream.peek(&mut one));
-    tokio::select! {
-        biased;
-        _ = drain.wait_for(|d| *d) => return,
-        peeked = first => if !matches!(peeked, Ok(Ok(n)) if n > 0) { return },
+///
+/// An `async move` block rather than an `async fn`, like `h1::serve`: its state is what an
+/// idle connection costs, and an `async fn` would keep its arguments in it twice.
+#[expect(clippy::manual_async_fn, reason = "an async fn would hold its arguments twice")]
+fn serve_plain(stream: TcpStream, peer: Arc<Peer>, control: Arc<Control>) -> impl Future<Output = ()> {
+    async move {
+        let protocols = control.protocols.load_full();
+        let mut drain = control.drain.subscribe();
+        // The first bytes are waited for with no buffer, like any idle keep-alive connection.
+        // A one-byte peek rather than `readable()`: a fresh socket may report a readiness that
+        // a read then finds empty, which would move the wait from this timeout to the header
+        // timeout.
+        let mut one = [0u8; 1];
+        let first = tokio::time::timeout(protocols.h1.keepalive_timeout, stream.peek(&mut one));
+        tokio::select! {
+            biased;
+            _ = drain.wait_for(|d| *d) => return,
+            peeked = first => if !matches!(peeked, Ok(Ok(n)) if n > 0) { return },
+        }
+        let Some(buf) = sniff(&stream, protocols.h1.header_timeout).await else { return };
+        if buf.starts_with(H2_PREFACE) {
+            let io = TokioIo::new(Rewind { first: buf.freeze(), inner: stream });
+            Box::pin(serve_h2(io, peer, &control, &protocols.h2)).await;
+        } else {
+            let (read, write) = stream.into_split();
+            let reader = h1::Reader::new(h1::ReadSide::Tcp(read), buf);
+            let gw = control.gateway.clone();
+            h1::serve(reader, h1::WriteSide::Tcp(write), peer, gw, drain, protocols.h1).await;
+        }
     }
+}
+
+/// Reads a connection's first bytes, enough to tell the HTTP/2 preface from HTTP/1.1; `None`
+/// when the client closed or stalled longer than `timeout`.
+async fn sniff(stream: &TcpStream, timeout: Duration) -> Option<BytesMut> {
     let mut buf = BytesMut::with_capacity(4096);
-    let sniff = async {
+    let read = async {
         loop {
             match stream.try_read_buf(&mut buf) {
                 Ok(0) => return false,
@@ -522,19 +553,9 @@ async fn serve_plain(stream: TcpStream, peer: Peer, control: &Control) {
             }
         }
     };
-    match tokio::time::timeout(protocols.h1.header_timeout, sniff).await {
-        Ok(true) => {}
-        _ => return,
-    }
-    let peer = Arc::new(peer);
-    if buf.starts_with(H2_PREFACE) {
-        let io = TokioIo::new(Rewind { first: buf.freeze(), inner: stream });
-        Box::pin(serve_h2(io, peer, control, &protocols.h2)).await;
-    } else {
-        let (read, write) = stream.into_split();
-        let reader = h1::Reader::new(h1::ReadSide::Tcp(read), buf);
-        let gw = control.gateway.clone();
-        h1::serve(reader, h1::WriteSide::Tcp(write), peer, gw, drain, protocols.h1).await;
+    match tokio::time::timeout(timeout, read).await {
+        Ok(true) => Some(buf),
+        _ => None,
     }
 }
 
