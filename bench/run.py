@@ -137,7 +137,7 @@ backend be
   - {{ name: public, address: 127.0.0.1:{FERRO} }}
   - {{ name: tls, address: 127.0.0.1:{H2_TLS["ferroway"]}, tls: {{ certificates: [{{ cert: {d}/tls.pem, key: {d}/tls-key.pem }}] }} }}
 access_log: {{ output: off }}
-upstreams: {{ backend: {{ targets: [{{ address: 127.0.0.1:{BACKEND} }}] }} }}
+upstreams: {{ backend: {{ targets: [{{ address: 127.0.0.1:{BACKEND} }}], max_idle_per_target: 128 }} }}  # NGINX: keepalive 128
 middleware:
   limit: {{ rate_limit: {{ rate: 10000000/s, burst: 10000000 }} }}
   auth: {{ jwt: {{ algorithms: [RS256], public_key_file: {d}/pub.pem, forward_claims: {{ x-user-id: sub }} }} }}

@@ -21,6 +21,9 @@ pub struct UpstreamDef {
     pub passive_health: Option<PassiveHealthDef>,
     /// Concurrent requests (so HTTP/1.1 connections) per target.
     pub max_connections_per_target: u32,
+    /// Idle pooled connections kept per target (NGINX's `keepalive`); more are closed once
+    /// their request is done. Defaults to `max_connections_per_target`.
+    pub max_idle_per_target: u32,
     /// Requests that may wait for a free connection beyond that; more get 503 at once.
     pub max_pending: u32,
     pub retry: RetryDef,
@@ -176,6 +179,7 @@ fn decode_upstream(node: &Node, path: &str, p: &mut Problems) -> Option<Upstream
         "health_check",
         "passive_health",
         "max_connections_per_target",
+        "max_idle_per_target",
         "circuit_breaker",
         "retry",
         "slow_start",
@@ -269,6 +273,9 @@ fn decode_upstream(node: &Node, path: &str, p: &mut Problems) -> Option<Upstream
         }
         protocol
     });
+    let max_connections_per_target = bounded(&f, "max_connections_per_target", 1..=1_000_000, 1024, p);
+    let max_idle_per_target = bounded(&f, "max_idle_per_target", 0..=1_000_000, max_connections_per_target, p)
+        .min(max_connections_per_target);
     Some(UpstreamDef {
         targets,
         timeouts: f.opt("timeouts", p).unwrap_or_default(),
@@ -276,7 +283,8 @@ fn decode_upstream(node: &Node, path: &str, p: &mut Problems) -> Option<Upstream
         hash_on,
         health_check: f.opt("health_check", p),
         passive_health: f.opt("passive_health", p),
-        max_connections_per_target: bounded(&f, "max_connections_per_target", 1..=1_000_000, 1024, p),
+        max_connections_per_target,
+        max_idle_per_target,
         max_pending: f
             .node("circuit_breaker")
             .and_then(|n| {

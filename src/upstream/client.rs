@@ -35,6 +35,7 @@ impl UpstreamClient {
         let mut builder = Client::builder(TokioExecutor::new());
         builder
             .pool_idle_timeout(def.timeouts.idle)
+            .pool_max_idle_per_host(usize::try_from(def.max_idle_per_target).unwrap_or(usize::MAX))
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .http1_preserve_header_case(false)
