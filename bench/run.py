@@ -282,6 +282,7 @@ def main():
     ap.add_argument("--h2", action="store_true", help="HTTP/2 from the client (h2load): h2 over TLS and h2c, upstream HTTP/1.1")
     ap.add_argument("--compress", action="store_true", help="CPU per MiB compressed, per algorithm (Ferroway; NGINX gzip for reference)")
     ap.add_argument("--cache", action="store_true", help="only Ferroway: a cache hit against proxying the same small response")
+    ap.add_argument("--scale", action="store_true", help="only Ferroway: 10 000 routes and 1 000 targets against 1 route and 1 target")
     args = ap.parse_args()
     d = tempfile.mkdtemp(prefix="ferroway-bench-")
     procs = start_all(d)
@@ -292,6 +293,8 @@ def main():
         return compress_main(args, d, procs)
     if args.cache:
         return cache_main(args, d, procs)
+    if args.scale:
+        return scale_main(args, d, procs)
     if args.middleware:
         token = jwt(d)
         auth = (f"authorization: Bearer {token}", "origin: https://app.example.com")
@@ -381,16 +384,57 @@ def cache_main(args, d, procs):
     return ferroway_ab(args, d, procs, "Ferroway cache bench", [("proxied", "/small", ()), ("cache hit", "/c/small", ())])
 
 
+SCALE_TARGETS, SCALE_ROUTES = 1000, 10000
+WIDE_BASE = 20000  # the wide backend's first port
+SCALE_PORTS = {(1, 1): FERRO, (SCALE_ROUTES, 1): 18098, (1, SCALE_TARGETS): 18099, (SCALE_ROUTES, SCALE_TARGETS): 18100}
+
+
+def scale_main(args, d, procs):
+    """Cost in configuration size: Ferroway with 1 or 10 000 routes, and an upstream of 1 or
+    1 000 targets (one NGINX listening on 1 000 ports; round robin, so consecutive requests go
+    to different targets and pools), one process per combination, the same request path."""
+    listens = "".join(f"listen 127.0.0.1:{WIDE_BASE + i} backlog=4096; " for i in range(SCALE_TARGETS))
+    wide = write(d, "wide.conf", f"""daemon off; master_process off; worker_processes 1; worker_rlimit_nofile 16384; pid {d}/wide.pid; error_log {d}/wide.err warn;
+events {{ worker_connections 16000; }}
+http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 300s;
+  server {{ {listens} location = /small {{ default_type text/plain; return 200 "hello world\\n"; }} }} }}
+""")
+    # This scenario's own servers replace the shared Ferroway.
+    procs["ferroway"].send_signal(signal.SIGTERM)
+    procs["ferroway"].wait(timeout=10)
+    quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    procs["wide"] = subprocess.Popen(["taskset", "-c", "1", "nginx", "-c", wide, "-p", d], **quiet)
+    middle = SCALE_ROUTES // 2
+    cases = []
+    for (nroutes, ntargets), port in SCALE_PORTS.items():
+        targets = ", ".join(f"{{ address: 127.0.0.1:{WIDE_BASE + i} }}" for i in range(ntargets))
+        # The requested route sits in the middle of the table.
+        ids = range(nroutes) if nroutes > 1 else [middle]
+        routes = "".join(f"  - {{ name: r{i}, match: {{ path_prefix: /r{i} }}, upstream: wide, strip_prefix: true }}\n" for i in ids)
+        name = f"{nroutes} route{'s' if nroutes > 1 else ''}, {ntargets} target{'s' if ntargets > 1 else ''}"
+        config = write(d, f"scale-{nroutes}-{ntargets}.yaml", f"""listeners: [{{ name: public, address: 127.0.0.1:{port} }}]
+access_log: {{ output: off }}
+upstreams: {{ wide: {{ targets: [{targets}], max_idle_per_target: 128 }} }}
+routes:
+{routes}""")
+        procs[name] = subprocess.Popen(["taskset", "-c", "0", FERROWAY, "run", "--config", config], **quiet)
+        cases.append((name, f"/r{middle}/small", (), name, port))
+    for port in (WIDE_BASE, WIDE_BASE + SCALE_TARGETS - 1, *SCALE_PORTS.values()):
+        wait_port(port, timeout=60)
+    return ferroway_ab(args, d, procs, "Ferroway cost in configuration size", cases)
+
+
 def ferroway_ab(args, d, procs, title, cases):
-    """Ferroway alone: each (label, path, headers) case over 64 keep-alive connections, rounds
-    interleaved; CPU per request against the first case."""
+    """Ferroway alone: each (label, path, headers[, process, port]) case over 64 keep-alive
+    connections, rounds interleaved; CPU per request against the first case."""
     results = {}
+    cases = [c if len(c) == 5 else (*c, "ferroway", FERRO) for c in cases]
     try:
-        for _, path, headers in cases:
-            wrk(FERRO, path, 64, 1, headers=headers)
+        for _, path, headers, _, port in cases:
+            wrk(port, path, 64, 1, headers=headers)
         for r in range(args.rounds):
-            for label, path, headers in cases:
-                m = measure(procs["ferroway"], FERRO, path, 64, args.duration, headers=headers)
+            for label, path, headers, name, port in cases:
+                m = measure(procs[name], port, path, 64, args.duration, headers=headers)
                 results.setdefault(label, []).append(m)
                 print(f"round {r + 1} {label:10} reqs={m['reqs']:>8} cpu={m['cpu']:.2f}s p50={m['p50']:.0f}us p99={m['p99']:.0f}us non2xx={m['non2xx']} {m['sock']}", file=sys.stderr)
     finally:
@@ -400,7 +444,7 @@ def ferroway_ab(args, d, procs, title, cases):
     print(f"# {title}, {datetime.date.today()} ({args.rounds} interleaved rounds of {args.duration}s; small response, 64 conns; medians)\n")
     print(f"| case | CPU per request | CPU vs {base} | throughput per core vs {base} | p50 / p99 |")
     print("|---|---|---|---|---|")
-    for label, _, _ in cases:
+    for label, *_ in cases:
         p50 = med([m["p50"] for m in results[label]])
         p99 = med([m["p99"] for m in results[label]])
         print(f"| {label} | {cpu[label]:.1f} µs | {cpu[label] / cpu[base]:.2f}× | {cpu[base] / cpu[label] * 100:.0f}% | {p50:.0f} / {p99:.0f} µs |")
