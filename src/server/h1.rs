@@ -883,10 +883,9 @@ impl Body {
                     if buf.is_empty() {
                         return Ok(None);
                     }
-                    let take = usize::try_from(n).map_or(buf.len(), |n| n.min(buf.len()));
-                    let left = n - take as u64;
+                    let (frame, left) = take_data(buf, n);
                     self.decode = if left == 0 { Decode::Done } else { Decode::Length(left) };
-                    return Ok(Some(Some(Frame::data(buf.split_to(take).freeze()))));
+                    return Ok(Some(Some(frame)));
                 }
                 Decode::ChunkSize => {
                     let Some(eol) = buf.iter().position(|&b| b == b'\n') else {
@@ -906,10 +905,9 @@ impl Body {
                     if buf.is_empty() {
                         return Ok(None);
                     }
-                    let take = usize::try_from(n).map_or(buf.len(), |n| n.min(buf.len()));
-                    let left = n - take as u64;
+                    let (frame, left) = take_data(buf, n);
                     self.decode = if left == 0 { Decode::ChunkEnd } else { Decode::ChunkData(left) };
-                    return Ok(Some(Some(Frame::data(buf.split_to(take).freeze()))));
+                    return Ok(Some(Some(frame)));
                 }
                 Decode::ChunkEnd => {
                     if buf.len() < 2 {
@@ -950,6 +948,12 @@ impl Body {
             }
         }
     }
+}
+
+/// Up to `n` of the buffered body bytes as a frame, and how many of the `n` are left after it.
+fn take_data(buf: &mut BytesMut, n: u64) -> (Frame<Bytes>, u64) {
+    let take = usize::try_from(n).map_or(buf.len(), |n| n.min(buf.len()));
+    (Frame::data(buf.split_to(take).freeze()), n - take as u64)
 }
 
 /// The size of a chunk from its line: hex digits, then optional extensions (ignored).
