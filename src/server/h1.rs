@@ -256,15 +256,15 @@ pub fn serve(
             // Boxed so that an idle connection's task stays small: the request's state (about
             // 6 KiB) exists only while it is in flight.
             match Box::pin(one_request(reader, writer, &peer, &gw, &drain, settings)).await {
-                Next::Continue(r, w) => (reader, writer) = (r, w),
-                Next::Close(..) | Next::Done => return,
+                Some((r, w)) => (reader, writer) = (r, w),
+                None => return,
             }
         }
     }
 }
 
-/// Reads one request's head and answers it (or refuses it); closing, it lingers so that the
-/// client sees the answer. Never `Close`: that is handled here.
+/// Reads one request's head and answers it (or refuses it); the connection back when it is
+/// kept alive. Closing, it lingers first, so that the client sees the answer.
 async fn one_request(
     mut reader: Reader,
     mut writer: WriteSide,
@@ -272,29 +272,30 @@ async fn one_request(
     gw: &Gateway,
     drain: &watch::Receiver<bool>,
     settings: Settings,
-) -> Next {
+) -> Option<(Reader, WriteSide)> {
     let head = match tokio::time::timeout(settings.header_timeout, read_head(&mut reader, settings.max_head)).await {
         Ok(Ok(head)) => head,
-        Ok(Err(HeadError::Closed)) | Err(_) => return Next::Done,
+        Ok(Err(HeadError::Closed)) | Err(_) => return None,
         Ok(Err(HeadError::Io(e))) => {
             tracing::debug!(client = %peer.addr, error = %e, "reading a request head failed");
-            return Next::Done;
+            return None;
         }
         Ok(Err(HeadError::Refused(kind))) => {
             if refuse(&mut writer, kind, gw).await.is_ok() {
                 linger(reader).await;
             }
-            return Next::Done;
+            return None;
         }
     };
     let draining = *drain.borrow();
     match exchange(head, reader, writer, peer, gw, draining, settings).await {
+        Next::Continue(r, w) => Some((r, w)),
         Next::Close(r, mut w) => {
             let _ = w.shutdown().await;
             linger(r).await;
-            Next::Done
+            None
         }
-        next => next,
+        Next::Done => None,
     }
 }
 
