@@ -290,9 +290,20 @@ async fn one_request(
     let draining = *drain.borrow();
     match exchange(head, reader, writer, peer, gw, draining, settings).await {
         Next::Continue(r, w) => Some((r, w)),
-        Next::Close(r, mut w) => {
+        Next::Close(r, mut w, true) => {
             let _ = w.shutdown().await;
             linger(r).await;
+            None
+        }
+        // Over TCP, closing the socket sends the FIN (`forget`: no separate `shutdown` call on
+        // drop); TLS first sends its close_notify, which tells a body ended by the close from a
+        // cut one.
+        Next::Close(_, WriteSide::Tcp(w), false) => {
+            w.forget();
+            None
+        }
+        Next::Close(_, mut w @ WriteSide::Tls(_), false) => {
+            let _ = w.shutdown().await;
             None
         }
         Next::Done => None,
@@ -303,8 +314,8 @@ async fn one_request(
 enum Next {
     /// Keep-alive: read the next request.
     Continue(Reader, WriteSide),
-    /// Close, reading and dropping what the client may still send first.
-    Close(Reader, WriteSide),
+    /// Close; with `true`, after reading and dropping what the client may still send.
+    Close(Reader, WriteSide, bool),
     /// The connection was handed on (an upgrade) or is broken.
     Done,
 }
@@ -321,6 +332,9 @@ struct Head {
     request: http::request::Parts,
     framing: Framing,
     keep_alive: bool,
+    /// The client said this is its last request (`Connection: close`, or HTTP/1.0 without
+    /// `keep-alive`), so it sends nothing after it.
+    client_closes: bool,
     expect_continue: bool,
     wants_upgrade: bool,
 }
@@ -404,11 +418,11 @@ fn parse_head(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>, HeadE
     }
     let framing = framing(version, &headers).ok_or_else(bad)?;
     let connection = |token: &str| list_items(&headers, &header::CONNECTION).any(|t| t.eq_ignore_ascii_case(token));
-    let keep_alive = !both
-        && match version {
-            Version::HTTP_10 => connection("keep-alive"),
-            _ => !connection("close"),
-        };
+    let client_closes = match version {
+        Version::HTTP_10 => !connection("keep-alive"),
+        _ => connection("close"),
+    };
+    let keep_alive = !both && !client_closes;
     let has_body = framing != Framing::Length(0);
     let expect_continue = version == Version::HTTP_11
         && has_body
@@ -420,7 +434,7 @@ fn parse_head(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>, HeadE
     request.uri = uri;
     request.version = version;
     request.headers = headers;
-    Ok(Some(Head { request, framing, keep_alive, expect_continue, wants_upgrade }))
+    Ok(Some(Head { request, framing, keep_alive, client_closes, expect_continue, wants_upgrade }))
 }
 
 /// How the body is delimited (RFC 9112 §6.3); `None` when that is not certain.
@@ -480,7 +494,9 @@ async fn exchange(
     draining: bool,
     settings: Settings,
 ) -> Next {
-    let Head { mut request, framing, mut keep_alive, expect_continue, wants_upgrade } = head;
+    let Head { mut request, framing, mut keep_alive, client_closes, expect_continue, wants_upgrade } = head;
+    // Whether the client's body was read to its end.
+    let mut complete = true;
     keep_alive &= !draining;
     let is_head = request.method == Method::HEAD;
     let version = request.version;
@@ -519,6 +535,7 @@ async fn exchange(
         && let Ok(r) = rx.try_recv()
     {
         keep_alive &= r.complete;
+        complete &= r.complete;
         reader = Some(r.reader);
         returned = None;
     }
@@ -535,6 +552,7 @@ async fn exchange(
         match tokio::time::timeout(settings.body_timeout, rx).await {
             Ok(Ok(r)) => {
                 keep_alive &= r.complete;
+                complete &= r.complete;
                 reader = Some(r.reader);
             }
             _ => return Next::Done,
@@ -548,7 +566,14 @@ async fn exchange(
         let _ = tx.send(Switched { first: buf.freeze(), read: io, write: writer });
         return Next::Done;
     }
-    if keep_alive { Next::Continue(reader, writer) } else { Next::Close(reader, writer) }
+    if keep_alive {
+        return Next::Continue(reader, writer);
+    }
+    // Lingering (reading until the client closes) is for a client that may still be sending:
+    // the rest of a body, or requests after this one. A client that said this was its last
+    // request, and whose request was read to its end, has nothing more to send.
+    let linger = !(client_closes && complete && reader.buf.is_empty());
+    Next::Close(reader, writer, linger)
 }
 
 /// Awaits the response, writing `100 Continue` when the body is first wanted; `None` if that

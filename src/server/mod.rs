@@ -508,18 +508,29 @@ fn serve_plain(stream: TcpStream, peer: Arc<Peer>, control: Arc<Control>) -> imp
     async move {
         let protocols = control.protocols.load_full();
         let mut drain = control.drain.subscribe();
-        // The first bytes are waited for with no buffer, like any idle keep-alive connection.
-        // A one-byte peek rather than `readable()`: a fresh socket may report a readiness that
-        // a read then finds empty, which would move the wait from this timeout to the header
-        // timeout.
-        let mut one = [0u8; 1];
-        let first = tokio::time::timeout(protocols.h1.keepalive_timeout, stream.peek(&mut one));
+        // The first bytes are waited for with no buffer, like any idle keep-alive connection:
+        // one is taken when the socket turns readable, and given back if the read finds the
+        // readiness stale (then the wait goes on, under this same timeout).
+        let mut buf = BytesMut::new();
+        let first = async {
+            loop {
+                if stream.readable().await.is_err() {
+                    return false;
+                }
+                buf.reserve(4096);
+                match stream.try_read_buf(&mut buf) {
+                    Ok(n) => return n > 0,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => buf = BytesMut::new(),
+                    Err(_) => return false,
+                }
+            }
+        };
         tokio::select! {
             biased;
             _ = drain.wait_for(|d| *d) => return,
-            peeked = first => if !matches!(peeked, Ok(Ok(n)) if n > 0) { return },
+            read = tokio::time::timeout(protocols.h1.keepalive_timeout, first) => if !matches!(read, Ok(true)) { return },
         }
-        let Some(buf) = sniff(&stream, protocols.h1.header_timeout).await else { return };
+        let Some(buf) = sniff(&stream, buf, protocols.h1.header_timeout).await else { return };
         if buf.starts_with(H2_PREFACE) {
             let io = TokioIo::new(Rewind { first: buf.freeze(), inner: stream });
             Box::pin(serve_h2(io, peer, &control, &protocols.h2)).await;
@@ -532,24 +543,24 @@ fn serve_plain(stream: TcpStream, peer: Arc<Peer>, control: Arc<Control>) -> imp
     }
 }
 
-/// Reads a connection's first bytes, enough to tell the HTTP/2 preface from HTTP/1.1; `None`
-/// when the client closed or stalled longer than `timeout`.
-async fn sniff(stream: &TcpStream, timeout: Duration) -> Option<BytesMut> {
-    let mut buf = BytesMut::with_capacity(4096);
+/// Reads on from a connection's first bytes until they tell the HTTP/2 preface from HTTP/1.1
+/// (at once, for HTTP/1.1: its first byte differs); `None` when the client closed or stalled
+/// longer than `timeout`.
+async fn sniff(stream: &TcpStream, mut buf: BytesMut, timeout: Duration) -> Option<BytesMut> {
     let read = async {
         loop {
-            match stream.try_read_buf(&mut buf) {
-                Ok(0) => return false,
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(_) => return false,
-            }
             let n = buf.len().min(H2_PREFACE.len());
             if buf[..n] != H2_PREFACE[..n] || n == H2_PREFACE.len() {
                 return true;
             }
             if stream.readable().await.is_err() {
                 return false;
+            }
+            match stream.try_read_buf(&mut buf) {
+                Ok(0) => return false,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return false,
             }
         }
     };
