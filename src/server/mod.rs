@@ -339,6 +339,12 @@ impl Control {
         bound: SocketAddr,
         listener: TcpListener,
     ) -> ListenerHandle {
+        // Linux copies TCP_NODELAY from the listener to each accepted socket: one call here
+        // instead of one per connection (`accept_loop` sets it per connection elsewhere).
+        #[cfg(target_os = "linux")]
+        if let Err(e) = socket2::SockRef::from(&listener).set_tcp_nodelay(true) {
+            tracing::warn!(listener = %name, error = %e, "TCP_NODELAY on the listener failed");
+        }
         let (stop, stop_rx) = watch::channel(false);
         let task = tokio::spawn(accept_loop(listener, name.as_str().into(), self.clone(), stop_rx));
         ListenerHandle { name, configured, bound, stop, task }
@@ -437,6 +443,8 @@ async fn accept_loop(listener: TcpListener, name: Arc<str>, control: Arc<Control
             },
             _ = stop.changed() => return,
         };
+        // Inherited from the listener on Linux (see `spawn_listener`).
+        #[cfg(not(target_os = "linux"))]
         let _ = stream.set_nodelay(true);
         // The listener's settings as of this connection; a reload applies to later ones.
         let Some(runtime) = control.gateway.snapshot().listeners.get(&*name).cloned() else { continue };
