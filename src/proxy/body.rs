@@ -253,14 +253,22 @@ impl ResponseBody {
     }
 
     pub fn fixed(bytes: Bytes, log: Option<Entry>, done: Done) -> Self {
+        let mut body = ResponseBody::bytes(bytes);
+        body.log = log;
+        body.done = Some(done);
+        body
+    }
+
+    /// Bytes that are no route's answer: nothing is logged or counted when they end.
+    pub fn bytes(bytes: Bytes) -> Self {
         ResponseBody {
             source: Source::Fixed(Some(bytes)),
             encoding: None,
             tee: None,
             sent: 0,
             ended: false,
-            log,
-            done: Some(done),
+            log: None,
+            done: None,
         }
     }
 

@@ -367,7 +367,7 @@ fn request_host(parts: &http::request::Parts) -> Result<Option<HeaderValue>, Err
 }
 
 /// `Content-Length` as a number; a malformed one is a bad request (RFC 9112 §6.3).
-fn declared_length(headers: &http::HeaderMap) -> Result<Option<u64>, ErrorKind> {
+pub(crate) fn declared_length(headers: &http::HeaderMap) -> Result<Option<u64>, ErrorKind> {
     match headers.get(header::CONTENT_LENGTH) {
         None => Ok(None),
         Some(v) => v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()).map(Some).ok_or(ErrorKind::BadRequest),

@@ -18,7 +18,7 @@
 //! connection closed), so no request can be read two ways.
 
 use std::future::{Future, poll_fn};
-use std::io;
+use std::io::{self, Write as _};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -36,7 +36,7 @@ use tokio_rustls::server::TlsStream;
 
 use crate::proxy::body::{ClientBody, ResponseBody};
 use crate::proxy::error::{ErrorKind, json_body};
-use crate::proxy::headers::{Peer, list_items};
+use crate::proxy::headers::{Peer, X_REQUEST_ID, list_items};
 use crate::snapshot::Gateway;
 
 /// More header fields than this is a 431, as with hyper before.
@@ -154,15 +154,23 @@ impl Reader {
     /// function rather than an `async fn`: it keeps no state of its own, and an idle
     /// connection's task is mostly its wait for this.
     fn poll_next_request(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        let ReadSide::Tcp(r) = &self.io else { return self.poll_fill(cx, HEAD_BUFFER) };
-        loop {
-            ready!(r.as_ref().poll_read_ready(cx))?;
-            self.buf.reserve(HEAD_BUFFER);
-            match r.try_read_buf(&mut self.buf) {
-                // Readiness was stale: give the buffer back and wait again.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.buf = BytesMut::new(),
-                done => return Poll::Ready(done),
-            }
+        match &self.io {
+            ReadSide::Tcp(r) => poll_read_when_ready(r.as_ref(), &mut self.buf, cx),
+            ReadSide::Tls(_) => self.poll_fill(cx, HEAD_BUFFER),
+        }
+    }
+}
+
+/// Reads into `buf` once `stream` is readable, taking a head-sized buffer only then: while it
+/// waits, an empty `buf` holds no memory. If the readiness was stale (the read would block),
+/// the buffer is given back and the wait goes on. `Ok(0)` when the peer closed.
+pub fn poll_read_when_ready(stream: &TcpStream, buf: &mut BytesMut, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+    loop {
+        ready!(stream.poll_read_ready(cx))?;
+        buf.reserve(HEAD_BUFFER);
+        match stream.try_read_buf(buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => *buf = BytesMut::new(),
+            done => return Poll::Ready(done),
         }
     }
 }
@@ -464,23 +472,18 @@ fn framing(version: Version, headers: &HeaderMap) -> Option<Framing> {
     Some(Framing::Length(length.unwrap_or(0)))
 }
 
-/// Answers a request that could not be read, and the connection closes.
+/// Answers a request that could not be read, and the connection closes. The answer is the
+/// proxy's JSON error (there is no request to log or route), written like any response.
 async fn refuse(writer: &mut WriteSide, kind: ErrorKind, gw: &Gateway) -> io::Result<()> {
     let id = gw.ids.for_request(&HeaderMap::new());
     let body = json_body(kind, id.to_str().unwrap_or("-"));
-    let status = kind.status();
-    let mut out = Vec::with_capacity(256 + body.len());
-    status_line(&mut out, status);
-    out.extend_from_slice(b"content-type: application/json\r\ncache-control: no-store\r\nx-request-id: ");
-    out.extend_from_slice(id.as_bytes());
-    out.extend_from_slice(b"\r\ncontent-length: ");
-    out.extend_from_slice(body.len().to_string().as_bytes());
-    out.extend_from_slice(b"\r\n");
-    date_field(&mut out);
-    out.extend_from_slice(b"connection: close\r\n\r\n");
-    out.extend_from_slice(&body);
-    writer.write_all(&out).await?;
-    writer.flush().await?;
+    let mut resp = Response::new(ResponseBody::bytes(body));
+    *resp.status_mut() = kind.status();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(X_REQUEST_ID.clone(), id);
+    write_response(writer, resp, false, Version::HTTP_11, &mut false).await?;
     writer.shutdown().await
 }
 
@@ -633,17 +636,11 @@ async fn write_response(
     let status = parts.status;
     let mut headers = parts.headers;
     let bodiless_status = status.is_informational() || status == StatusCode::NO_CONTENT;
-    let declared = match headers.get(header::CONTENT_LENGTH) {
-        None => None,
-        Some(v) => match v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()) {
-            Some(n) => Some(n),
-            None => {
-                // Not a number: the codec frames the body instead.
-                headers.remove(header::CONTENT_LENGTH);
-                None
-            }
-        },
-    };
+    let declared = crate::proxy::declared_length(&headers).unwrap_or_else(|_| {
+        // Not a number: the codec frames the body instead.
+        headers.remove(header::CONTENT_LENGTH);
+        None
+    });
     if bodiless_status {
         headers.remove(header::CONTENT_LENGTH);
     }
@@ -672,13 +669,9 @@ async fn write_response(
     let mut buf = Vec::with_capacity(512);
     status_line(&mut buf, status);
     for (name, value) in &headers {
-        if name == header::CONNECTION && status != StatusCode::SWITCHING_PROTOCOLS {
-            continue;
+        if name != header::CONNECTION || status == StatusCode::SWITCHING_PROTOCOLS {
+            put_field(&mut buf, name, value);
         }
-        buf.extend_from_slice(name.as_str().as_bytes());
-        buf.extend_from_slice(b": ");
-        buf.extend_from_slice(value.as_bytes());
-        buf.extend_from_slice(b"\r\n");
     }
     if !headers.contains_key(header::DATE) {
         date_field(&mut buf);
@@ -756,7 +749,8 @@ async fn write_response(
                     *keep_alive = false;
                 }
                 if out == Out::Chunked {
-                    prefix.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                    // Into the prefix itself: no allocation per chunk.
+                    let _ = write!(prefix, "{:x}\r\n", data.len());
                     write_parts(writer, &prefix, &data, b"\r\n").await?;
                 } else {
                     left -= data.len() as u64;
@@ -768,10 +762,7 @@ async fn write_response(
                     prefix.extend_from_slice(b"0\r\n");
                     for (name, value) in &trailers {
                         if !is_framing_field(name) {
-                            prefix.extend_from_slice(name.as_str().as_bytes());
-                            prefix.extend_from_slice(b": ");
-                            prefix.extend_from_slice(value.as_bytes());
-                            prefix.extend_from_slice(b"\r\n");
+                            put_field(&mut prefix, name, value);
                         }
                     }
                     prefix.extend_from_slice(b"\r\n");
@@ -819,6 +810,14 @@ async fn write_parts(writer: &mut WriteSide, a: &[u8], b: &[u8], c: &[u8]) -> io
 fn is_framing_field(name: &HeaderName) -> bool {
     [header::CONTENT_LENGTH, header::TRANSFER_ENCODING, header::HOST, header::TRAILER, header::CONNECTION]
         .contains(name)
+}
+
+/// `name: value\r\n`.
+fn put_field(buf: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+    buf.extend_from_slice(name.as_str().as_bytes());
+    buf.extend_from_slice(b": ");
+    buf.extend_from_slice(value.as_bytes());
+    buf.extend_from_slice(b"\r\n");
 }
 
 fn status_line(buf: &mut Vec<u8>, status: StatusCode) {

@@ -13,6 +13,7 @@ pub mod h1;
 pub mod tls;
 
 use std::convert::Infallible;
+use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -516,27 +517,13 @@ fn serve_plain(stream: TcpStream, peer: Arc<Peer>, control: Arc<Control>) -> imp
     async move {
         let protocols = control.protocols.load_full();
         let mut drain = control.drain.subscribe();
-        // The first bytes are waited for with no buffer, like any idle keep-alive connection:
-        // one is taken when the socket turns readable, and given back if the read finds the
-        // readiness stale (then the wait goes on, under this same timeout).
+        // The first bytes are waited for with no buffer, like any idle keep-alive connection.
         let mut buf = BytesMut::new();
-        let first = async {
-            loop {
-                if stream.readable().await.is_err() {
-                    return false;
-                }
-                buf.reserve(4096);
-                match stream.try_read_buf(&mut buf) {
-                    Ok(n) => return n > 0,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => buf = BytesMut::new(),
-                    Err(_) => return false,
-                }
-            }
-        };
+        let first = poll_fn(|cx| h1::poll_read_when_ready(&stream, &mut buf, cx));
         tokio::select! {
             biased;
             _ = drain.wait_for(|d| *d) => return,
-            read = tokio::time::timeout(protocols.h1.keepalive_timeout, first) => if !matches!(read, Ok(true)) { return },
+            read = tokio::time::timeout(protocols.h1.keepalive_timeout, first) => if !matches!(read, Ok(Ok(n)) if n > 0) { return },
         }
         let Some(buf) = sniff(&stream, buf, protocols.h1.header_timeout).await else { return };
         if buf.starts_with(H2_PREFACE) {
