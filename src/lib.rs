@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod config;
 pub mod demo;
+pub mod http1;
 pub mod middleware;
 pub mod observe;
 pub mod proxy;

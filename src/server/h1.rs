@@ -34,6 +34,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{oneshot, watch};
 use tokio_rustls::server::TlsStream;
 
+use crate::http1::{BodyError, Decode, Framing, is_framing_field, put_field, request_framing};
 use crate::proxy::body::{ClientBody, ResponseBody};
 use crate::proxy::error::{ErrorKind, json_body};
 use crate::proxy::headers::{Peer, X_REQUEST_ID, list_items};
@@ -45,8 +46,6 @@ const MAX_HEADERS: usize = 100;
 const HEAD_BUFFER: usize = 4096;
 /// What a body read asks for at least, so large bodies move in large reads.
 const BODY_READ: usize = 16 << 10;
-/// A chunk-size line (with extensions) longer than this is refused.
-const MAX_CHUNK_LINE: usize = 4096;
 /// After an answer that left the request body unread, at most this much more of it is read
 /// and dropped before closing, so the client sees the answer rather than a reset.
 const LINGER_BYTES: u64 = 1 << 20;
@@ -347,12 +346,6 @@ struct Head {
     wants_upgrade: bool,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Framing {
-    Length(u64),
-    Chunked,
-}
-
 async fn read_head(reader: &mut Reader, max_head: usize) -> Result<Head, HeadError> {
     loop {
         if !reader.buf.is_empty() {
@@ -424,7 +417,7 @@ fn parse_head(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>, HeadE
     if both && version == Version::HTTP_11 {
         headers.remove(header::CONTENT_LENGTH);
     }
-    let framing = framing(version, &headers).ok_or_else(bad)?;
+    let framing = request_framing(version, &headers).ok_or_else(bad)?;
     let connection = |token: &str| list_items(&headers, &header::CONNECTION).any(|t| t.eq_ignore_ascii_case(token));
     let client_closes = match version {
         Version::HTTP_10 => !connection("keep-alive"),
@@ -443,33 +436,6 @@ fn parse_head(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>, HeadE
     request.version = version;
     request.headers = headers;
     Ok(Some(Head { request, framing, keep_alive, client_closes, expect_continue, wants_upgrade }))
-}
-
-/// How the body is delimited (RFC 9112 §6.3); `None` when that is not certain.
-fn framing(version: Version, headers: &HeaderMap) -> Option<Framing> {
-    if headers.contains_key(header::TRANSFER_ENCODING) {
-        // HTTP/1.0 has no transfer codings, and a coding other than chunked leaves the length
-        // unknown.
-        if version == Version::HTTP_10 {
-            return None;
-        }
-        let mut codings = list_items(headers, &header::TRANSFER_ENCODING).filter(|t| !t.is_empty());
-        let only_chunked =
-            codings.next().is_some_and(|t| t.eq_ignore_ascii_case("chunked")) && codings.next().is_none();
-        return only_chunked.then_some(Framing::Chunked);
-    }
-    let mut length = None;
-    for item in list_items(headers, &header::CONTENT_LENGTH) {
-        if item.is_empty() || !item.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        let n: u64 = item.parse().ok()?;
-        if length.is_some_and(|l| l != n) {
-            return None;
-        }
-        length = Some(n);
-    }
-    Some(Framing::Length(length.unwrap_or(0)))
 }
 
 /// Answers a request that could not be read, and the connection closes. The answer is the
@@ -806,20 +772,6 @@ async fn write_parts(writer: &mut WriteSide, a: &[u8], b: &[u8], c: &[u8]) -> io
     writer.write_all_buf(&mut chain).await
 }
 
-/// Fields that frame or route a message and never belong in a trailer section.
-fn is_framing_field(name: &HeaderName) -> bool {
-    [header::CONTENT_LENGTH, header::TRANSFER_ENCODING, header::HOST, header::TRAILER, header::CONNECTION]
-        .contains(name)
-}
-
-/// `name: value\r\n`.
-fn put_field(buf: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
-    buf.extend_from_slice(name.as_str().as_bytes());
-    buf.extend_from_slice(b": ");
-    buf.extend_from_slice(value.as_bytes());
-    buf.extend_from_slice(b"\r\n");
-}
-
 fn status_line(buf: &mut Vec<u8>, status: StatusCode) {
     buf.extend_from_slice(b"HTTP/1.1 ");
     buf.extend_from_slice(status.as_str().as_bytes());
@@ -862,141 +814,12 @@ struct Returned {
     complete: bool,
 }
 
-enum Decode {
-    Length(u64),
-    ChunkSize,
-    ChunkData(u64),
-    ChunkEnd,
-    Trailers,
-    Done,
-}
-
-impl Decode {
-    fn new(framing: Framing) -> Self {
-        match framing {
-            Framing::Length(0) => Decode::Done,
-            Framing::Length(n) => Decode::Length(n),
-            Framing::Chunked => Decode::ChunkSize,
-        }
-    }
-}
-
-/// Why a request body could not be read.
-#[derive(Debug, thiserror::Error)]
-pub enum BodyError {
-    #[error("the client closed the connection before the body's end")]
-    Incomplete,
-    #[error("malformed chunked body: {0}")]
-    Chunked(&'static str),
-    #[error(transparent)]
-    Io(#[from] io::Error),
-}
-
 impl Body {
     fn give_back(&mut self, complete: bool) {
         if let (Some(reader), Some(back)) = (self.reader.take(), self.back.take()) {
             let _ = back.send(Returned { reader, complete });
         }
     }
-
-    /// The next frame from what is buffered: `Ok(None)` when more must be read first.
-    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Option<Frame<Bytes>>>, BodyError> {
-        loop {
-            match self.decode {
-                Decode::Done => return Ok(Some(None)),
-                Decode::Length(n) => {
-                    if buf.is_empty() {
-                        return Ok(None);
-                    }
-                    let (frame, left) = take_data(buf, n);
-                    self.decode = if left == 0 { Decode::Done } else { Decode::Length(left) };
-                    return Ok(Some(Some(frame)));
-                }
-                Decode::ChunkSize => {
-                    let Some(eol) = buf.iter().position(|&b| b == b'\n') else {
-                        if buf.len() > MAX_CHUNK_LINE {
-                            return Err(BodyError::Chunked("chunk-size line too long"));
-                        }
-                        return Ok(None);
-                    };
-                    if eol > MAX_CHUNK_LINE || eol == 0 || buf[eol - 1] != b'\r' {
-                        return Err(BodyError::Chunked("chunk-size line not ended by CRLF"));
-                    }
-                    let size = chunk_size(&buf[..eol - 1])?;
-                    buf.advance(eol + 1);
-                    self.decode = if size == 0 { Decode::Trailers } else { Decode::ChunkData(size) };
-                }
-                Decode::ChunkData(n) => {
-                    if buf.is_empty() {
-                        return Ok(None);
-                    }
-                    let (frame, left) = take_data(buf, n);
-                    self.decode = if left == 0 { Decode::ChunkEnd } else { Decode::ChunkData(left) };
-                    return Ok(Some(Some(frame)));
-                }
-                Decode::ChunkEnd => {
-                    if buf.len() < 2 {
-                        return Ok(None);
-                    }
-                    if &buf[..2] != b"\r\n" {
-                        return Err(BodyError::Chunked("chunk data not followed by CRLF"));
-                    }
-                    buf.advance(2);
-                    self.decode = Decode::ChunkSize;
-                }
-                Decode::Trailers => {
-                    if buf.starts_with(b"\r\n") {
-                        buf.advance(2);
-                        self.decode = Decode::Done;
-                        return Ok(Some(None));
-                    }
-                    let mut slots = [httparse::EMPTY_HEADER; 32];
-                    match httparse::parse_headers(buf, &mut slots) {
-                        Ok(httparse::Status::Complete((len, fields))) => {
-                            let mut trailers = HeaderMap::with_capacity(fields.len());
-                            for f in fields {
-                                if let (Ok(name), Ok(value)) =
-                                    (HeaderName::from_bytes(f.name.as_bytes()), HeaderValue::from_bytes(f.value))
-                                    && !is_framing_field(&name)
-                                {
-                                    trailers.append(name, value);
-                                }
-                            }
-                            buf.advance(len);
-                            self.decode = Decode::Done;
-                            return Ok(Some(Some(Frame::trailers(trailers))));
-                        }
-                        Ok(httparse::Status::Partial) if buf.len() <= 64 << 10 => return Ok(None),
-                        _ => return Err(BodyError::Chunked("malformed trailer section")),
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Up to `n` of the buffered body bytes as a frame, and how many of the `n` are left after it.
-fn take_data(buf: &mut BytesMut, n: u64) -> (Frame<Bytes>, u64) {
-    let take = usize::try_from(n).map_or(buf.len(), |n| n.min(buf.len()));
-    (Frame::data(buf.split_to(take).freeze()), n - take as u64)
-}
-
-/// The size of a chunk from its line: hex digits, then optional extensions (ignored).
-fn chunk_size(line: &[u8]) -> Result<u64, BodyError> {
-    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
-    if digits == 0 || digits > 15 {
-        return Err(BodyError::Chunked("bad chunk size"));
-    }
-    let rest = &line[digits..];
-    let rest_ok = rest.is_empty() || {
-        let ext = rest.trim_ascii_start();
-        ext.first() == Some(&b';') && ext.iter().all(|&b| b == b'\t' || (b' '..0x7f).contains(&b) || b >= 0x80)
-    };
-    if !rest_ok {
-        return Err(BodyError::Chunked("bad chunk extension"));
-    }
-    let hex = std::str::from_utf8(&line[..digits]).map_err(|_| BodyError::Chunked("bad chunk size"))?;
-    u64::from_str_radix(hex, 16).map_err(|_| BodyError::Chunked("bad chunk size"))
 }
 
 impl http_body::Body for Body {
@@ -1011,7 +834,7 @@ impl http_body::Body for Body {
         loop {
             let Some(reader) = this.reader.as_mut() else { return Poll::Ready(None) };
             let mut buf = std::mem::take(&mut reader.buf);
-            let decoded = this.decode(&mut buf);
+            let decoded = this.decode.next(&mut buf);
             if let Some(reader) = this.reader.as_mut() {
                 reader.buf = buf;
             }
