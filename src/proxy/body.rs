@@ -22,6 +22,7 @@ use crate::middleware::compress::Encoder;
 use crate::observe::access_log::Entry;
 use crate::observe::metrics::RouteMetrics;
 use crate::upstream::balance::InFlight;
+use crate::upstream::client::UpstreamBody;
 
 /// Why a request body stopped before its end.
 #[derive(Debug, thiserror::Error)]
@@ -34,12 +35,24 @@ pub enum RequestBodyError {
     Timeout(Duration),
 }
 
+impl RequestBodyError {
+    /// The gateway's answer when this stops a request before the upstream answered.
+    pub fn kind(&self) -> crate::proxy::error::ErrorKind {
+        use crate::proxy::error::ErrorKind;
+        match self {
+            RequestBodyError::TooLarge(_) => ErrorKind::BodyTooLarge,
+            RequestBodyError::Client(_) => ErrorKind::ClientBodyError,
+            RequestBodyError::Timeout(_) => ErrorKind::ClientBodyTimeout,
+        }
+    }
+}
+
 /// Why an upstream's response body stopped before its end; the client's response is then
 /// aborted, never ended cleanly.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamBodyError {
     #[error("reading the upstream's response body failed: {0}")]
-    Read(#[source] hyper::Error),
+    Read(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("the upstream sent nothing of its response body for {0:?}")]
     Stalled(Duration),
     #[error("compressing the response body failed: {0}")]
@@ -147,6 +160,16 @@ impl RequestBody {
     pub fn empty() -> Self {
         RequestBody::bytes(Bytes::new())
     }
+
+    /// The same body again, for a second try, when it is in memory (or empty): `None` for a
+    /// body streamed from the client, which can be sent once only.
+    pub fn replay(&self) -> Option<RequestBody> {
+        match &self.inner {
+            Inner::Bytes(b) => Some(RequestBody::bytes(b.clone().unwrap_or_default())),
+            Inner::Client(c) if c.is_end_stream() => Some(RequestBody::empty()),
+            Inner::Client(_) => None,
+        }
+    }
 }
 
 impl Body for RequestBody {
@@ -201,7 +224,7 @@ enum Source {
     /// The upstream's body, the target's in-flight slot it holds until it ends, and the
     /// upstream's `idle` timeout: a body silent that long is aborted, not waited on forever.
     Upstream {
-        body: Incoming,
+        body: UpstreamBody,
         _in_flight: InFlight,
         idle: IdleTimer,
     },
@@ -247,7 +270,7 @@ struct Encoding {
 }
 
 impl ResponseBody {
-    pub fn upstream(body: Incoming, log: Option<Entry>, done: Done, in_flight: InFlight, idle: Duration) -> Self {
+    pub fn upstream(body: UpstreamBody, log: Option<Entry>, done: Done, in_flight: InFlight, idle: Duration) -> Self {
         let source = Source::Upstream { body, _in_flight: in_flight, idle: IdleTimer::new(idle) };
         ResponseBody { source, encoding: None, tee: None, sent: 0, ended: false, log, done: Some(done) }
     }

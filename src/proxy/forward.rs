@@ -14,13 +14,13 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, Uri, Version};
-use hyper::body::Incoming;
 
 use super::body::{RequestBody, RequestBodyError};
 use super::error::ErrorKind;
 use crate::config::RetryOn;
 use crate::observe::access_log::Entry;
 use crate::upstream::balance::InFlight;
+use crate::upstream::client::{SendError, UpstreamBody};
 use crate::upstream::retry::{self, Cause};
 use crate::upstream::{PickInput, Upstream};
 
@@ -49,7 +49,7 @@ pub async fn forward(
     path: &str,
     mut entry: Option<&mut Entry>,
     request_id: &HeaderValue,
-) -> Result<(Response<Incoming>, InFlight), ErrorKind> {
+) -> Result<(Response<UpstreamBody>, InFlight), ErrorKind> {
     let policy = &upstream.def().retry;
     let replayable = matches!(out.body, Payload::Replay(_));
     let idempotent = matches!(
@@ -96,7 +96,7 @@ pub async fn forward(
 
         let sent = Instant::now();
         let timeout = upstream.timeouts().response_header;
-        let outcome = match tokio::time::timeout(timeout, upstream.client.request(req)).await {
+        let outcome = match tokio::time::timeout(timeout, upstream.client.request(target, req)).await {
             Err(_elapsed) => Err(ErrorKind::UpstreamResponseTimeout),
             Ok(Err(e)) => Err(classify(&e)),
             Ok(Ok(resp)) => Ok(resp),
@@ -162,21 +162,17 @@ fn retry_cause(kind: ErrorKind, on: &RetryOn) -> Option<Cause> {
     }
 }
 
-pub fn body_error_kind(e: &RequestBodyError) -> ErrorKind {
-    match e {
-        RequestBodyError::TooLarge(_) => ErrorKind::BodyTooLarge,
-        RequestBodyError::Client(_) => ErrorKind::ClientBodyError,
-        RequestBodyError::Timeout(_) => ErrorKind::ClientBodyTimeout,
-    }
-}
-
-/// Maps a client error to the gateway's answer by walking its cause chain.
-fn classify(err: &hyper_util::client::legacy::Error) -> ErrorKind {
+/// Maps a client error to the gateway's answer (hyper's by walking its cause chain).
+fn classify(err: &SendError) -> ErrorKind {
+    let err = match err {
+        SendError::Gateway(kind) => return *kind,
+        SendError::Hyper(e) => e,
+    };
     let mut source: Option<&(dyn StdError + 'static)> = err.source();
     let mut saw_timeout = false;
     while let Some(e) = source {
         if let Some(body_err) = e.downcast_ref::<RequestBodyError>() {
-            return body_error_kind(body_err);
+            return body_err.kind();
         }
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
             saw_timeout |= io.kind() == std::io::ErrorKind::TimedOut;

@@ -21,7 +21,6 @@ use http::uri::PathAndQuery;
 use http::{Request, Response, Uri, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 
 use self::body::{ClientBody, Done, Exchange, PendingSpan, RequestBody, ResponseBody};
 use self::error::ErrorKind;
@@ -38,6 +37,8 @@ use crate::routing::{normalize_host, normalize_path};
 use crate::server::acme;
 use crate::snapshot::{Gateway, Route, Snapshot};
 use crate::upstream::balance::InFlight;
+use crate::upstream::client::UpstreamBody;
+use crate::upstream::h1::UpstreamUpgrade;
 
 /// What the request path knows about a request besides the request itself.
 struct Ctx<'a> {
@@ -210,7 +211,7 @@ async fn route_and_forward(
     mut ctx: Ctx<'_>,
     snapshot: &Snapshot,
     chained: &mut Option<Chained>,
-) -> Result<(Response<Incoming>, InFlight, Duration), Answer> {
+) -> Result<(Response<UpstreamBody>, InFlight, Duration), Answer> {
     // Early limits, before any routing work.
     if headers::header_bytes(req.headers()) > snapshot.limits.max_header_bytes {
         return Err(ErrorKind::HeadersTooLarge.into());
@@ -303,7 +304,7 @@ async fn route_and_forward(
         Payload::Replay(Bytes::new())
     } else if declared.is_some_and(|n| n <= retry.max_replay_body) {
         // Small enough to keep for a replay: read it whole (under the same limits) first.
-        let collected = client_body.collect().await.map_err(|e| forward::body_error_kind(&e))?;
+        let collected = client_body.collect().await.map_err(|e| e.kind())?;
         Payload::Replay(collected.to_bytes())
     } else {
         Payload::Stream(client_body)
@@ -321,7 +322,12 @@ async fn route_and_forward(
         // A 101 the client did not ask for would leave it speaking HTTP to a switched peer.
         let Some(upgrade) = upgrade else { return Err(ErrorKind::UpstreamBadResponse.into()) };
         let hold = ctx.peer.connections.as_ref().map(|c| c.hold());
-        upgrade.tunnel(hyper::upgrade::on(&mut resp), upstream.timeouts().upgrade_idle, hold);
+        let taken = resp.extensions_mut().remove::<UpstreamUpgrade>().and_then(|u| u.take());
+        let side = match taken {
+            Some(own) => upgrade::UpstreamSide::H1(own),
+            None => upgrade::UpstreamSide::Hyper(hyper::upgrade::on(&mut resp)),
+        };
+        upgrade.tunnel(side, upstream.timeouts().upgrade_idle, hold);
     }
     Ok((resp, in_flight, upstream.timeouts().idle))
 }

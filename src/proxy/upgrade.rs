@@ -21,6 +21,24 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use crate::server::Hold;
 use crate::server::h1::PendingUpgrade;
 
+/// Where the upstream's switched connection comes from: the gateway's own HTTP/1.1 client, or
+/// hyper's.
+pub enum UpstreamSide {
+    H1(crate::upstream::h1::Upgraded),
+    Hyper(OnUpgrade),
+}
+
+impl UpstreamSide {
+    async fn upgraded(self) -> Result<Box<dyn Switched>, String> {
+        match self {
+            UpstreamSide::H1(u) => Ok(Box::new(u)),
+            UpstreamSide::Hyper(o) => {
+                o.await.map(|u| Box::new(TokioIo::new(u)) as Box<dyn Switched>).map_err(|e| e.to_string())
+            }
+        }
+    }
+}
+
 /// A client's request to switch protocols.
 pub struct Requested {
     on_upgrade: ClientSide,
@@ -76,9 +94,9 @@ impl Requested {
     /// After a 101 from the upstream: pipes the client's connection and the upstream's both
     /// ways once both have switched, until either side closes, neither sends a byte for
     /// `idle`, or shutdown cuts it (`hold` keeps it in the server's open count until then).
-    pub fn tunnel(self, upstream: OnUpgrade, idle: Duration, mut hold: Option<Hold>) {
+    pub fn tunnel(self, upstream: UpstreamSide, idle: Duration, mut hold: Option<Hold>) {
         tokio::spawn(async move {
-            let (client, upstream) = match tokio::join!(self.on_upgrade.upgraded(), upstream) {
+            let (client, upstream) = match tokio::join!(self.on_upgrade.upgraded(), upstream.upgraded()) {
                 (Ok(c), Ok(u)) => (c, u),
                 (Err(e), _) => {
                     tracing::debug!(error = %e, "upgrade did not complete");
@@ -92,7 +110,7 @@ impl Requested {
             let start = Instant::now();
             let last = Arc::new(AtomicU64::new(0));
             let mut client = Active { io: client, last: last.clone(), start };
-            let mut upstream = Active { io: TokioIo::new(upstream), last: last.clone(), start };
+            let mut upstream = Active { io: upstream, last: last.clone(), start };
             let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
             let quiet = async {
                 loop {

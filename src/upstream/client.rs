@@ -1,34 +1,53 @@
-//! The pooled HTTP client of one upstream, by its `protocol` and `tls`: HTTP/1.1 or HTTP/2
-//! (prior knowledge, or chosen by ALPN), over TCP or rustls. With HTTP/2 one connection per
-//! target carries many concurrent streams; with HTTP/1.1 the pool keeps one connection per
-//! request in flight.
+//! The pooled HTTP client of one upstream, by its `protocol` and `tls`: HTTP/1.1 over TCP on
+//! the gateway's own client (`upstream::h1`); HTTP/2 (prior knowledge, or chosen by ALPN) and
+//! anything over rustls on hyper-util's. With HTTP/2 one connection per target carries many
+//! concurrent streams; with HTTP/1.1 the pool keeps one connection per request in flight.
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, OnceLock};
 
-use http::Request;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
 use http::uri::Scheme;
+use http::{Request, Response};
+use http_body::{Frame, SizeHint};
+use hyper::body::Incoming;
 use hyper_rustls::{DefaultServerNameResolver, FixedServerNameResolver, HttpsConnector, ResolveServerName};
+use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::ClientConfig;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 
+use super::Target;
 use super::connector::CountingConnector;
+use super::h1::IdleConns;
 use crate::config::{UpstreamDef, UpstreamProtocol, UpstreamTlsDef};
 use crate::proxy::body::RequestBody;
+use crate::proxy::error::ErrorKind;
 
 pub enum UpstreamClient {
+    /// Plain HTTP/1.1: the own client and pool.
+    H1(super::h1::Client),
     Plain(Client<CountingConnector<HttpConnector>, RequestBody>),
     Tls(Client<CountingConnector<HttpsConnector<HttpConnector>>, RequestBody>),
 }
 
 impl UpstreamClient {
-    /// `open` counts connections per target authority (see [`CountingConnector`]).
-    pub fn new(def: &UpstreamDef, open: Arc<HashMap<String, Arc<AtomicUsize>>>) -> Result<UpstreamClient, String> {
+    /// `open` counts connections per target authority (see [`CountingConnector`]); `pools` are
+    /// the targets' idle lists, which the own HTTP/1.1 client keeps its connections in.
+    pub fn new(
+        def: &UpstreamDef,
+        open: Arc<HashMap<String, Arc<AtomicUsize>>>,
+        pools: &[Arc<IdleConns>],
+    ) -> Result<UpstreamClient, String> {
+        if def.tls.is_none() && def.protocol == UpstreamProtocol::Http1 {
+            return Ok(UpstreamClient::H1(super::h1::Client::new(def.timeouts.connect, def.timeouts.idle, pools)));
+        }
         let mut http = HttpConnector::new();
         http.set_connect_timeout(Some(def.timeouts.connect));
         http.set_nodelay(true);
@@ -70,18 +89,67 @@ impl UpstreamClient {
         }
     }
 
-    pub fn request(&self, req: Request<RequestBody>) -> ResponseFuture {
-        match self {
+    /// Sends `req` to `target` (whose authority the request's URI also carries) and waits for
+    /// the response head.
+    pub async fn request(
+        &self,
+        target: &Target,
+        req: Request<RequestBody>,
+    ) -> Result<Response<UpstreamBody>, SendError> {
+        let hyper = match self {
+            UpstreamClient::H1(c) => {
+                return c.send(target, req).await.map(|r| r.map(UpstreamBody::H1)).map_err(SendError::Gateway);
+            }
             UpstreamClient::Plain(c) => c.request(req),
             UpstreamClient::Tls(c) => c.request(req),
-        }
+        };
+        hyper.await.map(|r| r.map(UpstreamBody::Hyper)).map_err(SendError::Hyper)
     }
 
     /// The scheme of request URIs: `https` makes the connector use TLS.
     pub fn scheme(&self) -> Scheme {
         match self {
-            UpstreamClient::Plain(_) => Scheme::HTTP,
+            UpstreamClient::H1(_) | UpstreamClient::Plain(_) => Scheme::HTTP,
             UpstreamClient::Tls(_) => Scheme::HTTPS,
+        }
+    }
+}
+
+/// Why a request got no response head.
+pub enum SendError {
+    Hyper(hyper_util::client::legacy::Error),
+    /// The own client's failures come typed already.
+    Gateway(ErrorKind),
+}
+
+/// An upstream's response body, from whichever client read it.
+pub enum UpstreamBody {
+    Hyper(Incoming),
+    H1(super::h1::Body),
+}
+
+impl http_body::Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            UpstreamBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            UpstreamBody::H1(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Hyper(b) => b.is_end_stream(),
+            UpstreamBody::H1(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Hyper(b) => b.size_hint(),
+            UpstreamBody::H1(b) => b.size_hint(),
         }
     }
 }

@@ -8,6 +8,7 @@
 pub mod balance;
 pub mod client;
 mod connector;
+pub mod h1;
 pub mod health;
 pub mod retry;
 
@@ -31,6 +32,8 @@ pub struct Target {
     pub stats: Arc<TargetStats>,
     /// Connections open to this target, counted by the pool's connector.
     open_connections: Arc<AtomicUsize>,
+    /// Idle connections of the own HTTP/1.1 client (unused with hyper's, which pools its own).
+    idle: Arc<h1::IdleConns>,
 }
 
 enum Balancer {
@@ -104,17 +107,22 @@ impl Upstream {
                 let authority =
                     Authority::try_from(t.address.as_str()).map_err(|e| format!("target {}: {e}", t.address))?;
                 let host_value = HeaderValue::from_str(&t.address).map_err(|e| format!("target {}: {e}", t.address))?;
+                let open_connections = Arc::<AtomicUsize>::default();
+                let idle = h1::IdleConns::new(open_connections.clone(), def.max_idle_per_target, def.timeouts.idle);
                 Ok(Target {
                     address: t.address.as_str().into(),
                     authority,
                     host_value,
                     stats: Arc::default(),
-                    open_connections: Arc::default(),
+                    open_connections,
+                    idle: Arc::new(idle),
                 })
             })
             .collect::<Result<Vec<_>, String>>()?;
         let open = targets.iter().map(|t| (t.authority.as_str().to_owned(), t.open_connections.clone())).collect();
-        let client = client::UpstreamClient::new(def, Arc::new(open)).map_err(|e| format!("upstream {name}: {e}"))?;
+        let pools: Vec<Arc<h1::IdleConns>> = targets.iter().map(|t| t.idle.clone()).collect();
+        let client =
+            client::UpstreamClient::new(def, Arc::new(open), &pools).map_err(|e| format!("upstream {name}: {e}"))?;
         let weights: Vec<u32> = def.targets.iter().map(|t| t.weight).collect();
         let balancer = match def.balance {
             Balance::RoundRobin => Balancer::RoundRobin(RoundRobin::new(&weights)),

@@ -1,0 +1,789 @@
+//! The HTTP/1.1 client of plain-TCP upstreams, on the same framing code as the client-facing
+//! codec (`crate::http1`), with a connection pool of its own.
+//!
+//! Written by hand because hyper-util's pooled client keeps ~30 KiB per idle connection (a
+//! dispatch task, its channel, read and write buffers) and hashes its pool key on every checkout
+//! and return. Here an idle connection is its socket and nothing else (no task, no buffer),
+//! kept in its target's own list, and checked for a close by the peer from the reactor's
+//! readiness without a system call. A connection carries one exchange at a time (no
+//! pipelining) and goes back to the pool only when both the request and the response ended
+//! cleanly and both sides keep it alive.
+
+use std::future::poll_fn;
+use std::io::{self, Write as _};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
+
+use bytes::buf::Chain;
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body::{Body as _, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use super::Target;
+use crate::http1::{BodyError, Decode, Framing, put_field};
+use crate::proxy::body::{RequestBody, RequestBodyError};
+use crate::proxy::error::ErrorKind;
+use crate::proxy::headers::list_items;
+
+/// A response head longer than this is a bad response (hyper's client allowed more, but no
+/// sane upstream sends 64 KiB of header fields).
+const MAX_HEAD: usize = 64 << 10;
+const MAX_HEADERS: usize = 100;
+/// A response head's first read; heads are usually well under 1 KiB.
+const HEAD_BUFFER: usize = 4096;
+/// Body reads start at this size and double while reads fill them, so a large body moves in
+/// few system calls and a small one takes no large buffer.
+const MIN_READ: usize = 16 << 10;
+const MAX_READ: usize = 256 << 10;
+
+/// The idle connections of one target, most recently used last (taken first, so a quiet
+/// period lets the surplus reach the idle timeout).
+pub struct IdleConns {
+    /// Held only to push or pop (never across an await or a system call), and only by
+    /// requests to this one target; the current-thread runtime of one worker never contends.
+    conns: Mutex<Vec<Conn>>,
+    /// Open connections to the target, idle or not (for metrics).
+    open: Arc<AtomicUsize>,
+    max: usize,
+    timeout: Duration,
+}
+
+impl IdleConns {
+    pub fn new(open: Arc<AtomicUsize>, max: u32, timeout: Duration) -> Self {
+        let max = usize::try_from(max).unwrap_or(usize::MAX);
+        IdleConns { conns: Mutex::new(Vec::new()), open, max, timeout }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Conn>> {
+        // Poisoning would only mean a panic between a push and a pop: the list is still valid.
+        self.conns.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The most recently used idle connection that is still open.
+    fn take(&self) -> Option<Conn> {
+        loop {
+            let conn = self.lock().pop()?;
+            if conn.usable(self.timeout) {
+                return Some(conn);
+            }
+            // Dropped (closed) here, outside the lock.
+        }
+    }
+
+    fn put(&self, mut conn: Conn) {
+        conn.since = Instant::now();
+        let mut conns = self.lock();
+        if conns.len() < self.max {
+            conns.push(conn);
+        }
+        // Else dropped after the guard: more idle connections than `max_idle_per_target`.
+    }
+
+    /// Closes connections idle past the timeout, and those the peer closed.
+    fn sweep(&self) {
+        let stale: Vec<Conn> = self.lock().extract_if(.., |c| !c.usable(self.timeout)).collect();
+        drop(stale);
+    }
+}
+
+/// Decrements its target's open-connection count when the connection is dropped.
+struct Open(Arc<AtomicUsize>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A connection between exchanges.
+struct Conn {
+    io: TcpStream,
+    since: Instant,
+    _open: Open,
+}
+
+impl Conn {
+    /// Not idle past `timeout`, and neither closed nor written to by the peer since its last
+    /// exchange. The reactor's readiness tells without a system call: a connection that is not
+    /// readable has seen no FIN; a readable one is read once to find out.
+    fn usable(&self, timeout: Duration) -> bool {
+        if self.since.elapsed() >= timeout {
+            return false;
+        }
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match self.io.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            // Bytes between exchanges are a protocol error too: either way, not reused.
+            Poll::Ready(Ok(())) => {
+                matches!(self.io.try_read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+        }
+    }
+}
+
+/// The client of one upstream: connects with the upstream's connect timeout, keeps idle
+/// connections in each target's [`IdleConns`], and sweeps them in one task per upstream.
+pub struct Client {
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    pools: Arc<[Weak<IdleConns>]>,
+    sweeping: AtomicBool,
+}
+
+impl Client {
+    pub fn new(connect_timeout: Duration, idle_timeout: Duration, pools: &[Arc<IdleConns>]) -> Self {
+        let pools = pools.iter().map(Arc::downgrade).collect();
+        Client { connect_timeout, idle_timeout, pools, sweeping: AtomicBool::new(false) }
+    }
+
+    /// Sends `req` to `target` over an idle pooled connection or a new one, and reads the
+    /// response head. A pooled connection that turns out closed before any byte of the response
+    /// (the upstream closed it as the request left: the keep-alive race) is given up and the
+    /// request sent once more on a new connection, when its method is idempotent and its body
+    /// can be sent again.
+    pub async fn send(&self, target: &Target, req: Request<RequestBody>) -> Result<Response<Body>, ErrorKind> {
+        let (parts, body) = req.into_parts();
+        let head_request = parts.method == Method::HEAD;
+        let idempotent = matches!(
+            parts.method,
+            Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+        );
+        let (head, framing) = encode_head(&parts, &body, target);
+        let mut again = if idempotent { body.replay() } else { None };
+        let mut body = Some(body);
+        loop {
+            let (conn, reused) = match target.idle.take() {
+                Some(conn) => (conn, true),
+                None => (self.connect(target).await?, false),
+            };
+            let Some(b) = body.take().or_else(|| again.take()) else { return Err(ErrorKind::UpstreamReset) };
+            let mut ex = Exchange::new(conn, head.clone(), b, framing);
+            let polled = poll_fn(|cx| ex.poll_head(cx, head_request)).await;
+            match polled {
+                Ok(resp) => return Ok(ex.into_response(resp, target)),
+                Err(ErrorKind::UpstreamReset) if reused && !ex.received && again.is_some() => {
+                    tracing::debug!(target = %target.address, "pooled connection closed by the upstream; sending on a new one");
+                }
+                Err(kind) => return Err(kind),
+            }
+        }
+    }
+
+    async fn connect(&self, target: &Target) -> Result<Conn, ErrorKind> {
+        let io = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(&*target.address)).await {
+            Err(_elapsed) => return Err(ErrorKind::UpstreamConnectTimeout),
+            Ok(Err(e)) if e.kind() == io::ErrorKind::TimedOut => return Err(ErrorKind::UpstreamConnectTimeout),
+            Ok(Err(e)) => {
+                tracing::debug!(target = %target.address, error = %e, "upstream connect failed");
+                return Err(ErrorKind::UpstreamConnectRefused);
+            }
+            Ok(Ok(io)) => io,
+        };
+        // Heads and small bodies leave in one write each; Nagle would hold the next one back.
+        let _ = io.set_nodelay(true);
+        target.idle.open.fetch_add(1, Ordering::Relaxed);
+        self.start_sweeper();
+        Ok(Conn { io, since: Instant::now(), _open: Open(target.idle.open.clone()) })
+    }
+
+    /// One task per upstream closes idle connections past the idle timeout or closed by their
+    /// peer (so they do not sit in CLOSE_WAIT); it ends once the upstream is gone.
+    fn start_sweeper(&self) {
+        if self.sweeping.load(Ordering::Relaxed) || self.sweeping.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.sweeping.store(false, Ordering::Relaxed);
+            return;
+        };
+        let pools = self.pools.clone();
+        let tick = (self.idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        runtime.spawn(async move {
+            loop {
+                tokio::time::sleep(tick).await;
+                let mut live = false;
+                for pool in pools.iter().filter_map(Weak::upgrade) {
+                    live = true;
+                    pool.sweep();
+                }
+                if !live {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+/// How the request body is framed on the wire.
+#[derive(Clone, Copy)]
+enum Sending {
+    Length(u64),
+    Chunked,
+}
+
+/// The request head, and how its body is sent. RFC 9112 §6: the framing is the gateway's own
+/// (from the body's known length, else chunked); the client's framing fields were for its hop.
+fn encode_head(parts: &http::request::Parts, body: &RequestBody, target: &Target) -> (Bytes, Sending) {
+    let target_form = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let fields: usize = parts.headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+    let mut buf = Vec::with_capacity(64 + target_form.len() + fields);
+    buf.extend_from_slice(parts.method.as_str().as_bytes());
+    buf.push(b' ');
+    buf.extend_from_slice(target_form.as_bytes());
+    buf.extend_from_slice(b" HTTP/1.1\r\n");
+    // RFC 9112 §3.2: every HTTP/1.1 request has a Host.
+    if !parts.headers.contains_key(header::HOST) {
+        put_field(&mut buf, &header::HOST, &target.host_value);
+    }
+    let mut had_length = false;
+    for (name, value) in &parts.headers {
+        if name == header::CONTENT_LENGTH {
+            had_length = true;
+        } else if name != header::TRANSFER_ENCODING {
+            put_field(&mut buf, name, value);
+        }
+    }
+    let sending = match body.size_hint().exact() {
+        Some(n) => {
+            let usual = matches!(parts.method, Method::POST | Method::PUT | Method::PATCH);
+            if n > 0 || had_length || usual {
+                let _ = write!(buf, "content-length: {n}\r\n");
+            }
+            Sending::Length(n)
+        }
+        None => {
+            buf.extend_from_slice(b"transfer-encoding: chunked\r\n");
+            Sending::Chunked
+        }
+    };
+    buf.extend_from_slice(b"\r\n");
+    (Bytes::from(buf), sending)
+}
+
+/// A piece of the request on its way out: a prefix (the head, a chunk-size line), data, and a
+/// suffix (a chunk's CRLF), written with one vectored write where the socket takes it whole.
+type Piece = Chain<Chain<Bytes, Bytes>, &'static [u8]>;
+
+fn piece(prefix: Bytes, data: Bytes, suffix: &'static [u8]) -> Piece {
+    prefix.chain(data).chain(suffix)
+}
+
+/// Why the request could not be sent whole.
+enum SendFailed {
+    /// The client's body failed (too large, cut, too slow): the gateway answers for it.
+    Body(RequestBodyError),
+    /// The upstream stopped reading (it may still have answered).
+    Io,
+}
+
+/// Where sending the request is.
+enum Send {
+    /// A request without a body (most of them): its head, as far as it is still to go.
+    Head(Bytes),
+    /// Boxed: a streamed body's state is a few hundred bytes that bodiless requests need not
+    /// carry.
+    Writing(Box<Writing>),
+    Done,
+    /// Sending stopped short: the connection is not reused.
+    Broken,
+}
+
+struct Writing {
+    /// The head, until it goes out with (or ahead of) the body's first piece.
+    head: Option<Bytes>,
+    pending: Option<Piece>,
+    body: RequestBody,
+    framing: Sending,
+    /// Body bytes still owed under a length; more is refused, fewer is a cut request.
+    left: u64,
+    finished: bool,
+}
+
+/// One request and response on one connection.
+struct Exchange {
+    conn: Conn,
+    buf: BytesMut,
+    send: Send,
+    /// Some of the response arrived (so the request reached the upstream).
+    received: bool,
+}
+
+/// A parsed response head, and how its body is framed.
+struct Head {
+    parts: http::response::Parts,
+    framing: Framing,
+    keep_alive: bool,
+}
+
+impl Exchange {
+    fn new(conn: Conn, head: Bytes, body: RequestBody, framing: Sending) -> Self {
+        let left = match framing {
+            Sending::Length(n) => n,
+            Sending::Chunked => 0,
+        };
+        let send = if body.is_end_stream() && left == 0 {
+            Send::Head(head)
+        } else {
+            Send::Writing(Box::new(Writing { head: Some(head), pending: None, body, framing, left, finished: false }))
+        };
+        Exchange { conn, buf: BytesMut::new(), send, received: false }
+    }
+
+    /// Writes what there is of the request: `Ready(Ok)` once all of it is sent.
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), SendFailed>> {
+        loop {
+            let w = match &mut self.send {
+                Send::Writing(w) => &mut **w,
+                Send::Head(head) => {
+                    while head.has_remaining() {
+                        match ready!(tokio_util::io::poll_write_buf(Pin::new(&mut self.conn.io), cx, head)) {
+                            Ok(n) if n > 0 => {}
+                            _ => {
+                                self.send = Send::Broken;
+                                return Poll::Ready(Err(SendFailed::Io));
+                            }
+                        }
+                    }
+                    self.send = Send::Done;
+                    return Poll::Ready(Ok(()));
+                }
+                Send::Done => return Poll::Ready(Ok(())),
+                Send::Broken => return Poll::Ready(Err(SendFailed::Io)),
+            };
+            let Writing { head, pending, body, framing, left, finished } = w;
+            if let Some(p) = pending {
+                while p.has_remaining() {
+                    match ready!(tokio_util::io::poll_write_buf(Pin::new(&mut self.conn.io), cx, p)) {
+                        Ok(n) if n > 0 => {}
+                        _ => {
+                            self.send = Send::Broken;
+                            return Poll::Ready(Err(SendFailed::Io));
+                        }
+                    }
+                }
+                *pending = None;
+            }
+            if *finished {
+                self.send = Send::Done;
+                return Poll::Ready(Ok(()));
+            }
+            let chunked = matches!(framing, Sending::Chunked);
+            match Pin::new(&mut *body).poll_frame(cx) {
+                Poll::Pending => match head.take() {
+                    // No body piece yet: the head goes alone, so the upstream can start.
+                    Some(h) => *pending = Some(piece(h, Bytes::new(), b"")),
+                    None => return Poll::Pending,
+                },
+                Poll::Ready(None) => {
+                    if *left > 0 {
+                        // Shorter than the length the head gave: the upstream would wait for
+                        // the rest, or read the next request into it.
+                        self.send = Send::Broken;
+                        return Poll::Ready(Err(SendFailed::Body(RequestBodyError::Client(
+                            "request body shorter than its length".into(),
+                        ))));
+                    }
+                    *finished = true;
+                    let tail: &'static [u8] = if chunked { b"0\r\n\r\n" } else { b"" };
+                    *pending = Some(piece(head.take().unwrap_or_default(), Bytes::new(), tail));
+                }
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) if data.is_empty() => {}
+                    Ok(data) => {
+                        let mut prefix = head.take().map(Vec::from).unwrap_or_default();
+                        let suffix: &'static [u8] = if chunked {
+                            // Into the prefix itself: no allocation per chunk.
+                            let _ = write!(prefix, "{:x}\r\n", data.len());
+                            b"\r\n"
+                        } else {
+                            let n = data.len() as u64;
+                            if n > *left {
+                                self.send = Send::Broken;
+                                return Poll::Ready(Err(SendFailed::Body(RequestBodyError::Client(
+                                    "request body longer than its length".into(),
+                                ))));
+                            }
+                            *left -= n;
+                            b""
+                        };
+                        *pending = Some(piece(Bytes::from(prefix), data, suffix));
+                    }
+                    Err(frame) => {
+                        // Trailers: only a chunked body can carry them.
+                        let mut prefix = head.take().map(Vec::from).unwrap_or_default();
+                        if let (true, Ok(trailers)) = (chunked, frame.into_trailers()) {
+                            prefix.extend_from_slice(b"0\r\n");
+                            for (name, value) in &trailers {
+                                if !crate::http1::is_framing_field(name) {
+                                    put_field(&mut prefix, name, value);
+                                }
+                            }
+                            prefix.extend_from_slice(b"\r\n");
+                            *finished = true;
+                        }
+                        *pending = Some(piece(Bytes::from(prefix), Bytes::new(), b""));
+                    }
+                },
+                Poll::Ready(Some(Err(e))) => {
+                    self.send = Send::Broken;
+                    return Poll::Ready(Err(SendFailed::Body(e)));
+                }
+            }
+        }
+    }
+
+    /// Sends the request while reading the response head (an upstream may read the whole body
+    /// before it answers, or answer before it has read it); informational heads are skipped.
+    fn poll_head(&mut self, cx: &mut Context<'_>, head_request: bool) -> Poll<Result<Head, ErrorKind>> {
+        loop {
+            if matches!(self.send, Send::Writing(_) | Send::Head(_))
+                && let Poll::Ready(Err(SendFailed::Body(e))) = self.poll_send(cx)
+            {
+                return Poll::Ready(Err(e.kind()));
+            }
+            while !self.buf.is_empty() {
+                match parse_head(&mut self.buf, head_request)? {
+                    // RFC 9110 §15.2: 1xx answers before the final one are not forwarded
+                    // (101 is final: it ends HTTP on this connection).
+                    Some(head)
+                        if head.parts.status.is_informational()
+                            && head.parts.status != StatusCode::SWITCHING_PROTOCOLS => {}
+                    Some(head) => return Poll::Ready(Ok(head)),
+                    None if self.buf.len() >= MAX_HEAD => return Poll::Ready(Err(ErrorKind::UpstreamBadResponse)),
+                    None => break,
+                }
+            }
+            if self.buf.capacity() - self.buf.len() < 1024 {
+                self.buf.reserve(HEAD_BUFFER);
+            }
+            match ready!(tokio_util::io::poll_read_buf(Pin::new(&mut self.conn.io), cx, &mut self.buf)) {
+                Ok(n) if n > 0 => self.received = true,
+                // Closed or reset before a whole head: nothing usable was answered.
+                _ => return Poll::Ready(Err(ErrorKind::UpstreamReset)),
+            }
+        }
+    }
+
+    fn into_response(self, head: Head, target: &Target) -> Response<Body> {
+        let Head { parts, framing, keep_alive } = head;
+        if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+            // The connection now belongs to the tunnel, with what the upstream sent after the
+            // 101 (the new protocol's first bytes).
+            let Exchange { conn, buf, .. } = self;
+            let upgraded = Upgraded { io: conn.io, first: buf.freeze(), _open: conn._open };
+            let mut resp = Response::from_parts(parts, Body::done());
+            resp.extensions_mut().insert(UpstreamUpgrade(Arc::new(Mutex::new(Some(upgraded)))));
+            return resp;
+        }
+        let body = Body {
+            decode: Decode::new(framing),
+            keep_alive,
+            read_size: MIN_READ,
+            exchange: Some(self),
+            home: Some(target.idle.clone()),
+        };
+        let mut body = body;
+        body.finish_if_done();
+        Response::from_parts(parts, body)
+    }
+}
+
+/// Parses a complete response head off the front of `buf`; `None` while it is incomplete.
+fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, ErrorKind> {
+    let bad = ErrorKind::UpstreamBadResponse;
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut slots);
+    let len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(bad),
+    };
+    let status = parsed.code.and_then(|c| StatusCode::from_u16(c).ok()).ok_or(bad)?;
+    let version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
+    // Where each value sits in the buffer, so the frozen head can be sliced without copies.
+    let base = buf.as_ptr() as usize;
+    let mut fields: Vec<(HeaderName, std::ops::Range<usize>)> = Vec::with_capacity(parsed.headers.len());
+    for h in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| bad)?;
+        let start = h.value.as_ptr() as usize - base;
+        fields.push((name, start..start + h.value.len()));
+    }
+    let head = buf.split_to(len).freeze();
+    // Room for the fields the proxy adds (via, request id, middleware's).
+    let mut headers = HeaderMap::with_capacity(fields.len() + 4);
+    for (name, range) in fields {
+        headers.append(name, HeaderValue::from_maybe_shared(head.slice(range)).map_err(|_| bad)?);
+    }
+
+    let has_coding = headers.contains_key(header::TRANSFER_ENCODING);
+    let has_length = headers.contains_key(header::CONTENT_LENGTH);
+    let framing = response_framing(status, head_request, &headers)?;
+    // RFC 9112 §6.1: with both, the coding frames the message, the length is dropped (it
+    // would mislead the next hop), and the connection is not reused.
+    let both = has_coding && has_length;
+    if both {
+        headers.remove(header::CONTENT_LENGTH);
+    }
+    let connection = |token: &str| list_items(&headers, &header::CONNECTION).any(|t| t.eq_ignore_ascii_case(token));
+    let persistent = match version {
+        Version::HTTP_10 => connection("keep-alive"),
+        _ => !connection("close"),
+    };
+    let keep_alive = persistent && !both && framing != Framing::UntilClose;
+
+    let mut parts = Response::new(()).into_parts().0;
+    parts.status = status;
+    parts.version = version;
+    parts.headers = headers;
+    Ok(Some(Head { parts, framing, keep_alive }))
+}
+
+/// RFC 9112 §6.3: how a response's body is delimited, in the order the section gives.
+fn response_framing(status: StatusCode, head_request: bool, headers: &HeaderMap) -> Result<Framing, ErrorKind> {
+    if head_request
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok(Framing::Length(0));
+    }
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        // Chunked only as the last coding; otherwise the body runs until the close.
+        let last = list_items(headers, &header::TRANSFER_ENCODING).filter(|t| !t.is_empty()).last();
+        return Ok(if last.is_some_and(|t| t.eq_ignore_ascii_case("chunked")) {
+            Framing::Chunked
+        } else {
+            Framing::UntilClose
+        });
+    }
+    let mut length = None;
+    for item in list_items(headers, &header::CONTENT_LENGTH) {
+        // An invalid or disagreeing length leaves the response unreadable: a bad response,
+        // never a guess.
+        if item.is_empty() || !item.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(ErrorKind::UpstreamBadResponse);
+        }
+        let n: u64 = item.parse().map_err(|_| ErrorKind::UpstreamBadResponse)?;
+        if length.is_some_and(|l| l != n) {
+            return Err(ErrorKind::UpstreamBadResponse);
+        }
+        length = Some(n);
+    }
+    Ok(length.map_or(Framing::UntilClose, Framing::Length))
+}
+
+/// A response body read off its upstream connection, which goes back to the target's pool
+/// when the body ends cleanly (and is closed otherwise). A request body still being sent is
+/// sent on while this body is read.
+pub struct Body {
+    decode: Decode,
+    keep_alive: bool,
+    read_size: usize,
+    exchange: Option<Exchange>,
+    home: Option<Arc<IdleConns>>,
+}
+
+impl Body {
+    /// A body with nothing in it (and no connection).
+    fn done() -> Self {
+        Body { decode: Decode::Done, keep_alive: false, read_size: 0, exchange: None, home: None }
+    }
+
+    /// Once the body has ended: the connection back to its pool when it can carry another
+    /// exchange, else closed.
+    fn finish_if_done(&mut self) {
+        if !matches!(self.decode, Decode::Done) {
+            return;
+        }
+        if let (Some(ex), Some(home)) = (self.exchange.take(), self.home.take())
+            && self.keep_alive
+            && matches!(ex.send, Send::Done)
+            && ex.buf.is_empty()
+        {
+            home.put(ex.conn);
+        }
+    }
+
+    fn fail(&mut self, e: BodyError) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        self.exchange = None;
+        self.decode = Decode::Done;
+        Poll::Ready(Some(Err(e)))
+    }
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        loop {
+            let Some(ex) = this.exchange.as_mut() else { return Poll::Ready(None) };
+            if matches!(ex.send, Send::Writing(_) | Send::Head(_)) {
+                // The upload goes on beside the download; if it fails now, the response still
+                // arrives whole, and the connection is closed after it.
+                let _ = ex.poll_send(cx);
+            }
+            match this.decode.next(&mut ex.buf) {
+                Err(e) => return this.fail(e),
+                Ok(Some(frame)) => {
+                    this.finish_if_done();
+                    return Poll::Ready(frame.map(Ok));
+                }
+                Ok(None) => {}
+            }
+            if ex.buf.capacity() - ex.buf.len() < 1024 {
+                ex.buf.reserve(this.read_size);
+            }
+            let room = ex.buf.capacity() - ex.buf.len();
+            match ready!(tokio_util::io::poll_read_buf(Pin::new(&mut ex.conn.io), cx, &mut ex.buf)) {
+                Ok(0) if matches!(this.decode, Decode::UntilClose) => {
+                    this.decode = Decode::Done;
+                    this.exchange = None;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => return this.fail(BodyError::Incomplete),
+                Ok(n) => {
+                    if n == room {
+                        this.read_size = (this.read_size * 2).min(MAX_READ);
+                    }
+                }
+                Err(e) => return this.fail(BodyError::Io(e)),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.decode, Decode::Done)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.decode {
+            Decode::Length(n) => SizeHint::with_exact(n),
+            Decode::Done => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+impl Drop for Body {
+    fn drop(&mut self) {
+        self.finish_if_done();
+    }
+}
+
+/// The upstream side of a `101 Switching Protocols`, in the response's extensions (which must
+/// be `Clone`); taken once by the tunnel.
+#[derive(Clone)]
+pub struct UpstreamUpgrade(Arc<Mutex<Option<Upgraded>>>);
+
+impl UpstreamUpgrade {
+    pub fn take(&self) -> Option<Upgraded> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+/// An upstream connection after its 101: first the bytes read past the response head, then
+/// the socket.
+pub struct Upgraded {
+    io: TcpStream,
+    first: Bytes,
+    _open: Open,
+}
+
+impl AsyncRead for Upgraded {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.first.is_empty() {
+            let n = this.first.len().min(buf.remaining());
+            buf.put_slice(&this.first.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Upgraded {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(raw: &str, head_request: bool) -> Result<Option<Head>, ErrorKind> {
+        parse_head(&mut BytesMut::from(raw), head_request)
+    }
+
+    #[test]
+    fn response_framing_follows_rfc_9112_section_6_3() {
+        let h = |raw: &str| head(raw, false).ok().flatten().map(|h| (h.framing, h.keep_alive));
+        assert_eq!(h("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n"), Some((Framing::Length(5), true)));
+        assert_eq!(h("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"), Some((Framing::Chunked, true)));
+        assert_eq!(h("HTTP/1.1 200 OK\r\n\r\n"), Some((Framing::UntilClose, false)));
+        assert_eq!(h("HTTP/1.1 204 No Content\r\ncontent-length: 9\r\n\r\n"), Some((Framing::Length(0), true)));
+        assert_eq!(h("HTTP/1.1 304 Not Modified\r\n\r\n"), Some((Framing::Length(0), true)));
+        assert_eq!(h("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n"), Some((Framing::UntilClose, false)));
+        assert_eq!(
+            h("HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\n"),
+            Some((Framing::Length(5), false))
+        );
+        assert_eq!(h("HTTP/1.0 200 OK\r\ncontent-length: 5\r\n\r\n"), Some((Framing::Length(5), false)));
+        assert_eq!(
+            h("HTTP/1.0 200 OK\r\ncontent-length: 5\r\nconnection: keep-alive\r\n\r\n"),
+            Some((Framing::Length(5), true))
+        );
+        // A HEAD response's length is the GET's: no body follows.
+        let parsed = head("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", true).ok().flatten().map(|h| h.framing);
+        assert_eq!(parsed, Some(Framing::Length(0)));
+    }
+
+    #[test]
+    fn a_response_with_both_a_coding_and_a_length_is_read_by_the_coding_and_not_reused() {
+        let parsed = head("HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n", false);
+        let Ok(Some(h)) = parsed else { panic!("not parsed") };
+        assert_eq!((h.framing, h.keep_alive), (Framing::Chunked, false));
+        assert!(!h.parts.headers.contains_key(header::CONTENT_LENGTH), "the misleading length is dropped");
+    }
+
+    #[test]
+    fn unreadable_lengths_and_heads_are_bad_responses() {
+        for raw in [
+            "HTTP/1.1 200 OK\r\ncontent-length: 5, 6\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 0x10\r\n\r\n",
+            "HTTP/1.1 999999 Huh\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nbad header\r\n\r\n",
+            "SMTP ready\r\n\r\n",
+        ] {
+            assert!(matches!(head(raw, false), Err(ErrorKind::UpstreamBadResponse)), "{raw:?}");
+        }
+        assert!(matches!(head("HTTP/1.1 200 OK\r\ncontent-le", false), Ok(None)), "a partial head waits");
+    }
+
+    #[test]
+    fn a_head_leaves_the_bytes_after_it_in_the_buffer() {
+        let mut buf = BytesMut::from("HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-a: 1\r\n\r\nhi");
+        let Ok(Some(h)) = parse_head(&mut buf, false) else { panic!("not parsed") };
+        assert_eq!(&buf[..], b"hi");
+        assert_eq!(h.parts.headers.get("x-a").map(HeaderValue::as_bytes), Some(&b"1"[..]));
+    }
+}
