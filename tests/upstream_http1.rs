@@ -1,0 +1,297 @@
+//! The gateway's own HTTP/1.1 upstream client, on the wire: what a raw upstream receives for
+//! each kind of request body, how each kind of response framing is read, which answers are
+//! bad gateways, and when a pooled connection is reused, replaced or given up. Each case
+//! asserts what the client sent, what the upstream received, and what the client got back.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use http::StatusCode;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+/// Reads until `needle` has arrived (or the connection ends, or 10 s pass).
+async fn read_until(s: &mut TcpStream, seen: &mut Vec<u8>, needle: &[u8]) -> bool {
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !seen.windows(needle.len()).any(|w| w == needle) {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => seen.extend_from_slice(&buf[..n]),
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// A raw upstream that reads each request up to `end` (the end of its head, or of its chunked
+/// body), reports the bytes, and answers with `answer`; connections accepted are counted.
+async fn upstream(
+    end: &'static [u8],
+    answer: &'static [u8],
+) -> (std::net::SocketAddr, mpsc::UnboundedReceiver<String>, Arc<AtomicUsize>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    let addr = raw_backend(move |mut s| {
+        let tx = tx.clone();
+        count.fetch_add(1, Ordering::SeqCst);
+        async move {
+            loop {
+                let mut seen = Vec::new();
+                if !read_until(&mut s, &mut seen, end).await {
+                    return;
+                }
+                let _ = tx.send(String::from_utf8_lossy(&seen).into_owned());
+                if s.write_all(answer).await.is_err() {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    (addr, rx, accepted)
+}
+
+async fn raw_request(gw: &TestGateway, bytes: &[u8]) -> String {
+    raw_exchange(gw.addr, bytes).await
+}
+
+#[tokio::test]
+async fn a_bodiless_request_reaches_the_upstream_as_one_head_without_framing_fields() {
+    let (addr, mut seen, _) = upstream(b"\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+    let gw = gateway(&single_route(addr, "", ALL)).await;
+    let got =
+        raw_request(&gw, b"GET /a/b?x=%2F&y HTTP/1.1\r\nHost: api.test\r\nX-Custom: 1\r\nConnection: close\r\n\r\n")
+            .await;
+    assert!(got.starts_with("HTTP/1.1 200 OK\r\n") && got.ends_with("\r\n\r\nok"), "{got}");
+    let head = seen.recv().await.expect("the upstream got a request");
+    assert!(head.starts_with("GET /a/b?x=%2F&y HTTP/1.1\r\n"), "the target is forwarded byte for byte: {head}");
+    let lower = head.to_ascii_lowercase();
+    assert!(lower.contains("\r\nhost: api.test\r\n") && lower.contains("\r\nx-custom: 1\r\n"), "{head}");
+    assert!(!lower.contains("content-length") && !lower.contains("transfer-encoding"), "no body, no framing: {head}");
+    assert!(!lower.contains("connection: close"), "the client's hop-by-hop fields stay on its hop: {head}");
+}
+
+#[tokio::test]
+async fn a_chunked_upload_reaches_the_upstream_chunked_with_its_trailers() {
+    let (addr, mut seen, _) =
+        upstream(b"x-checksum: 42\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+    let gw = gateway(&single_route(addr, "", ALL)).await;
+    let got = raw_request(
+        &gw,
+        b"POST /up HTTP/1.1\r\nHost: x\r\nTE: trailers\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+5\r\nhello\r\n6\r\n world\r\n0\r\nx-checksum: 42\r\n\r\n",
+    )
+    .await;
+    assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
+    let sent = seen.recv().await.expect("the upstream got a request");
+    let (head, body) = sent.split_once("\r\n\r\n").expect("a head");
+    assert!(head.to_ascii_lowercase().contains("\r\ntransfer-encoding: chunked"), "{head}");
+    assert!(!head.to_ascii_lowercase().contains("content-length"), "{head}");
+    let chunks = body.replace("\r\n", "|");
+    assert_eq!(chunks, "5|hello|6| world|0|x-checksum: 42||", "the client's chunks, then its trailer");
+}
+
+#[tokio::test]
+async fn a_sized_upload_reaches_the_upstream_with_its_length() {
+    let (addr, mut seen, _) = upstream(b"hello world", b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n").await;
+    let gw = gateway(&single_route(addr, "", ALL)).await;
+    let got =
+        raw_request(&gw, b"PUT /p HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\nConnection: close\r\n\r\nhello world")
+            .await;
+    assert!(got.starts_with("HTTP/1.1 201 Created\r\n"), "{got}");
+    let sent = seen.recv().await.expect("the upstream got a request");
+    assert!(sent.to_ascii_lowercase().contains("\r\ncontent-length: 11\r\n"), "{sent}");
+    assert!(sent.ends_with("\r\n\r\nhello world"), "{sent}");
+}
+
+#[tokio::test]
+async fn informational_answers_before_the_final_one_are_not_forwarded() {
+    let (addr, _seen, _) = upstream(
+        b"\r\n\r\n",
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    )
+    .await;
+    let gw = gateway(&single_route(addr, "", ALL)).await;
+    let got = get(&gw.url("/")).await;
+    assert_eq!((got.status, got.text().as_str()), (StatusCode::OK, "ok"));
+    assert!(got.header("link").is_none(), "the 103's fields are not the final answer's");
+}
+
+#[tokio::test]
+async fn a_response_without_a_length_runs_until_the_upstream_closes_and_its_connection_is_not_reused() {
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    let addr = raw_backend(move |mut s| {
+        count.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if read_head(&mut s).await {
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nhello ").await;
+                let _ = s.write_all(b"until close").await;
+            }
+        }
+    })
+    .await;
+    let gw = gateway(&single_route(addr, "", ALL)).await;
+    let c = client();
+    for _ in 0..2 {
+        let got = send_with(&c, http::Request::get(gw.url("/")).body(full("")).expect("req")).await;
+        assert_eq!((got.status, got.text().as_str()), (StatusCode::OK, "hello until close"));
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 2, "a close-delimited response ends its connection");
+}
+
+#[tokio::test]
+async fn responses_whose_length_cannot_be_known_are_bad_gateways() {
+    for answer in [
+        &b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!"[..],
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5, 6\r\n\r\nhello!",
+        b"HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\nhello",
+        b"HTTP/1.1 2000 OK\r\n\r\n",
+    ] {
+        let (addr, _seen, _) = upstream(b"\r\n\r\n", answer).await;
+        let gw = gateway(&single_route(addr, "", ALL)).await;
+        let got = get(&gw.url("/")).await;
+        assert_eq!(got.status, StatusCode::BAD_GATEWAY, "{}", String::from_utf8_lossy(answer));
+        assert_eq!(got.json()["error"], "upstream sent an invalid response");
+    }
+}
+
+#[tokio::test]
+async fn an_oversized_response_head_is_a_bad_gateway() {
+    let addr = raw_backend(|mut s| async move {
+        if read_head(&mut s).await {
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\n").await;
+            let field = format!("x-big: {}\r\n", "a".repeat(1000));
+            for _ in 0..100 {
+                if s.write_all(field.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    let gw = gateway(&single_route(addr, "", ALL)).await;
+    assert_eq!(get(&gw.url("/")).await.status, StatusCode::BAD_GATEWAY);
+}
+
+#[tokio::test]
+async fn a_response_with_a_coding_and_a_length_is_read_by_the_coding_and_its_connection_dropped() {
+    let (addr, _seen, accepted) = upstream(
+        b"\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+    )
+    .await;
+    let gw = gateway(&single_route(addr, "", ALL)).await;
+    let c = client();
+    for _ in 0..2 {
+        let got = send_with(&c, http::Request::get(gw.url("/")).body(full("")).expect("req")).await;
+        assert_eq!((got.status, got.text().as_str()), (StatusCode::OK, "ok"));
+        assert!(got.header("content-length").is_none(), "the misleading length is not passed on");
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 2, "a connection framed two ways is not reused");
+}
+
+#[tokio::test]
+async fn bytes_after_a_response_are_never_read_as_the_next_response() {
+    // The upstream sends more than its length: a desync that must not answer the next request.
+    let (addr, _seen, accepted) = upstream(
+        b"\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nevil",
+    )
+    .await;
+    let gw = gateway(&single_route(addr, "", ALL)).await;
+    let c = client();
+    for _ in 0..3 {
+        let got = send_with(&c, http::Request::get(gw.url("/")).body(full("")).expect("req")).await;
+        assert_eq!((got.status, got.text().as_str()), (StatusCode::OK, "ok"));
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 3, "a connection with stray bytes is closed, not pooled");
+}
+
+#[tokio::test]
+async fn sequential_requests_share_one_upstream_connection() {
+    let (addr, _seen, accepted) = upstream(b"\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+    let gw = gateway(&single_route(addr, "", ALL)).await;
+    for _ in 0..20 {
+        // A new client connection each time: reuse is the gateway's, not the client's.
+        let got = get(&gw.url("/")).await;
+        assert_eq!(got.status, StatusCode::OK);
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}
+
+/// An upstream whose first connection answers once and then closes when the next request
+/// arrives, unanswered (it timed the connection out just as the gateway reused it); later
+/// connections answer normally. Returns the address and how many requests it read.
+async fn closes_on_reuse() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let requests = Arc::new(AtomicUsize::new(0));
+    let first = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let seen = requests.clone();
+    let addr = raw_backend(move |mut s| {
+        let seen = seen.clone();
+        let first = first.swap(false, Ordering::SeqCst);
+        async move {
+            let mut answered = 0;
+            loop {
+                let mut head = Vec::new();
+                if !read_until(&mut s, &mut head, b"\r\n\r\n").await {
+                    return;
+                }
+                seen.fetch_add(1, Ordering::SeqCst);
+                if first && answered == 1 {
+                    return;
+                }
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+                answered += 1;
+            }
+        }
+    })
+    .await;
+    (addr, requests)
+}
+
+#[tokio::test]
+async fn an_idempotent_request_on_a_pooled_connection_closed_under_it_is_sent_again_on_a_new_one() {
+    let (addr, requests) = closes_on_reuse().await;
+    let gw = gateway(&single_route(addr, "", ALL)).await;
+    assert_eq!(get(&gw.url("/")).await.status, StatusCode::OK);
+    let got = get(&gw.url("/")).await;
+    assert_eq!((got.status, got.text().as_str()), (StatusCode::OK, "ok"), "{}", got.text());
+    assert_eq!(requests.load(Ordering::SeqCst), 3, "the second request was read twice: once unanswered");
+}
+
+#[tokio::test]
+async fn a_post_on_a_pooled_connection_closed_under_it_is_not_sent_twice() {
+    let (addr, requests) = closes_on_reuse().await;
+    let gw = gateway(&single_route(addr, "", ALL)).await;
+    assert_eq!(get(&gw.url("/")).await.status, StatusCode::OK);
+    let post = http::Request::post(gw.url("/")).body(full("pay once")).expect("req");
+    let got = send(post).await;
+    assert_eq!(got.status, StatusCode::BAD_GATEWAY, "the upstream may have acted on it: {}", got.text());
+    assert_eq!(requests.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn an_upstream_that_answers_before_reading_the_upload_is_answered_through() {
+    let addr = raw_backend(|mut s| async move {
+        if read_head(&mut s).await {
+            let _ = s
+                .write_all(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\nConnection: close\r\n\r\nnope")
+                .await;
+        }
+    })
+    .await;
+    let gw = gateway(&single_route(addr, "", ALL)).await;
+    let mut s = TcpStream::connect(gw.addr).await.expect("connect");
+    s.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n").await.expect("write");
+    s.write_all(&[b'a'; 16 << 10]).await.expect("write");
+    let mut seen = Vec::new();
+    assert!(read_until(&mut s, &mut seen, b"nope").await, "{}", String::from_utf8_lossy(&seen));
+    assert!(seen.starts_with(b"HTTP/1.1 413 "), "{}", String::from_utf8_lossy(&seen));
+}
