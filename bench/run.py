@@ -10,8 +10,11 @@ import argparse, asyncio, datetime, os, re, shutil, signal, socket, statistics, 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FERROWAY = os.path.join(ROOT, "target", "release", "ferroway")
 TICK = os.sysconf("SC_CLK_TCK")
-BACKEND, NGINX, HAPROXY, FERRO = 18081, 18090, 18091, 18092
+BACKEND, NGINX, HAPROXY, FERRO, FERRO_BASE = 18081, 18090, 18091, 18092, 18089
 PROXIES = [("nginx", NGINX), ("haproxy", HAPROXY), ("ferroway", FERRO)]
+# --baseline BIN: a second Ferroway binary (an earlier build) run beside the others, on the
+# same config, so a change's before and after come from one interleaved run.
+BASELINE = None
 # The HTTP/2 scenario's client ports: h2 over TLS (ALPN) and h2c (prior knowledge). Ferroway
 # takes h2c on its plain port (it tells HTTP/1 from HTTP/2 by the preface).
 H2_TLS = {"nginx": 18093, "haproxy": 18094, "ferroway": 18095}
@@ -165,7 +168,14 @@ routes:
     procs["nginx"] = subprocess.Popen(["taskset", "-c", "0", "nginx", "-c", proxy, "-p", d], **quiet)
     procs["haproxy"] = subprocess.Popen(["taskset", "-c", "0", "haproxy", "-db", "-f", haproxy], **quiet)
     procs["ferroway"] = subprocess.Popen(["taskset", "-c", "0", FERROWAY, "run", "--config", ferro], **quiet)
-    for port in (BACKEND, NGINX, HAPROXY, FERRO):
+    ports = [BACKEND, NGINX, HAPROXY, FERRO]
+    if BASELINE:
+        # The same config on other ports: only the plain listener matters to the scenarios run.
+        base = write(d, "ferroway-base.yaml", open(ferro).read().replace(f"127.0.0.1:{FERRO}", f"127.0.0.1:{FERRO_BASE}")
+                     .replace(f"127.0.0.1:{H2_TLS['ferroway']}", "127.0.0.1:0"))
+        procs["ferroway-base"] = subprocess.Popen(["taskset", "-c", "0", BASELINE, "run", "--config", base], **quiet)
+        ports.append(FERRO_BASE)
+    for port in ports:
         wait_port(port)
     for name, p in procs.items():
         if p.poll() is not None:
@@ -283,7 +293,14 @@ def main():
     ap.add_argument("--compress", action="store_true", help="CPU per MiB compressed, per algorithm (Ferroway; NGINX gzip for reference)")
     ap.add_argument("--cache", action="store_true", help="only Ferroway: a cache hit against proxying the same small response")
     ap.add_argument("--scale", action="store_true", help="only Ferroway: 10 000 routes and 1 000 targets against 1 route and 1 target")
+    ap.add_argument("--ferroway", help="the Ferroway binary under test (default: target/release/ferroway)")
+    ap.add_argument("--baseline", help="an earlier Ferroway binary, measured beside the others as ferroway-base")
     args = ap.parse_args()
+    global FERROWAY, BASELINE
+    FERROWAY = os.path.abspath(args.ferroway) if args.ferroway else FERROWAY
+    if args.baseline:
+        BASELINE = os.path.abspath(args.baseline)
+        PROXIES.append(("ferroway-base", FERRO_BASE))
     d = tempfile.mkdtemp(prefix="ferroway-bench-")
     procs = start_all(d)
     results = {}
@@ -421,7 +438,18 @@ routes:
         cases.append((name, f"/r{middle}/small", (), name, port))
     for port in (WIDE_BASE, WIDE_BASE + SCALE_TARGETS - 1, *SCALE_PORTS.values()):
         wait_port(port, timeout=60)
-    return ferroway_ab(args, d, procs, "Ferroway cost in configuration size", cases)
+    # Memory per idle pooled upstream connection: one client connection's requests go round
+    # robin over the 1 000 targets, so each target ends with one pooled connection; RSS grown
+    # over sockets opened (counted in /proc/PID/fd).
+    wide_proc = procs[f"1 route, {SCALE_TARGETS} targets"]
+    fds = lambda: len(os.listdir(f"/proc/{wide_proc.pid}/fd"))
+    rss0, fds0 = rss_bytes(wide_proc.pid), fds()
+    wrk(SCALE_PORTS[(1, SCALE_TARGETS)], f"/r{middle}/small", 1, 2)
+    time.sleep(1.0)
+    rss1, fds1 = rss_bytes(wide_proc.pid), fds()
+    upstream_idle = (rss1 - rss0) / max(fds1 - fds0, 1)
+    ferroway_ab(args, d, procs, "Ferroway cost in configuration size", cases)
+    print(f"\nMemory per idle pooled upstream connection: {upstream_idle / 1024:.2f} KiB ({fds1 - fds0} connections opened, RSS +{(rss1 - rss0) / 1024:.0f} KiB).")
 
 
 def ferroway_ab(args, d, procs, title, cases):
