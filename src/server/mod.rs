@@ -513,13 +513,13 @@ fn peer_of(addr: SocketAddr, tls: bool, redirect_https: Option<u16>, control: &C
 /// An `async move` block rather than an `async fn`, like `h1::serve`: its state is what an
 /// idle connection costs, and an `async fn` would keep its arguments in it twice.
 #[expect(clippy::manual_async_fn, reason = "an async fn would hold its arguments twice")]
-fn serve_plain(stream: TcpStream, peer: Arc<Peer>, control: Arc<Control>) -> impl Future<Output = ()> {
+fn serve_plain(mut stream: TcpStream, peer: Arc<Peer>, control: Arc<Control>) -> impl Future<Output = ()> {
     async move {
         let protocols = control.protocols.load_full();
         let mut drain = control.drain.subscribe();
         // The first bytes are waited for with no buffer, like any idle keep-alive connection.
         let mut buf = BytesMut::new();
-        let first = poll_fn(|cx| h1::poll_read_when_ready(&stream, &mut buf, cx));
+        let first = poll_fn(|cx| h1::poll_read_when_ready(&mut stream, &mut buf, cx));
         tokio::select! {
             biased;
             _ = drain.wait_for(|d| *d) => return,
