@@ -114,7 +114,7 @@ http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 300s;
 """)
     haproxy = write(d, "haproxy.cfg", f"""global
   nbthread 1
-  maxconn 9000
+  maxconn 20000
 defaults
   mode http
   timeout connect 5s

@@ -250,3 +250,8 @@ fn init_logging(level: &str) {
         .with_writer(std::io::stderr);
     let _ = if terminal { builder.try_init() } else { builder.json().flatten_event(true).try_init() };
 }
+
+/// jemalloc, measured against glibc's malloc and mimalloc in `bench/` (see Cargo.toml).
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
