@@ -46,18 +46,32 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
     // Read before Connection's list is applied: a sender of TE lists "te" there (RFC 9110
     // §10.1.4).
     let te_trailers = list_items(headers, &header::TE).any(|t| t.eq_ignore_ascii_case("trailers"));
-    if headers.contains_key(header::CONNECTION) {
-        let listed: Vec<HeaderName> = list_items(headers, &header::CONNECTION)
-            .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
-            .collect();
-        for name in listed {
-            headers.remove(name);
+    // The Connection values are cloned (shared bytes, no copy) so the map can change while
+    // their names are read, and each name is removed by `&str` (no allocation even for a
+    // name that is not a standard one, such as `keep-alive`).
+    let mut connection = headers.get_all(header::CONNECTION).iter();
+    match (connection.next().cloned(), connection.next().is_some()) {
+        (None, _) => {}
+        (Some(only), false) => remove_listed(headers, &only),
+        (Some(_), true) => {
+            let values: Vec<HeaderValue> = headers.get_all(header::CONNECTION).iter().cloned().collect();
+            for v in &values {
+                remove_listed(headers, v);
+            }
         }
     }
     while let Some(name) = headers.keys().find(|k| HOP_BY_HOP.contains(k)).cloned() {
         headers.remove(name);
     }
     te_trailers
+}
+
+/// Removes the fields a Connection value lists (RFC 9110 §7.6.1).
+fn remove_listed(headers: &mut HeaderMap, value: &HeaderValue) {
+    let Ok(list) = value.to_str() else { return };
+    for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        headers.remove(name);
+    }
 }
 
 /// Size of the header section as a client sent it, for `max_header_bytes`.
@@ -177,6 +191,18 @@ mod tests {
         assert_eq!(h.len(), 2);
         assert!(h.contains_key("x-kept"));
         assert!(h.contains_key(header::TRAILER), "Trailer is end to end (RFC 9110 §6.6.2)");
+    }
+
+    #[test]
+    fn names_listed_across_several_connection_fields_are_all_removed() {
+        let mut h = HeaderMap::new();
+        h.append(header::CONNECTION, HeaderValue::from_static("x-a"));
+        h.append(header::CONNECTION, HeaderValue::from_static(" , X-B ,"));
+        h.insert("x-a", HeaderValue::from_static("1"));
+        h.insert("x-b", HeaderValue::from_static("2"));
+        h.insert("x-c", HeaderValue::from_static("3"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.keys().map(HeaderName::as_str).collect::<Vec<_>>(), ["x-c"]);
     }
 
     #[test]

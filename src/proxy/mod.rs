@@ -304,7 +304,8 @@ async fn route_and_forward(
         Payload::Replay(Bytes::new())
     } else if declared.is_some_and(|n| n <= retry.max_replay_body) {
         // Small enough to keep for a replay: read it whole (under the same limits) first.
-        let collected = client_body.collect().await.map_err(|e| e.kind())?;
+        // Boxed: the rare path's state should not be carried by every request.
+        let collected = Box::pin(client_body.collect()).await.map_err(|e| e.kind())?;
         Payload::Replay(collected.to_bytes())
     } else {
         Payload::Stream(client_body)

@@ -10,7 +10,7 @@
 //! cleanly and both sides keep it alive.
 
 use std::future::poll_fn;
-use std::io::{self, Write as _};
+use std::io::{self, Cursor, Write as _};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -155,16 +155,27 @@ impl Client {
             parts.method,
             Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
         );
-        let (head, framing) = encode_head(&parts, &body, target);
+        let (mut head, framing) = encode_head(&parts, &body, target);
         let mut again = if idempotent { body.replay() } else { None };
         let mut body = Some(body);
         loop {
             let (conn, reused) = match target.idle.take() {
                 Some(conn) => (conn, true),
-                None => (self.connect(target).await?, false),
+                // Boxed: connecting (name lookup, timer) is the rare path; its state should not
+                // be carried by every request that finds a pooled connection.
+                None => (Box::pin(self.connect(target)).await?, false),
             };
-            let Some(b) = body.take().or_else(|| again.take()) else { return Err(ErrorKind::UpstreamReset) };
-            let mut ex = Exchange::new(conn, head.clone(), b, framing);
+            let b = match body.take() {
+                Some(b) => b,
+                None => {
+                    // The second try: the same head again (encoded anew: the first try's is
+                    // spent, and keeping a copy would cost every request an allocation).
+                    let Some(b) = again.take() else { return Err(ErrorKind::UpstreamReset) };
+                    head = encode_head(&parts, &b, target).0;
+                    b
+                }
+            };
+            let mut ex = Exchange::new(conn, std::mem::take(&mut head), b, framing);
             let polled = poll_fn(|cx| ex.poll_head(cx, head_request)).await;
             match polled {
                 Ok(resp) => return Ok(ex.into_response(resp, target)),
@@ -230,7 +241,7 @@ enum Sending {
 
 /// The request head, and how its body is sent. RFC 9112 §6: the framing is the gateway's own
 /// (from the body's known length, else chunked); the client's framing fields were for its hop.
-fn encode_head(parts: &http::request::Parts, body: &RequestBody, target: &Target) -> (Bytes, Sending) {
+fn encode_head(parts: &http::request::Parts, body: &RequestBody, target: &Target) -> (Vec<u8>, Sending) {
     let target_form = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     let fields: usize = parts.headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
     let mut buf = Vec::with_capacity(64 + target_form.len() + fields);
@@ -264,15 +275,15 @@ fn encode_head(parts: &http::request::Parts, body: &RequestBody, target: &Target
         }
     };
     buf.extend_from_slice(b"\r\n");
-    (Bytes::from(buf), sending)
+    (buf, sending)
 }
 
 /// A piece of the request on its way out: a prefix (the head, a chunk-size line), data, and a
 /// suffix (a chunk's CRLF), written with one vectored write where the socket takes it whole.
-type Piece = Chain<Chain<Bytes, Bytes>, &'static [u8]>;
+type Piece = Chain<Chain<Cursor<Vec<u8>>, Bytes>, &'static [u8]>;
 
-fn piece(prefix: Bytes, data: Bytes, suffix: &'static [u8]) -> Piece {
-    prefix.chain(data).chain(suffix)
+fn piece(prefix: Vec<u8>, data: Bytes, suffix: &'static [u8]) -> Piece {
+    Cursor::new(prefix).chain(data).chain(suffix)
 }
 
 /// Why the request could not be sent whole.
@@ -286,7 +297,7 @@ enum SendFailed {
 /// Where sending the request is.
 enum Send {
     /// A request without a body (most of them): its head, as far as it is still to go.
-    Head(Bytes),
+    Head(Cursor<Vec<u8>>),
     /// Boxed: a streamed body's state is a few hundred bytes that bodiless requests need not
     /// carry.
     Writing(Box<Writing>),
@@ -297,7 +308,7 @@ enum Send {
 
 struct Writing {
     /// The head, until it goes out with (or ahead of) the body's first piece.
-    head: Option<Bytes>,
+    head: Option<Vec<u8>>,
     pending: Option<Piece>,
     body: RequestBody,
     framing: Sending,
@@ -323,13 +334,13 @@ struct Head {
 }
 
 impl Exchange {
-    fn new(conn: Conn, head: Bytes, body: RequestBody, framing: Sending) -> Self {
+    fn new(conn: Conn, head: Vec<u8>, body: RequestBody, framing: Sending) -> Self {
         let left = match framing {
             Sending::Length(n) => n,
             Sending::Chunked => 0,
         };
         let send = if body.is_end_stream() && left == 0 {
-            Send::Head(head)
+            Send::Head(Cursor::new(head))
         } else {
             Send::Writing(Box::new(Writing { head: Some(head), pending: None, body, framing, left, finished: false }))
         };
@@ -397,7 +408,7 @@ impl Exchange {
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) if data.is_empty() => {}
                     Ok(data) => {
-                        let mut prefix = head.take().map(Vec::from).unwrap_or_default();
+                        let mut prefix = head.take().unwrap_or_default();
                         let suffix: &'static [u8] = if chunked {
                             // Into the prefix itself: no allocation per chunk.
                             let _ = write!(prefix, "{:x}\r\n", data.len());
@@ -413,11 +424,11 @@ impl Exchange {
                             *left -= n;
                             b""
                         };
-                        *pending = Some(piece(Bytes::from(prefix), data, suffix));
+                        *pending = Some(piece(prefix, data, suffix));
                     }
                     Err(frame) => {
                         // Trailers: only a chunked body can carry them.
-                        let mut prefix = head.take().map(Vec::from).unwrap_or_default();
+                        let mut prefix = head.take().unwrap_or_default();
                         if let (true, Ok(trailers)) = (chunked, frame.into_trailers()) {
                             prefix.extend_from_slice(b"0\r\n");
                             for (name, value) in &trailers {
@@ -428,7 +439,7 @@ impl Exchange {
                             prefix.extend_from_slice(b"\r\n");
                             *finished = true;
                         }
-                        *pending = Some(piece(Bytes::from(prefix), Bytes::new(), b""));
+                        *pending = Some(piece(prefix, Bytes::new(), b""));
                     }
                 },
                 Poll::Ready(Some(Err(e))) => {
