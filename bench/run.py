@@ -114,7 +114,7 @@ http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 300s;
 """)
     haproxy = write(d, "haproxy.cfg", f"""global
   nbthread 1
-  maxconn 20000
+  maxconn 9000
 defaults
   mode http
   timeout connect 5s
@@ -175,11 +175,16 @@ routes:
                      .replace(f"127.0.0.1:{H2_TLS['ferroway']}", "127.0.0.1:0"))
         procs["ferroway-base"] = subprocess.Popen(["taskset", "-c", "0", BASELINE, "run", "--config", base], **quiet)
         ports.append(FERRO_BASE)
-    for port in ports:
-        wait_port(port)
-    for name, p in procs.items():
-        if p.poll() is not None:
-            raise SystemExit(f"{name} exited at start (code {p.returncode})")
+    try:
+        for port in ports:
+            wait_port(port)
+        for name, p in procs.items():
+            if p.poll() is not None:
+                raise SystemExit(f"{name} exited at start (code {p.returncode})")
+    except BaseException:
+        # Nothing started is left running to hold the ports of the next run.
+        stop_all(procs, d)
+        raise
     return procs
 
 
