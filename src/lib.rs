@@ -13,4 +13,6 @@ pub mod proxy;
 pub mod routing;
 pub mod server;
 pub mod snapshot;
+#[cfg(target_os = "linux")]
+pub mod splice;
 pub mod upstream;

@@ -94,3 +94,66 @@ async fn a_gibibyte_streams_down_and_up_in_little_memory() {
     let peak = gw.peak_rss();
     assert!(peak < 64 << 20, "gateway peak RSS {} MiB", peak >> 20);
 }
+
+/// 3 MiB of bytes that differ from offset to offset, so a misplaced or lost piece shows.
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect()
+}
+
+#[tokio::test]
+async fn a_long_body_moved_socket_to_socket_arrives_whole_and_its_connection_is_reused() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::AsyncWriteExt;
+    const LEN: usize = 3 << 20;
+    let body = Arc::new(pattern(LEN));
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let (b, count) = (body.clone(), accepted.clone());
+    let addr = raw_backend(move |mut s| {
+        let body = b.clone();
+        count.fetch_add(1, Ordering::SeqCst);
+        async move {
+            while read_head(&mut s).await {
+                // The head and the body's first 100 000 bytes in one write, so the gateway reads
+                // some of the body with the head; the rest in uneven pieces.
+                let mut first = format!("HTTP/1.1 200 OK\r\nContent-Length: {LEN}\r\n\r\n").into_bytes();
+                first.extend_from_slice(&body[..100_000]);
+                if s.write_all(&first).await.is_err() {
+                    return;
+                }
+                for piece in body[100_000..].chunks(777_777) {
+                    if s.write_all(piece).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    let gw = gateway(&single_route(addr, "", ALL)).await;
+    let c = client();
+    for _ in 0..3 {
+        let got = send_with(&c, Request::get(gw.url("/big")).body(full("")).expect("request")).await;
+        assert_eq!(got.status, StatusCode::OK);
+        assert_eq!(got.body.len(), LEN);
+        assert!(got.body[..] == body[..], "the body arrives byte for byte");
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "the upstream connection is pooled after each body");
+}
+
+#[tokio::test]
+async fn an_upstream_that_dies_in_a_long_body_cuts_the_client_response() {
+    use tokio::io::AsyncWriteExt;
+    let addr = raw_backend(|mut s| async move {
+        if read_head(&mut s).await {
+            let _ = s.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", 4 << 20).as_bytes()).await;
+            let _ = s.write_all(&pattern(1 << 20)).await;
+        }
+    })
+    .await;
+    let gw = gateway(&single_route(addr, "", ALL)).await;
+    let resp = client().request(Request::get(gw.url("/big")).body(full("")).expect("request")).await.expect("head");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let read = resp.into_body().collect().await;
+    assert!(read.is_err(), "a body cut short must not look complete");
+}

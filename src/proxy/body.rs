@@ -377,6 +377,52 @@ impl ResponseBody {
     }
 }
 
+#[cfg(target_os = "linux")]
+impl ResponseBody {
+    /// Whether the rest of this body, `n` bytes as its head says, can move from the upstream's
+    /// socket to the client's without passing through the gateway (`crate::splice`): nothing
+    /// transforms or copies it (no compression, no cache fill), and it is the own HTTP/1.1
+    /// client's body with exactly that length left.
+    pub fn can_splice(&mut self, n: u64) -> bool {
+        if self.encoding.is_some() || self.tee.is_some() {
+            return false;
+        }
+        let Source::Upstream { body, .. } = &mut self.source else { return false };
+        body.as_spliceable().and_then(|b| b.spliceable()) == Some(n)
+    }
+
+    /// What of the body is already in memory (read with the upstream's head), counted as sent.
+    pub fn take_buffered(&mut self) -> Bytes {
+        let Source::Upstream { body, .. } = &mut self.source else { return Bytes::new() };
+        let Some(b) = body.as_spliceable() else { return Bytes::new() };
+        let data = b.take_buffered();
+        self.sent += data.len() as u64;
+        data
+    }
+
+    /// Splices the rest of the body into the client's socket `to` (after
+    /// [`ResponseBody::take_buffered`]); the access log and metrics see it as sent.
+    pub async fn splice_into(&mut self, to: &tokio::net::TcpStream) -> std::io::Result<()> {
+        let Source::Upstream { body, idle, .. } = &mut self.source else { return Ok(()) };
+        let timeout = idle.timeout;
+        let Some(b) = body.as_spliceable() else { return Ok(()) };
+        let sent = &mut self.sent;
+        match b.splice_into(to, timeout, |n| *sent += n).await {
+            Ok(()) => {
+                self.ended = true;
+                Ok(())
+            }
+            Err(crate::splice::SpliceError::Source(e)) => {
+                if let Some(log) = &mut self.log {
+                    log.error.get_or_insert("upstream_body_error");
+                }
+                Err(e)
+            }
+            Err(crate::splice::SpliceError::Destination(e)) => Err(e),
+        }
+    }
+}
+
 impl Body for ResponseBody {
     type Data = Bytes;
     type Error = UpstreamBodyError;

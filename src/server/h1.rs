@@ -690,6 +690,21 @@ async fn write_response(
         return Ok(());
     }
 
+    // A long body nothing needs to read moves upstream socket to client socket (splice).
+    #[cfg(target_os = "linux")]
+    if let Out::Length(n) = out
+        && n >= crate::splice::MIN_BODY
+        && matches!(writer, WriteSide::Tcp(_))
+        && body.can_splice(n)
+    {
+        let buffered = body.take_buffered();
+        write_parts(writer, &buf, &buffered, b"").await?;
+        if let WriteSide::Tcp(w) = &*writer {
+            body.splice_into(w.as_ref()).await?;
+        }
+        return Ok(());
+    }
+
     let mut left = match out {
         Out::Length(n) => n,
         _ => u64::MAX,

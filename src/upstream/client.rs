@@ -154,6 +154,17 @@ impl http_body::Body for UpstreamBody {
     }
 }
 
+impl UpstreamBody {
+    /// The own client's body, when it may be spliced (see `h1::Body::spliceable`).
+    #[cfg(target_os = "linux")]
+    pub fn as_spliceable(&mut self) -> Option<&mut super::h1::Body> {
+        match self {
+            UpstreamBody::H1(b) if b.spliceable().is_some() => Some(b),
+            _ => None,
+        }
+    }
+}
+
 /// A rustls client config for `tls`, offering `alpn`.
 pub fn client_config(tls: &UpstreamTlsDef, alpn: Vec<Vec<u8>>) -> Result<ClientConfig, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());

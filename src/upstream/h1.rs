@@ -629,6 +629,56 @@ impl Body {
     }
 }
 
+#[cfg(target_os = "linux")]
+impl Body {
+    /// The body's remaining length when it can move socket to socket (see `crate::splice`):
+    /// framed by a length, its connection in hand, and no upload still being sent beside it.
+    pub fn spliceable(&self) -> Option<u64> {
+        let ex = self.exchange.as_ref()?;
+        match (&self.decode, &ex.send) {
+            (Decode::Length(n), Send::Done) => Some(*n),
+            _ => None,
+        }
+    }
+
+    /// What of the body was read with the head (it goes out first, as usual).
+    pub fn take_buffered(&mut self) -> Bytes {
+        let Some(ex) = self.exchange.as_mut() else { return Bytes::new() };
+        if ex.buf.is_empty() {
+            return Bytes::new();
+        }
+        match self.decode.next(&mut ex.buf) {
+            Ok(Some(Some(frame))) => {
+                let data = frame.into_data().unwrap_or_default();
+                self.finish_if_done();
+                data
+            }
+            _ => Bytes::new(),
+        }
+    }
+
+    /// Moves the rest of the body (after [`Body::take_buffered`]) into `to`; the connection
+    /// goes back to its pool once the last byte has moved.
+    pub async fn splice_into(
+        &mut self,
+        to: &TcpStream,
+        idle: Duration,
+        moved: impl FnMut(u64),
+    ) -> Result<(), crate::splice::SpliceError> {
+        let (Some(ex), Decode::Length(left)) = (self.exchange.as_ref(), &self.decode) else { return Ok(()) };
+        let result = crate::splice::copy(&ex.conn.io, to, *left, idle, moved).await;
+        match result {
+            Ok(()) => {
+                self.decode = Decode::Done;
+                self.finish_if_done();
+            }
+            // The connection is in an unknown place of its body: closed, never pooled.
+            Err(_) => self.exchange = None,
+        }
+        result
+    }
+}
+
 impl http_body::Body for Body {
     type Data = Bytes;
     type Error = BodyError;
