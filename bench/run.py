@@ -408,6 +408,7 @@ def cache_main(args, d, procs):
 
 SCALE_TARGETS, SCALE_ROUTES = 1000, 10000
 WIDE_BASE = 20000  # the wide backend's first port
+NGINX_SCALE = (18101, 18102)
 SCALE_PORTS = {(1, 1): FERRO, (SCALE_ROUTES, 1): 18098, (1, SCALE_TARGETS): 18099, (SCALE_ROUTES, SCALE_TARGETS): 18100}
 
 
@@ -441,7 +442,21 @@ routes:
 {routes}""")
         procs[name] = subprocess.Popen(["taskset", "-c", "0", FERROWAY, "run", "--config", config], **quiet)
         cases.append((name, f"/r{middle}/small", (), name, port))
-    for port in (WIDE_BASE, WIDE_BASE + SCALE_TARGETS - 1, *SCALE_PORTS.values()):
+    # NGINX as the proxy in front of the same 1 or 1 000 targets, for what the width itself
+    # costs any proxy (NGINX's keepalive is per worker, not per server: room for all 1 000).
+    for ntargets, port in ((1, NGINX_SCALE[0]), (SCALE_TARGETS, NGINX_SCALE[1])):
+        servers = "".join(f"server 127.0.0.1:{WIDE_BASE + i}; " for i in range(ntargets))
+        name = f"nginx, {ntargets} target{'s' if ntargets > 1 else ''}"
+        conf = write(d, f"nginx-scale-{ntargets}.conf", f"""daemon off; master_process off; worker_processes 1; worker_rlimit_nofile 16384; pid {d}/ns{ntargets}.pid; error_log {d}/ns{ntargets}.err warn;
+events {{ worker_connections 16000; }}
+http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 300s;
+  upstream wide {{ {servers} keepalive {max(128, 2 * ntargets)}; }}
+  server {{ listen 127.0.0.1:{port} backlog=4096;
+    location / {{ proxy_pass http://wide; proxy_http_version 1.1; proxy_set_header Connection ""; }} }} }}
+""")
+        procs[name] = subprocess.Popen(["taskset", "-c", "0", "nginx", "-c", conf, "-p", d], **quiet)
+        cases.append((name, "/small", (), name, port))
+    for port in (WIDE_BASE, WIDE_BASE + SCALE_TARGETS - 1, *SCALE_PORTS.values(), *NGINX_SCALE):
         wait_port(port, timeout=60)
     # Memory per idle pooled upstream connection: one client connection's requests go round
     # robin over the 1 000 targets, so each target ends with one pooled connection; RSS grown
