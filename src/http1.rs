@@ -96,6 +96,15 @@ impl Decode {
         }
     }
 
+    /// The body's size as far as the decoder knows it: exact under a length, unknown otherwise.
+    pub fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            Decode::Length(n) => http_body::SizeHint::with_exact(*n),
+            Decode::Done => http_body::SizeHint::with_exact(0),
+            _ => http_body::SizeHint::default(),
+        }
+    }
+
     /// The next frame from what is buffered: `Ok(None)` when more must be read first.
     pub fn next(&mut self, buf: &mut BytesMut) -> Result<Option<Option<Frame<Bytes>>>, BodyError> {
         loop {

@@ -10,6 +10,7 @@ pub mod http1;
 pub mod middleware;
 pub mod observe;
 pub mod proxy;
+pub mod rewind;
 pub mod routing;
 pub mod server;
 pub mod snapshot;

@@ -24,19 +24,6 @@ async fn gw_for(backend: &Backend, extra: &str) -> TestGateway {
     gateway(&(single_route(backend.address(), "", ALL) + extra)).await
 }
 
-/// Reads until `needle` has arrived (or the connection ends, or 10 s pass).
-async fn read_until(s: &mut TcpStream, seen: &mut Vec<u8>, needle: &[u8]) -> bool {
-    let mut buf = [0u8; 4096];
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !seen.windows(needle.len()).any(|w| w == needle) {
-        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
-            Ok(Ok(n)) if n > 0 => seen.extend_from_slice(&buf[..n]),
-            _ => return false,
-        }
-    }
-    true
-}
-
 /// Whether the server closes the connection within 10 s (reading and dropping anything sent).
 async fn closed_by_server(s: &mut TcpStream) -> bool {
     let mut buf = [0u8; 4096];

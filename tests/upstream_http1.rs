@@ -7,26 +7,12 @@ mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 use http::StatusCode;
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-
-/// Reads until `needle` has arrived (or the connection ends, or 10 s pass).
-async fn read_until(s: &mut TcpStream, seen: &mut Vec<u8>, needle: &[u8]) -> bool {
-    let mut buf = [0u8; 4096];
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !seen.windows(needle.len()).any(|w| w == needle) {
-        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
-            Ok(Ok(n)) if n > 0 => seen.extend_from_slice(&buf[..n]),
-            _ => return false,
-        }
-    }
-    true
-}
 
 /// A raw upstream that reads each request up to `end` (the end of its head, or of its chunked
 /// body), reports the bytes, and answers with `answer`; connections accepted are counted.

@@ -914,11 +914,7 @@ impl http_body::Body for Body {
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self.decode {
-            Decode::Length(n) => SizeHint::with_exact(n),
-            Decode::Done => SizeHint::with_exact(0),
-            _ => SizeHint::default(),
-        }
+        self.decode.size_hint()
     }
 }
 

@@ -21,11 +21,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
@@ -33,6 +32,7 @@ use tokio::task::JoinHandle;
 use crate::config::{self, Config, ConfigError, Limits};
 use crate::observe::access_log::AccessLog;
 use crate::proxy::headers::Peer;
+use crate::rewind::Rewind;
 use crate::snapshot::{CompileError, Gateway};
 
 #[derive(Debug, thiserror::Error)]
@@ -527,7 +527,7 @@ fn serve_plain(mut stream: TcpStream, peer: Arc<Peer>, control: Arc<Control>) ->
         }
         let Some(buf) = sniff(&stream, buf, protocols.h1.header_timeout).await else { return };
         if buf.starts_with(H2_PREFACE) {
-            let io = TokioIo::new(Rewind { first: buf.freeze(), inner: stream });
+            let io = TokioIo::new(Rewind::new(buf.freeze(), stream, ()));
             Box::pin(serve_h2(io, peer, &control, &protocols.h2)).await;
         } else {
             let (read, write) = stream.into_split();
@@ -610,65 +610,6 @@ where
     };
     if let Err(e) = ended {
         tracing::debug!(error = %e, "connection ended with an error");
-    }
-}
-
-/// A stream whose first bytes were already read (to tell HTTP/2 from HTTP/1.1): they are
-/// read again first.
-struct Rewind {
-    first: Bytes,
-    inner: TcpStream,
-}
-
-impl AsyncRead for Rewind {
-    fn poll_read(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        if !this.first.is_empty() {
-            let n = this.first.len().min(buf.remaining());
-            buf.put_slice(&this.first.split_to(n));
-            return std::task::Poll::Ready(Ok(()));
-        }
-        std::pin::Pin::new(&mut this.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Rewind {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
 

@@ -22,7 +22,6 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body as _, Frame, SizeHint};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::Target;
@@ -93,7 +92,7 @@ impl IdleConns {
 }
 
 /// Decrements its target's open-connection count when the connection is dropped.
-struct Open(Arc<AtomicUsize>);
+pub struct Open(Arc<AtomicUsize>);
 
 impl Drop for Open {
     fn drop(&mut self) {
@@ -286,6 +285,16 @@ fn piece(prefix: Vec<u8>, data: Bytes, suffix: &'static [u8]) -> Piece {
     Cursor::new(prefix).chain(data).chain(suffix)
 }
 
+/// Writes all of `buf` (vectored where it has several pieces); a write of nothing is an error.
+fn poll_write_all(io: &mut TcpStream, cx: &mut Context<'_>, buf: &mut impl Buf) -> Poll<io::Result<()>> {
+    while buf.has_remaining() {
+        if ready!(tokio_util::io::poll_write_buf(Pin::new(&mut *io), cx, buf))? == 0 {
+            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+        }
+    }
+    Poll::Ready(Ok(()))
+}
+
 /// Why the request could not be sent whole.
 enum SendFailed {
     /// The client's body failed (too large, cut, too slow): the gateway answers for it.
@@ -353,14 +362,9 @@ impl Exchange {
             let w = match &mut self.send {
                 Send::Writing(w) => &mut **w,
                 Send::Head(head) => {
-                    while head.has_remaining() {
-                        match ready!(tokio_util::io::poll_write_buf(Pin::new(&mut self.conn.io), cx, head)) {
-                            Ok(n) if n > 0 => {}
-                            _ => {
-                                self.send = Send::Broken;
-                                return Poll::Ready(Err(SendFailed::Io));
-                            }
-                        }
+                    if ready!(poll_write_all(&mut self.conn.io, cx, head)).is_err() {
+                        self.send = Send::Broken;
+                        return Poll::Ready(Err(SendFailed::Io));
                     }
                     self.send = Send::Done;
                     return Poll::Ready(Ok(()));
@@ -370,14 +374,9 @@ impl Exchange {
             };
             let Writing { head, pending, body, framing, left, finished } = w;
             if let Some(p) = pending {
-                while p.has_remaining() {
-                    match ready!(tokio_util::io::poll_write_buf(Pin::new(&mut self.conn.io), cx, p)) {
-                        Ok(n) if n > 0 => {}
-                        _ => {
-                            self.send = Send::Broken;
-                            return Poll::Ready(Err(SendFailed::Io));
-                        }
-                    }
+                if ready!(poll_write_all(&mut self.conn.io, cx, p)).is_err() {
+                    self.send = Send::Broken;
+                    return Poll::Ready(Err(SendFailed::Io));
                 }
                 *pending = None;
             }
@@ -488,7 +487,7 @@ impl Exchange {
             // The connection now belongs to the tunnel, with what the upstream sent after the
             // 101 (the new protocol's first bytes).
             let Exchange { conn, buf, .. } = self;
-            let upgraded = Upgraded { io: conn.io, first: buf.freeze(), _open: conn._open };
+            let upgraded = Upgraded::new(buf.freeze(), conn.io, conn._open);
             let mut resp = Response::from_parts(parts, Body::done());
             resp.extensions_mut().insert(UpstreamUpgrade(Arc::new(Mutex::new(Some(upgraded)))));
             return resp;
@@ -726,11 +725,7 @@ impl http_body::Body for Body {
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self.decode {
-            Decode::Length(n) => SizeHint::with_exact(n),
-            Decode::Done => SizeHint::with_exact(0),
-            _ => SizeHint::default(),
-        }
+        self.decode.size_hint()
     }
 }
 
@@ -752,38 +747,8 @@ impl UpstreamUpgrade {
 }
 
 /// An upstream connection after its 101: first the bytes read past the response head, then
-/// the socket.
-pub struct Upgraded {
-    io: TcpStream,
-    first: Bytes,
-    _open: Open,
-}
-
-impl AsyncRead for Upgraded {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if !this.first.is_empty() {
-            let n = this.first.len().min(buf.remaining());
-            buf.put_slice(&this.first.split_to(n));
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut this.io).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Upgraded {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
-    }
-}
+/// the socket; counted as open until it is dropped.
+pub type Upgraded = crate::rewind::Rewind<TcpStream, Open>;
 
 #[cfg(test)]
 mod tests {

@@ -228,6 +228,20 @@ pub async fn read_head(s: &mut TcpStream) -> bool {
     true
 }
 
+/// Reads until `needle` has arrived (or the connection ends, or 10 s pass).
+pub async fn read_until(s: &mut TcpStream, seen: &mut Vec<u8>, needle: &[u8]) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !seen.windows(needle.len()).any(|w| w == needle) {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => seen.extend_from_slice(&buf[..n]),
+            _ => return false,
+        }
+    }
+    true
+}
+
 /// A gateway running in this process.
 pub struct TestGateway {
     pub addr: SocketAddr,
