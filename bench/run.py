@@ -373,28 +373,31 @@ def main():
 def h2_main(args, d, procs):
     """Small responses to h2 clients: 8 connections x 32 concurrent streams, over TLS and h2c."""
     results = {}
-    scenarios = [("h2 (TLS)", "https", H2_TLS), ("h2c", "http", H2C)]
+    # The baseline has the plain listener only, so it runs in the h2c scenario alone.
+    h2c = dict(H2C, **({"ferroway-base": FERRO_BASE} if BASELINE else {}))
+    scenarios = [("h2 (TLS)", "https", H2_TLS), ("h2c", "http", h2c)]
     try:
         for _, scheme, ports in scenarios:
-            for name, _ in PROXIES:
+            for name in ports:
                 h2load(f"{scheme}://127.0.0.1:{ports[name]}/small", 8, 32, 1)
         for r in range(args.rounds):
             for scen, scheme, ports in scenarios:
-                for name, _ in PROXIES:
+                for name in ports:
                     m = measure_h2(procs[name], f"{scheme}://127.0.0.1:{ports[name]}/small", 8, 32, args.duration)
                     results.setdefault((scen, name), []).append(m)
                     print(f"round {r + 1} {scen:8} {name:8} reqs={m['reqs']:>8} cpu={m['cpu']:.2f}s mean={m['mean']:.0f}us failed={m['failed']}", file=sys.stderr)
     finally:
         stop_all(procs, d)
     print(f"# Ferroway HTTP/2 bench, {datetime.date.today()} ({args.rounds} interleaved rounds of {args.duration}s; h2load -c8 -m32; medians, min–max)\n")
-    print("| figure | " + " | ".join(n for n, _ in PROXIES) + " |")
-    print("|---|" + "---|" * len(PROXIES))
-    for scen, _, _ in scenarios:
-        per = {n: [m["cpu"] / m["reqs"] * 1e6 for m in results[(scen, n)]] for n, _ in PROXIES}
+    names = [n for n, _ in PROXIES]
+    print("| figure | " + " | ".join(names) + " |")
+    print("|---|" + "---|" * len(names))
+    for scen, _, ports in scenarios:
+        per = {n: [m["cpu"] / m["reqs"] * 1e6 for m in results[(scen, n)]] for n in ports}
         base = med(per["nginx"])
-        row = [f"{med(xs):.1f} µs ({min(xs):.1f}–{max(xs):.1f}; {med(xs) / base:.2f}×)" for xs in per.values()]
+        row = [f"{med(per[n]):.1f} µs ({min(per[n]):.1f}–{max(per[n]):.1f}; {med(per[n]) / base:.2f}×)" if n in per else "–" for n in names]
         print(f"| CPU per small request, {scen} | " + " | ".join(row) + " |")
-        row = [f"{med([m['mean'] for m in results[(scen, n)]]) / 1000:.2f} ms" for n, _ in PROXIES]
+        row = [f"{med([m['mean'] for m in results[(scen, n)]]) / 1000:.2f} ms" if n in ports else "–" for n in names]
         print(f"| mean time per request, {scen} | " + " | ".join(row) + " |")
     failed = {k: sum(m["failed"] for m in v) for k, v in results.items() if any(m["failed"] for m in v)}
     if failed:
