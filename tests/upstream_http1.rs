@@ -281,3 +281,65 @@ async fn an_upstream_that_answers_before_reading_the_upload_is_answered_through(
     assert!(read_until(&mut s, &mut seen, b"nope").await, "{}", String::from_utf8_lossy(&seen));
     assert!(seen.starts_with(b"HTTP/1.1 413 "), "{}", String::from_utf8_lossy(&seen));
 }
+
+#[tokio::test]
+async fn head_and_304_answers_leave_their_connection_reusable() {
+    // A HEAD's length is the GET's and no body follows; a 304 has no body either. A client
+    // that waited for those bytes would hang, one that read on would take the next response
+    // for a body.
+    let addr = raw_backend(|mut s| async move {
+        loop {
+            let mut head = Vec::new();
+            if !read_until(&mut s, &mut head, b"\r\n\r\n").await {
+                return;
+            }
+            let answer: &[u8] = if head.starts_with(b"HEAD ") {
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n"
+            } else if head.starts_with(b"GET /cond ") {
+                b"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\nContent-Length: 1000\r\n\r\n"
+            } else {
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+            };
+            if s.write_all(answer).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    // Count the gateway's upstream connections through a counting front of the backend.
+    let front = raw_backend(move |mut client| {
+        count.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if let Ok(mut server) = TcpStream::connect(addr).await {
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+            }
+        }
+    })
+    .await;
+    let gw = gateway(&single_route(front, "", ALL)).await;
+    let c = client();
+    for _ in 0..2 {
+        let head = send_with(&c, http::Request::head(gw.url("/")).body(full("")).expect("req")).await;
+        assert_eq!((head.status, head.header("content-length")), (StatusCode::OK, Some("1000")));
+        let cond = send_with(&c, http::Request::get(gw.url("/cond")).body(full("")).expect("req")).await;
+        assert_eq!(cond.status, StatusCode::NOT_MODIFIED);
+        let get = send_with(&c, http::Request::get(gw.url("/")).body(full("")).expect("req")).await;
+        assert_eq!((get.status, get.text().as_str()), (StatusCode::OK, "ok"));
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "one upstream connection carried all six");
+}
+
+#[tokio::test]
+async fn an_upstream_that_says_close_gets_a_new_connection_for_the_next_request() {
+    let (addr, _seen, accepted) =
+        upstream(b"\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok").await;
+    let gw = gateway(&single_route(addr, "", ALL)).await;
+    let c = client();
+    for _ in 0..3 {
+        let got = send_with(&c, http::Request::get(gw.url("/")).body(full("")).expect("req")).await;
+        assert_eq!((got.status, got.text().as_str()), (StatusCode::OK, "ok"));
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 3);
+}
