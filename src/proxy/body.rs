@@ -388,13 +388,13 @@ impl ResponseBody {
             return false;
         }
         let Source::Upstream { body, .. } = &mut self.source else { return false };
-        body.as_spliceable().and_then(|b| b.spliceable()) == Some(n)
+        body.own().and_then(|b| b.spliceable()) == Some(n)
     }
 
     /// What of the body is already in memory (read with the upstream's head), counted as sent.
     pub fn take_buffered(&mut self) -> Bytes {
         let Source::Upstream { body, .. } = &mut self.source else { return Bytes::new() };
-        let Some(b) = body.as_spliceable() else { return Bytes::new() };
+        let Some(b) = body.own() else { return Bytes::new() };
         let data = b.take_buffered();
         self.sent += data.len() as u64;
         data
@@ -405,7 +405,7 @@ impl ResponseBody {
     pub async fn splice_into(&mut self, to: &tokio::net::TcpStream) -> std::io::Result<()> {
         let Source::Upstream { body, idle, .. } = &mut self.source else { return Ok(()) };
         let timeout = idle.timeout;
-        let Some(b) = body.as_spliceable() else { return Ok(()) };
+        let Some(b) = body.own() else { return Ok(()) };
         let sent = &mut self.sent;
         match b.splice_into(to, timeout, |n| *sent += n).await {
             Ok(()) => {

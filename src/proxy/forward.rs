@@ -52,10 +52,7 @@ pub async fn forward(
 ) -> Result<(Response<UpstreamBody>, InFlight), ErrorKind> {
     let policy = &upstream.def().retry;
     let replayable = matches!(out.body, Payload::Replay(_));
-    let idempotent = matches!(
-        out.method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
-    );
+    let idempotent = retry::is_idempotent(&out.method);
     let max_attempts = if replayable { policy.attempts } else { 1 };
     if max_attempts > 1 {
         upstream.retry_budget.on_request();

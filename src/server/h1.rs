@@ -38,6 +38,7 @@ use crate::http1::{BodyError, Decode, Framing, is_framing_field, put_field, requ
 use crate::proxy::body::{ClientBody, ResponseBody};
 use crate::proxy::error::{ErrorKind, json_body};
 use crate::proxy::headers::{Peer, X_REQUEST_ID, list_items};
+use crate::rewind::Rewind;
 use crate::snapshot::Gateway;
 
 /// More header fields than this is a 431, as with hyper before.
@@ -204,37 +205,7 @@ pub fn poll_read_when_ready(
 
 /// A connection after `101 Switching Protocols`: both halves as one stream, and first the
 /// bytes the client sent after its request (the new protocol's first bytes).
-pub struct Switched {
-    first: Bytes,
-    read: ReadSide,
-    write: WriteSide,
-}
-
-impl AsyncRead for Switched {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if !this.first.is_empty() {
-            let n = this.first.len().min(buf.remaining());
-            buf.put_slice(&this.first.split_to(n));
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut this.read).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Switched {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().write).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().write).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().write).poll_shutdown(cx)
-    }
-}
+pub type Switched = Rewind<tokio::io::Join<ReadSide, WriteSide>, ()>;
 
 /// The client side of an upgrade this codec serves, in the request's extensions: resolves to
 /// the connection once the `101` has been written (see `proxy::upgrade`). Extensions must be
@@ -560,7 +531,7 @@ async fn exchange(
         // The connection now belongs to the tunnel, with whatever the client sent after the
         // request (the first bytes of the new protocol).
         let Reader { io, buf } = reader;
-        let _ = tx.send(Switched { first: buf.freeze(), read: io, write: writer });
+        let _ = tx.send(Switched::new(buf.freeze(), tokio::io::join(io, writer), ()));
         return Next::Done;
     }
     if keep_alive {

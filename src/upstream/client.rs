@@ -155,12 +155,12 @@ impl http_body::Body for UpstreamBody {
 }
 
 impl UpstreamBody {
-    /// The own client's body, when it may be spliced (see `h1::Body::spliceable`).
+    /// The own client's body (the one that can be spliced, see `h1::Body::spliceable`).
     #[cfg(target_os = "linux")]
-    pub fn as_spliceable(&mut self) -> Option<&mut super::h1::Body> {
+    pub fn own(&mut self) -> Option<&mut super::h1::Body> {
         match self {
-            UpstreamBody::H1(b) if b.spliceable().is_some() => Some(b),
-            _ => None,
+            UpstreamBody::H1(b) => Some(b),
+            UpstreamBody::Hyper(_) => None,
         }
     }
 }

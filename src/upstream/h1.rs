@@ -47,16 +47,22 @@ pub struct IdleConns {
     /// Held only to push or pop (never across an await or a system call), and only by
     /// requests to this one target; the current-thread runtime of one worker never contends.
     conns: Mutex<Vec<Conn>>,
-    /// Open connections to the target, idle or not (for metrics).
+    /// Open connections to the target, idle or not (for metrics); the one count of them.
     open: Arc<AtomicUsize>,
     max: usize,
     timeout: Duration,
 }
 
 impl IdleConns {
-    pub fn new(open: Arc<AtomicUsize>, max: u32, timeout: Duration) -> Self {
+    pub fn new(max: u32, timeout: Duration) -> Self {
         let max = usize::try_from(max).unwrap_or(usize::MAX);
-        IdleConns { conns: Mutex::new(Vec::new()), open, max, timeout }
+        IdleConns { conns: Mutex::new(Vec::new()), open: Arc::default(), max, timeout }
+    }
+
+    /// Connections open to the target, by whichever client opened them (hyper-util's
+    /// connector counts into the same number).
+    pub fn open(&self) -> &Arc<AtomicUsize> {
+        &self.open
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Conn>> {
@@ -150,12 +156,8 @@ impl Client {
     pub async fn send(&self, target: &Target, req: Request<RequestBody>) -> Result<Response<Body>, ErrorKind> {
         let (parts, body) = req.into_parts();
         let head_request = parts.method == Method::HEAD;
-        let idempotent = matches!(
-            parts.method,
-            Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
-        );
         let (mut head, framing) = encode_head(&parts, &body, target);
-        let mut again = if idempotent { body.replay() } else { None };
+        let mut again = if super::retry::is_idempotent(&parts.method) { body.replay() } else { None };
         let mut body = Some(body);
         loop {
             let (conn, reused) = match target.idle.take() {
@@ -492,14 +494,13 @@ impl Exchange {
             resp.extensions_mut().insert(UpstreamUpgrade(Arc::new(Mutex::new(Some(upgraded)))));
             return resp;
         }
-        let body = Body {
+        let mut body = Body {
             decode: Decode::new(framing),
             keep_alive,
             read_size: MIN_READ,
             exchange: Some(self),
             home: Some(target.idle.clone()),
         };
-        let mut body = body;
         body.finish_if_done();
         Response::from_parts(parts, body)
     }

@@ -30,9 +30,8 @@ pub struct Target {
     /// The value sent as Host when a route says `host_header: upstream`.
     pub host_value: HeaderValue,
     pub stats: Arc<TargetStats>,
-    /// Connections open to this target, counted by the pool's connector.
-    open_connections: Arc<AtomicUsize>,
-    /// Idle connections of the own HTTP/1.1 client (unused with hyper's, which pools its own).
+    /// Idle connections of the own HTTP/1.1 client (hyper-util's pools its own), and the count
+    /// of open connections, which both clients keep.
     idle: Arc<h1::IdleConns>,
 }
 
@@ -107,19 +106,17 @@ impl Upstream {
                 let authority =
                     Authority::try_from(t.address.as_str()).map_err(|e| format!("target {}: {e}", t.address))?;
                 let host_value = HeaderValue::from_str(&t.address).map_err(|e| format!("target {}: {e}", t.address))?;
-                let open_connections = Arc::<AtomicUsize>::default();
-                let idle = h1::IdleConns::new(open_connections.clone(), def.max_idle_per_target, def.timeouts.idle);
+                let idle = h1::IdleConns::new(def.max_idle_per_target, def.timeouts.idle);
                 Ok(Target {
                     address: t.address.as_str().into(),
                     authority,
                     host_value,
                     stats: Arc::default(),
-                    open_connections,
                     idle: Arc::new(idle),
                 })
             })
             .collect::<Result<Vec<_>, String>>()?;
-        let open = targets.iter().map(|t| (t.authority.as_str().to_owned(), t.open_connections.clone())).collect();
+        let open = targets.iter().map(|t| (t.authority.as_str().to_owned(), t.idle.open().clone())).collect();
         let pools: Vec<Arc<h1::IdleConns>> = targets.iter().map(|t| t.idle.clone()).collect();
         let client =
             client::UpstreamClient::new(def, Arc::new(open), &pools).map_err(|e| format!("upstream {name}: {e}"))?;
@@ -212,7 +209,7 @@ impl Upstream {
             .iter()
             .map(|t| {
                 let in_flight = t.stats.in_flight.load(Ordering::Relaxed);
-                let open = t.open_connections.load(Ordering::Relaxed);
+                let open = t.idle.open().load(Ordering::Relaxed);
                 TargetView {
                     address: t.address.clone(),
                     healthy: t.stats.health.passes_checks(),

@@ -69,6 +69,13 @@ impl Budget {
 }
 
 /// "Full jitter" backoff: a random wait up to `base × 2^(retry-1)`, capped at `max`.
+/// RFC 9110 §9.2.2: methods whose repetition has the effect of one request, so a try that may
+/// have reached the upstream can be made again.
+pub fn is_idempotent(method: &http::Method) -> bool {
+    use http::Method;
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE)
+}
+
 pub fn backoff(retry: u32, base: Duration, max: Duration) -> Duration {
     let ceiling = base.saturating_mul(1u32 << retry.saturating_sub(1).min(16)).min(max);
     let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
