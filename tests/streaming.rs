@@ -157,3 +157,64 @@ async fn an_upstream_that_dies_in_a_long_body_cuts_the_client_response() {
     let read = resp.into_body().collect().await;
     assert!(read.is_err(), "a body cut short must not look complete");
 }
+
+/// A raw upstream that answers every request with `body` (text, with a length) and counts the
+/// requests it read.
+async fn long_text(
+    body: std::sync::Arc<Vec<u8>>,
+) -> (std::net::SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::AsyncWriteExt;
+    let requests = std::sync::Arc::new(AtomicUsize::new(0));
+    let seen = requests.clone();
+    let addr = raw_backend(move |mut s| {
+        let (body, seen) = (body.clone(), seen.clone());
+        async move {
+            while read_head(&mut s).await {
+                seen.fetch_add(1, Ordering::SeqCst);
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nCache-Control: max-age=60\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                );
+                if s.write_all(head.as_bytes()).await.is_err() || s.write_all(&body).await.is_err() {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    (addr, requests)
+}
+
+#[tokio::test]
+async fn a_long_body_a_middleware_reads_is_not_spliced_past_it() {
+    use std::io::Read;
+    use std::sync::atomic::Ordering;
+    // Long enough to be spliced if nothing read it: the cache must still see every byte to
+    // store it, and compression must still encode it.
+    let text: Vec<u8> = b"every line of this text compresses well\n".repeat(8 << 10);
+    let body = std::sync::Arc::new(text);
+    let (addr, requests) = long_text(body.clone()).await;
+    let gw = gateway(&format!(
+        "upstreams: {{ up: {{ targets: [{{ address: {addr} }}] }} }}\n\
+         middleware: {{ hot: {{ cache: {{ max_object_size: 1MiB }} }}, zip: {{ compress: {{ algorithms: [gzip] }} }} }}\n\
+         routes:\n\
+         - {{ name: cached, match: {{ path_prefix: /c }}, upstream: up, middleware: [hot] }}\n\
+         - {{ name: zipped, match: {{ path_prefix: /z }}, upstream: up, middleware: [zip] }}\n"
+    ))
+    .await;
+    let c = client();
+    for expected in ["MISS", "HIT"] {
+        let got = send_with(&c, Request::get(gw.url("/c")).body(full("")).expect("request")).await;
+        assert_eq!(got.header("x-cache"), Some(expected));
+        assert!(got.body[..] == body[..], "the cached body arrives whole ({expected})");
+    }
+    assert_eq!(requests.load(Ordering::SeqCst), 1, "the second request is answered from the cache");
+
+    let req = Request::get(gw.url("/z")).header("accept-encoding", "gzip").body(full("")).expect("request");
+    let got = send_with(&c, req).await;
+    assert_eq!(got.header("content-encoding"), Some("gzip"));
+    let mut plain = Vec::new();
+    flate2::read::GzDecoder::new(&got.body[..]).read_to_end(&mut plain).expect("gunzip");
+    assert!(plain == body[..], "the compressed body decodes to the upstream's");
+}
