@@ -278,6 +278,65 @@ async fn a_changed_config_file_is_reloaded_by_itself() {
     }
 }
 
+/// A mounted Kubernetes ConfigMap: `gw.yaml -> ..data/gw.yaml` and `..data -> ..v1`. An update
+/// writes `..v2`, points `..data_tmp` at it and renames that over `..data`: no event names
+/// `gw.yaml` itself.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_configmap_update_swapping_its_data_link_is_reloaded_by_itself() {
+    use std::os::unix::fs::symlink;
+    let (a, b) = (Backend::text("a").await, Backend::text("b").await);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    std::fs::create_dir(d.join("..v1")).expect("mkdir");
+    symlink("..v1", d.join("..data")).expect("symlink");
+    symlink("..data/gw.yaml", d.join("gw.yaml")).expect("symlink");
+    let gw = gateway_from_file(&d.join("gw.yaml"), &two_backends_config(&a, &b, "a", "")).await;
+    assert_eq!(get(&gw.url("/")).await.text(), "a");
+    let _watch = gw.running.control.watch_config().expect("watch").expect("a file to watch");
+
+    std::fs::create_dir(d.join("..v2")).expect("mkdir");
+    std::fs::write(d.join("..v2/gw.yaml"), two_backends_config(&a, &b, "b", "")).expect("write");
+    symlink("..v2", d.join("..data_tmp")).expect("symlink");
+    std::fs::rename(d.join("..data_tmp"), d.join("..data")).expect("rename");
+    std::fs::remove_dir_all(d.join("..v1")).expect("rm");
+    let start = Instant::now();
+    while get(&gw.url("/")).await.text() != "b" {
+        assert!(start.elapsed() < Duration::from_secs(10), "the ConfigMap update was never picked up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The next update is seen too: the watch follows the link to its new target.
+    std::fs::create_dir(d.join("..v3")).expect("mkdir");
+    std::fs::write(d.join("..v3/gw.yaml"), two_backends_config(&a, &b, "a", "")).expect("write");
+    symlink("..v3", d.join("..data_tmp")).expect("symlink");
+    std::fs::rename(d.join("..data_tmp"), d.join("..data")).expect("rename");
+    let start = Instant::now();
+    while get(&gw.url("/")).await.text() != "a" {
+        assert!(start.elapsed() < Duration::from_secs(10), "the second ConfigMap update was never picked up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A config that is a symlink to a file elsewhere, edited in place there.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_symlinked_config_edited_at_its_target_is_reloaded_by_itself() {
+    let (a, b) = (Backend::text("a").await, Backend::text("b").await);
+    let (links, real) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
+    let target = real.path().join("real.yaml");
+    std::fs::write(&target, "").expect("write");
+    std::os::unix::fs::symlink(&target, links.path().join("gw.yaml")).expect("symlink");
+    let gw = gateway_from_file(&links.path().join("gw.yaml"), &two_backends_config(&a, &b, "a", "")).await;
+    let _watch = gw.running.control.watch_config().expect("watch").expect("a file to watch");
+    std::fs::write(&target, two_backends_config(&a, &b, "b", "")).expect("write");
+    let start = Instant::now();
+    while get(&gw.url("/")).await.text() != "b" {
+        assert!(start.elapsed() < Duration::from_secs(10), "the edit at the link's target was never picked up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[test]
 fn watching_can_be_turned_off() {
     let c = ferroway::config::load_str(
