@@ -79,7 +79,12 @@ def write(d, name, text):
 
 
 def start_all(d):
-    with open(os.path.join(d, "1m.bin"), "wb") as f:
+    # The backend's files live apart from the proxies' configs and certificates: Ferroway
+    # watches the directories of the files its config reads, and inotify wakes that watch for
+    # every open of a file there (the backend opens 1m.bin once per request).
+    www = os.path.join(d, "www")
+    os.mkdir(www)
+    with open(os.path.join(www, "1m.bin"), "wb") as f:
         f.write(os.urandom(1 << 20))
     # 1 MiB of JSON-like text for the compression scenario (compresses about 5:1, like API JSON).
     import random
@@ -88,7 +93,7 @@ def start_all(d):
     text = []
     while sum(map(len, text)) < (1 << 20):
         text.append('{"%s": %d, "%s": "%s-%x"},\n' % (rnd.choice(words), rnd.randrange(10**6), rnd.choice(words), rnd.choice(words), rnd.getrandbits(32)))
-    with open(os.path.join(d, "1m.json"), "w") as f:
+    with open(os.path.join(www, "1m.json"), "w") as f:
         f.write("".join(text)[: 1 << 20])
     # One self-signed ECDSA P-256 certificate for every TLS listener (h2load does not verify).
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
@@ -99,7 +104,7 @@ def start_all(d):
     nginx_common = f"daemon off; master_process off; worker_processes 1; worker_rlimit_nofile 16384; pid {d}/%s.pid; error_log {d}/%s.err warn;\nevents {{ worker_connections 16000; }}\n"
     backend = write(d, "backend.conf", nginx_common % ("backend", "backend") + f"""
 http {{ access_log off; sendfile on; tcp_nopush on; keepalive_requests 1000000; keepalive_timeout 300s;
-  server {{ listen 127.0.0.1:{BACKEND} reuseport backlog=4096; root {d};
+  server {{ listen 127.0.0.1:{BACKEND} reuseport backlog=4096; root {www};
     location = /small {{ default_type text/plain; return 200 "hello world\\n"; }}
     location = /1m {{ try_files /1m.bin =404; }}
     location = /1m.json {{ default_type application/json; try_files /1m.json =404; }} }} }}
