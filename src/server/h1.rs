@@ -260,13 +260,22 @@ pub fn serve(
                 }
             }
             // Boxed so that an idle connection's task stays small: the request's state (about
-            // 6 KiB) exists only while it is in flight.
-            match Box::pin(one_request(reader, writer, &peer, &gw, &drain, settings)).await {
+            // 8.5 KiB) exists only while it is in flight.
+            match boxed_in_place(|| one_request(reader, writer, &peer, &gw, &drain, settings)).await {
                 Some((r, w)) => (reader, writer) = (r, w),
                 None => return,
             }
         }
     }
+}
+
+/// `Box::pin(make())`, with the future built in its allocation. `Box::pin(f())` builds the
+/// future on the stack and then copies all of it into the box, the unused part of its state
+/// too: 8.5 KiB per request, a fifth of a small request's instructions under callgrind
+/// (49.3k → 40.5k per request with this). Allocated first, the box is where `make` writes.
+#[inline(never)]
+fn boxed_in_place<F: Future>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
+    Box::into_pin(Box::write(Box::new_uninit(), make()))
 }
 
 /// Reads one request's head and answers it (or refuses it); the connection back when it is
