@@ -13,7 +13,9 @@ use std::sync::Arc;
 use http::Version;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-const HOP_BY_HOP: [HeaderName; 8] = [
+// A `static`, not a `const`: a `const` array is built and dropped again at every use, which was
+// once per header field of every message.
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),

@@ -257,7 +257,7 @@ impl Cache {
 }
 
 /// Conditional fields a client may send; with any of them, the cache does not add its own.
-const CONDITIONALS: [HeaderName; 5] =
+static CONDITIONALS: [HeaderName; 5] =
     [header::IF_NONE_MATCH, header::IF_MODIFIED_SINCE, header::IF_MATCH, header::IF_UNMODIFIED_SINCE, header::IF_RANGE];
 
 impl Middleware for Cache {
