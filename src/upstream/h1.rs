@@ -518,10 +518,21 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Er
     };
     let status = parsed.code.and_then(|c| StatusCode::from_u16(c).ok()).ok_or(bad)?;
     let version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
+    // Connection says whether this connection persists; when that is all it says (no names
+    // listed), it and Keep-Alive are not kept: both are hop-by-hop, and the proxy would only
+    // remove them again (a 101 keeps them: the upgrade is read from them).
+    let mut persistence = Persistence::default();
+    for h in parsed.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("connection")) {
+        persistence.read(h.value);
+    }
+    let drop_connection = !persistence.lists_names && status != StatusCode::SWITCHING_PROTOCOLS;
     // Where each value sits in the buffer, so the frozen head can be sliced without copies.
     let base = buf.as_ptr() as usize;
     let mut fields: Vec<(HeaderName, std::ops::Range<usize>)> = Vec::with_capacity(parsed.headers.len());
     for h in parsed.headers.iter() {
+        if drop_connection && (h.name.eq_ignore_ascii_case("connection") || h.name.eq_ignore_ascii_case("keep-alive")) {
+            continue;
+        }
         let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| bad)?;
         let start = h.value.as_ptr() as usize - base;
         fields.push((name, start..start + h.value.len()));
@@ -542,10 +553,9 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Er
     if both {
         headers.remove(header::CONTENT_LENGTH);
     }
-    let connection = |token: &str| list_items(&headers, &header::CONNECTION).any(|t| t.eq_ignore_ascii_case(token));
     let persistent = match version {
-        Version::HTTP_10 => connection("keep-alive"),
-        _ => !connection("close"),
+        Version::HTTP_10 => persistence.keep_alive,
+        _ => !persistence.close,
     };
     let keep_alive = persistent && !both && framing != Framing::UntilClose;
 
@@ -554,6 +564,29 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Er
     parts.version = version;
     parts.headers = headers;
     Ok(Some(Head { parts, framing, keep_alive }))
+}
+
+/// What a response's Connection fields say (RFC 9112 §9.3, RFC 9110 §7.6.1).
+#[derive(Default)]
+struct Persistence {
+    close: bool,
+    keep_alive: bool,
+    /// A token other than `close` and `keep-alive`: a field to remove with the Connection.
+    lists_names: bool,
+}
+
+impl Persistence {
+    fn read(&mut self, value: &[u8]) {
+        for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii).filter(|t| !t.is_empty()) {
+            if token.eq_ignore_ascii_case(b"close") {
+                self.close = true;
+            } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                self.keep_alive = true;
+            } else {
+                self.lists_names = true;
+            }
+        }
+    }
 }
 
 /// RFC 9112 §6.3: how a response's body is delimited, in the order the section gives.
@@ -804,6 +837,29 @@ mod tests {
             assert!(matches!(head(raw, false), Err(ErrorKind::UpstreamBadResponse)), "{raw:?}");
         }
         assert!(matches!(head("HTTP/1.1 200 OK\r\ncontent-le", false), Ok(None)), "a partial head waits");
+    }
+
+    #[test]
+    fn a_connection_that_only_says_whether_it_persists_is_not_kept() {
+        let names = |raw: &str| {
+            let Ok(Some(h)) = head(raw, false) else { panic!("not parsed: {raw:?}") };
+            (h.parts.headers.keys().map(|k| k.as_str().to_owned()).collect::<Vec<_>>(), h.keep_alive)
+        };
+        let (kept, reused) =
+            names("HTTP/1.1 200 OK\r\nConnection: Keep-Alive\r\nKeep-Alive: timeout=5\r\nx-a: 1\r\n\r\n");
+        assert_eq!((kept, reused), (vec!["x-a".to_owned()], false), "no length: read until the close");
+        let (kept, reused) = names("HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: , close\r\n\r\n");
+        assert_eq!((kept, reused), (vec!["content-length".to_owned()], false));
+        let (_, reused) = names("HTTP/1.0 200 OK\r\ncontent-length: 0\r\nconnection: keep-alive\r\n\r\n");
+        assert!(reused);
+        // Listing a field: all of it stays for the proxy's hop-by-hop removal to apply.
+        let (kept, reused) = names("HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: x-a, close\r\nx-a: 1\r\n\r\n");
+        assert_eq!(
+            (kept, reused),
+            (vec!["content-length".to_owned(), "connection".to_owned(), "x-a".to_owned()], false)
+        );
+        let (kept, _) = names("HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n");
+        assert_eq!(kept, ["connection", "upgrade"]);
     }
 
     #[test]
