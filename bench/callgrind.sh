@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Instructions per small keep-alive request, under callgrind: Ferroway and NGINX as the proxy
+# in front of the same NGINX backend. Unlike CPU time on a shared machine, an instruction count
+# repeats within about 1% run to run, so it shows changes of a few percent that timing hides.
+#
+# Usage: bench/callgrind.sh [--ferroway BIN] [--connections N]
+#
+# Each proxy serves 2 000 and then 12 000 requests (h2load, HTTP/1.1, N connections, default
+# 16) in two runs under valgrind; the difference over 10 000 requests leaves out start-up and
+# shutdown. `memcpy` is shown apart: valgrind counts `rep movsb` once per byte, so its share of
+# the instructions is far above its share of the time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ferroway=target/release/ferroway
+conns=16
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --ferroway) ferroway=$2; shift 2 ;;
+    --connections) conns=$2; shift 2 ;;
+    *) echo "usage: bench/callgrind.sh [--ferroway BIN] [--connections N]" >&2; exit 2 ;;
+  esac
+done
+missing=()
+command -v nginx >/dev/null || missing+=(nginx-light)
+command -v valgrind >/dev/null || missing+=(valgrind)
+command -v h2load >/dev/null || missing+=(nghttp2-client)
+if [ ${#missing[@]} -gt 0 ]; then
+  apt-get update -q && apt-get install -y -q "${missing[@]}"
+fi
+if [ "$ferroway" = target/release/ferroway ]; then
+  cargo build --release --quiet
+fi
+
+BACKEND=18281 NGINX=18282 FERRO=18283
+d=$(mktemp -d)
+trap 'kill $(cat "$d"/*.pid 2>/dev/null) 2>/dev/null || true; rm -rf "$d"' EXIT
+common="daemon off; master_process off; worker_processes 1; error_log $d/%s.err warn; pid $d/%s.pid;
+events { worker_connections 1024; }"
+printf "$common\n%s\n" backend backend "http { access_log off; keepalive_requests 1000000;
+  server { listen 127.0.0.1:$BACKEND; location = /small { return 200 \"hello world\n\"; } } }" > "$d/backend.conf"
+printf "$common\n%s\n" proxy proxy "http { access_log off; keepalive_requests 1000000;
+  upstream backend { server 127.0.0.1:$BACKEND; keepalive 128; }
+  server { listen 127.0.0.1:$NGINX;
+    location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\"; } } }" > "$d/proxy.conf"
+# In a directory of its own: the file watch wakes for every change in its config's directory.
+mkdir "$d/ferroway"
+cat > "$d/ferroway/ferroway.yaml" <<EOF
+listeners: [{ name: public, address: 127.0.0.1:$FERRO }]
+access_log: { output: off }
+upstreams: { backend: { targets: [{ address: 127.0.0.1:$BACKEND }], max_idle_per_target: 128 } }
+routes: [{ name: all, match: { path_prefix: / }, upstream: backend }]
+EOF
+
+wait_port() {
+  for _ in $(seq 400); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "nothing listens on port $1" >&2
+  return 1
+}
+
+nginx -c "$d/backend.conf" -p "$d" >/dev/null 2>&1 &
+echo $! > "$d/backend.pid"
+wait_port $BACKEND
+
+# total NAME PORT REQUESTS -- COMMAND...: the program's instruction total for REQUESTS requests
+total() {
+  local name=$1 port=$2 n=$3
+  shift 4
+  valgrind --tool=callgrind --callgrind-out-file="$d/$name-$n.out" "$@" >/dev/null 2>&1 &
+  local pid=$!
+  wait_port "$port"
+  h2load --h1 -n "$n" -c "$conns" "http://127.0.0.1:$port/small" | grep -q "$n succeeded" \
+    || { echo "$name: not every request succeeded" >&2; exit 1; }
+  kill -TERM $pid
+  wait $pid || true
+  callgrind_annotate "$d/$name-$n.out" 2>/dev/null | python3 -c '
+import re, sys
+out = sys.stdin.read()
+total = int(re.search(r"([\d,]+) \(100.0%\)\s+PROGRAM TOTALS", out).group(1).replace(",", ""))
+memcpy = sum(int(m.group(1).replace(",", "")) for m in re.finditer(r"^\s*([\d,]+) \([^)]*\)\s+\S*mem(?:move|cpy)\S*", out, re.M))
+print(total, memcpy)'
+}
+
+printf "| proxy | instructions per request | of it memcpy | without memcpy |\n|---|---|---|---|\n"
+for name in nginx ferroway; do
+  if [ $name = nginx ]; then
+    cmd=(nginx -c "$d/proxy.conf" -p "$d") port=$NGINX
+  else
+    cmd=("$ferroway" run --config "$d/ferroway/ferroway.yaml") port=$FERRO
+  fi
+  read -r a am < <(total $name $port 2000 -- "${cmd[@]}")
+  read -r b bm < <(total $name $port 12000 -- "${cmd[@]}")
+  python3 -c "n=10000; t=($b-$a)/n; m=($bm-$am)/n; print(f'| $name | {t:.0f} | {m:.0f} | {t-m:.0f} |')"
+done
