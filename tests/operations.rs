@@ -262,6 +262,15 @@ async fn shutdown_finishes_in_flight_requests_and_refuses_new_connections() {
     assert_eq!(shutdown.await.expect("shutdown task"), 0, "nothing had to be cut");
 }
 
+/// Waits (10 s at most) until `/` answers `body`: the reload landed.
+async fn answers_with(gw: &TestGateway, body: &str, what: &str) {
+    let start = Instant::now();
+    while get(&gw.url("/")).await.text() != body {
+        assert!(start.elapsed() < Duration::from_secs(10), "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_changed_config_file_is_reloaded_by_itself() {
     let f = Fixture::new().await;
@@ -271,11 +280,7 @@ async fn a_changed_config_file_is_reloaded_by_itself() {
     let tmp = f.dir.path().join(".gw.yaml.tmp");
     std::fs::write(&tmp, two_backends_config(a, b, "b", "")).expect("write");
     std::fs::rename(&tmp, path).expect("rename");
-    let start = Instant::now();
-    while get(&gw.url("/")).await.text() != "b" {
-        assert!(start.elapsed() < Duration::from_secs(10), "the file change was never picked up");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    answers_with(gw, "b", "the file change was never picked up").await;
 }
 
 /// A mounted Kubernetes ConfigMap: `gw.yaml -> ..data/gw.yaml` and `..data -> ..v1`. An update
@@ -300,22 +305,14 @@ async fn a_configmap_update_swapping_its_data_link_is_reloaded_by_itself() {
     symlink("..v2", d.join("..data_tmp")).expect("symlink");
     std::fs::rename(d.join("..data_tmp"), d.join("..data")).expect("rename");
     std::fs::remove_dir_all(d.join("..v1")).expect("rm");
-    let start = Instant::now();
-    while get(&gw.url("/")).await.text() != "b" {
-        assert!(start.elapsed() < Duration::from_secs(10), "the ConfigMap update was never picked up");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    answers_with(&gw, "b", "the ConfigMap update was never picked up").await;
 
     // The next update is seen too: the watch follows the link to its new target.
     std::fs::create_dir(d.join("..v3")).expect("mkdir");
     std::fs::write(d.join("..v3/gw.yaml"), two_backends_config(&a, &b, "a", "")).expect("write");
     symlink("..v3", d.join("..data_tmp")).expect("symlink");
     std::fs::rename(d.join("..data_tmp"), d.join("..data")).expect("rename");
-    let start = Instant::now();
-    while get(&gw.url("/")).await.text() != "a" {
-        assert!(start.elapsed() < Duration::from_secs(10), "the second ConfigMap update was never picked up");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    answers_with(&gw, "a", "the second ConfigMap update was never picked up").await;
 }
 
 /// A config that is a symlink to a file elsewhere, edited in place there.
@@ -330,11 +327,7 @@ async fn a_symlinked_config_edited_at_its_target_is_reloaded_by_itself() {
     let gw = gateway_from_file(&links.path().join("gw.yaml"), &two_backends_config(&a, &b, "a", "")).await;
     let _watch = gw.running.control.watch_config().expect("watch").expect("a file to watch");
     std::fs::write(&target, two_backends_config(&a, &b, "b", "")).expect("write");
-    let start = Instant::now();
-    while get(&gw.url("/")).await.text() != "b" {
-        assert!(start.elapsed() < Duration::from_secs(10), "the edit at the link's target was never picked up");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    answers_with(&gw, "b", "the edit at the link's target was never picked up").await;
 }
 
 #[test]
