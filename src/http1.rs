@@ -9,6 +9,34 @@ use http_body::Frame;
 
 use crate::proxy::headers::list_items;
 
+/// What a message's Connection fields say (RFC 9112 §9.3, RFC 9110 §7.6.1), read off the
+/// parsed fields in one pass, for both codecs.
+#[derive(Default)]
+pub struct ConnectionTokens {
+    pub close: bool,
+    pub keep_alive: bool,
+    pub upgrade: bool,
+    /// A token besides `close` and `keep-alive` (`upgrade` too): a field that goes with the
+    /// Connection when it is removed.
+    pub lists_names: bool,
+}
+
+impl ConnectionTokens {
+    /// Adds one Connection field's tokens.
+    pub fn read(&mut self, value: &[u8]) {
+        for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii).filter(|t| !t.is_empty()) {
+            if token.eq_ignore_ascii_case(b"close") {
+                self.close = true;
+            } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                self.keep_alive = true;
+            } else {
+                self.upgrade |= token.eq_ignore_ascii_case(b"upgrade");
+                self.lists_names = true;
+            }
+        }
+    }
+}
+
 /// A chunk-size line (with extensions) longer than this is refused.
 const MAX_CHUNK_LINE: usize = 4096;
 
@@ -209,4 +237,21 @@ fn chunk_size(line: &[u8]) -> Result<u64, BodyError> {
     }
     let hex = std::str::from_utf8(&line[..digits]).map_err(|_| BodyError::Chunked("bad chunk size"))?;
     u64::from_str_radix(hex, 16).map_err(|_| BodyError::Chunked("bad chunk size"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ConnectionTokens;
+
+    #[test]
+    fn connection_tokens_are_read_case_blind_across_fields() {
+        let mut t = ConnectionTokens::default();
+        t.read(b" Keep-Alive ,, ");
+        assert!(t.keep_alive && !t.close && !t.upgrade && !t.lists_names);
+        t.read(b"UPGRADE,close");
+        assert!(t.close && t.upgrade && t.lists_names, "upgrade names a field (Upgrade)");
+        let mut named = ConnectionTokens::default();
+        named.read(b"x-secret");
+        assert!(named.lists_names && !named.upgrade);
+    }
 }

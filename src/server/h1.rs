@@ -34,10 +34,10 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{oneshot, watch};
 use tokio_rustls::server::TlsStream;
 
-use crate::http1::{BodyError, Decode, Framing, is_framing_field, put_field, request_framing};
+use crate::http1::{BodyError, ConnectionTokens, Decode, Framing, is_framing_field, put_field, request_framing};
 use crate::proxy::body::{ClientBody, ResponseBody};
 use crate::proxy::error::{ErrorKind, json_body};
-use crate::proxy::headers::{Peer, X_REQUEST_ID, list_items};
+use crate::proxy::headers::{Peer, X_REQUEST_ID};
 use crate::rewind::Rewind;
 use crate::snapshot::Gateway;
 
@@ -406,8 +406,12 @@ fn parse_head(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>, HeadE
     let version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
     let target = at(parsed.path.unwrap_or_default().as_bytes());
     let mut fields: Vec<(HeaderName, std::ops::Range<usize>)> = Vec::with_capacity(parsed.headers.len());
+    let mut connection = ConnectionTokens::default();
     for h in parsed.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| bad())?;
+        if name == header::CONNECTION {
+            connection.read(h.value);
+        }
         fields.push((name, at(h.value)));
     }
     let head = buf.split_to(len).freeze();
@@ -428,17 +432,16 @@ fn parse_head(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>, HeadE
         headers.remove(header::CONTENT_LENGTH);
     }
     let framing = request_framing(version, &headers).ok_or_else(bad)?;
-    let connection = |token: &str| list_items(&headers, &header::CONNECTION).any(|t| t.eq_ignore_ascii_case(token));
     let client_closes = match version {
-        Version::HTTP_10 => !connection("keep-alive"),
-        _ => connection("close"),
+        Version::HTTP_10 => !connection.keep_alive,
+        _ => connection.close,
     };
     let keep_alive = !both && !client_closes;
     let has_body = framing != Framing::Length(0);
     let expect_continue = version == Version::HTTP_11
         && has_body
         && headers.get(header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    let wants_upgrade = version == Version::HTTP_11 && connection("upgrade") && headers.contains_key(header::UPGRADE);
+    let wants_upgrade = version == Version::HTTP_11 && connection.upgrade && headers.contains_key(header::UPGRADE);
 
     let mut request = Request::new(()).into_parts().0;
     request.method = method;

@@ -25,6 +25,7 @@ use http_body::{Body as _, Frame, SizeHint};
 use tokio::net::TcpStream;
 
 use super::Target;
+use crate::http1::ConnectionTokens;
 use crate::http1::{BodyError, Decode, Framing, put_field};
 use crate::proxy::body::{RequestBody, RequestBodyError};
 use crate::proxy::error::ErrorKind;
@@ -521,7 +522,7 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Er
     // Connection says whether this connection persists; when that is all it says (no names
     // listed), it and Keep-Alive are not kept: both are hop-by-hop, and the proxy would only
     // remove them again (a 101 keeps them: the upgrade is read from them).
-    let mut persistence = Persistence::default();
+    let mut persistence = ConnectionTokens::default();
     for h in parsed.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("connection")) {
         persistence.read(h.value);
     }
@@ -564,29 +565,6 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Er
     parts.version = version;
     parts.headers = headers;
     Ok(Some(Head { parts, framing, keep_alive }))
-}
-
-/// What a response's Connection fields say (RFC 9112 §9.3, RFC 9110 §7.6.1).
-#[derive(Default)]
-struct Persistence {
-    close: bool,
-    keep_alive: bool,
-    /// A token other than `close` and `keep-alive`: a field to remove with the Connection.
-    lists_names: bool,
-}
-
-impl Persistence {
-    fn read(&mut self, value: &[u8]) {
-        for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii).filter(|t| !t.is_empty()) {
-            if token.eq_ignore_ascii_case(b"close") {
-                self.close = true;
-            } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                self.keep_alive = true;
-            } else {
-                self.lists_names = true;
-            }
-        }
-    }
 }
 
 /// RFC 9112 §6.3: how a response's body is delimited, in the order the section gives.
