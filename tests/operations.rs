@@ -262,13 +262,15 @@ async fn shutdown_finishes_in_flight_requests_and_refuses_new_connections() {
     assert_eq!(shutdown.await.expect("shutdown task"), 0, "nothing had to be cut");
 }
 
-/// Waits (10 s at most) until `/` answers `body`: the reload landed.
-async fn answers_with(gw: &TestGateway, body: &str, what: &str) {
-    let start = Instant::now();
-    while get(&gw.url("/")).await.text() != body {
-        assert!(start.elapsed() < Duration::from_secs(10), "{what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// Waits (10 s at most) until `/` answers `body`, checking again after each reload that
+/// `reloads` (taken before the change was made) sees.
+async fn answers_with(gw: &TestGateway, reloads: &mut tokio::sync::watch::Receiver<u64>, body: &str, what: &str) {
+    let landed = async {
+        while get(&gw.url("/")).await.text() != body {
+            reloads.changed().await.expect("the gateway is running");
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), landed).await.unwrap_or_else(|_| panic!("{what}"));
 }
 
 #[tokio::test]
@@ -276,11 +278,12 @@ async fn a_changed_config_file_is_reloaded_by_itself() {
     let f = Fixture::new().await;
     let (a, b, gw, path) = (&f.a, &f.b, &f.gw, &f.path);
     let _watch = gw.running.control.watch_config().expect("watch").expect("a file to watch");
+    let mut reloads = gw.running.control.reloads();
     // Replace the file the way editors and ConfigMaps do: write beside it, rename over it.
     let tmp = f.dir.path().join(".gw.yaml.tmp");
     std::fs::write(&tmp, two_backends_config(a, b, "b", "")).expect("write");
     std::fs::rename(&tmp, path).expect("rename");
-    answers_with(gw, "b", "the file change was never picked up").await;
+    answers_with(gw, &mut reloads, "b", "the file change was never picked up").await;
 }
 
 /// A mounted Kubernetes ConfigMap: `gw.yaml -> ..data/gw.yaml` and `..data -> ..v1`. An update
@@ -299,20 +302,21 @@ async fn a_configmap_update_swapping_its_data_link_is_reloaded_by_itself() {
     let gw = gateway_from_file(&d.join("gw.yaml"), &two_backends_config(&a, &b, "a", "")).await;
     assert_eq!(get(&gw.url("/")).await.text(), "a");
     let _watch = gw.running.control.watch_config().expect("watch").expect("a file to watch");
+    let mut reloads = gw.running.control.reloads();
 
     std::fs::create_dir(d.join("..v2")).expect("mkdir");
     std::fs::write(d.join("..v2/gw.yaml"), two_backends_config(&a, &b, "b", "")).expect("write");
     symlink("..v2", d.join("..data_tmp")).expect("symlink");
     std::fs::rename(d.join("..data_tmp"), d.join("..data")).expect("rename");
     std::fs::remove_dir_all(d.join("..v1")).expect("rm");
-    answers_with(&gw, "b", "the ConfigMap update was never picked up").await;
+    answers_with(&gw, &mut reloads, "b", "the ConfigMap update was never picked up").await;
 
     // The next update is seen too: the watch follows the link to its new target.
     std::fs::create_dir(d.join("..v3")).expect("mkdir");
     std::fs::write(d.join("..v3/gw.yaml"), two_backends_config(&a, &b, "a", "")).expect("write");
     symlink("..v3", d.join("..data_tmp")).expect("symlink");
     std::fs::rename(d.join("..data_tmp"), d.join("..data")).expect("rename");
-    answers_with(&gw, "a", "the second ConfigMap update was never picked up").await;
+    answers_with(&gw, &mut reloads, "a", "the second ConfigMap update was never picked up").await;
 }
 
 /// A config that is a symlink to a file elsewhere, edited in place there.
@@ -326,8 +330,9 @@ async fn a_symlinked_config_edited_at_its_target_is_reloaded_by_itself() {
     std::os::unix::fs::symlink(&target, links.path().join("gw.yaml")).expect("symlink");
     let gw = gateway_from_file(&links.path().join("gw.yaml"), &two_backends_config(&a, &b, "a", "")).await;
     let _watch = gw.running.control.watch_config().expect("watch").expect("a file to watch");
+    let mut reloads = gw.running.control.reloads();
     std::fs::write(&target, two_backends_config(&a, &b, "b", "")).expect("write");
-    answers_with(&gw, "b", "the edit at the link's target was never picked up").await;
+    answers_with(&gw, &mut reloads, "b", "the edit at the link's target was never picked up").await;
 }
 
 #[test]

@@ -116,12 +116,16 @@ pub fn watch_config(control: Arc<Control>, path: &Path) -> notify::Result<tokio:
         }
     })?;
     let mut watched = Watched { files, dirs: HashSet::new() };
+    let mut reloads = control.reloads();
     watched.sync(&mut watcher, &config, &control);
     Ok(tokio::spawn(async move {
         loop {
             tokio::select! {
                 event = rx.recv() => if event.is_none() { return },
-                () = control.reloaded.notified() => {
+                changed = reloads.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
                     watched.sync(&mut watcher, &config, &control);
                     continue;
                 }

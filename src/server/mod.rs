@@ -138,8 +138,9 @@ pub struct Control {
     config_path: Option<PathBuf>,
     /// Serialises reloads (SIGHUP, admin, file watch) without touching the request path.
     reloading: tokio::sync::Mutex<()>,
-    /// Signalled after each successful reload (the file watch re-reads its file set).
-    reloaded: Notify,
+    /// Successful reloads so far: the file watch re-reads its file set on each, and anyone
+    /// may await the next (`reloads`).
+    reloaded: watch::Sender<u64>,
     admin_address: Mutex<Option<SocketAddr>>,
     /// The last reloads, newest last, for the dashboard.
     reload_history: Mutex<std::collections::VecDeque<ReloadRecord>>,
@@ -232,6 +233,11 @@ impl Control {
         history.push_back(ReloadRecord { at: std::time::SystemTime::now(), ok: error.is_none(), error });
     }
 
+    /// The count of successful reloads, which changes with each one.
+    pub fn reloads(&self) -> watch::Receiver<u64> {
+        self.reloaded.subscribe()
+    }
+
     /// The last reloads (up to 20), oldest first.
     pub fn reload_history(&self) -> Vec<ReloadRecord> {
         self.reload_history.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()
@@ -272,7 +278,7 @@ impl Control {
             }
         }
         self.gateway.install(snapshot);
-        self.reloaded.notify_one();
+        self.reloaded.send_modify(|n| *n += 1);
         self.protocols.store(Arc::new(Protocols::new(&config.limits)));
         let wanted: Vec<(String, SocketAddr)> =
             config.listeners.iter().map(|l| (l.name.value.clone(), l.address.value)).collect();
@@ -378,7 +384,7 @@ pub async fn start_with_file(config: &Config, config_path: Option<PathBuf>) -> R
         shutdown_timeout: config.shutdown_timeout,
         config_path,
         reloading: tokio::sync::Mutex::new(()),
-        reloaded: Notify::new(),
+        reloaded: watch::channel(0).0,
         admin_address: Mutex::new(None),
         reload_history: Mutex::new(std::collections::VecDeque::with_capacity(RELOAD_HISTORY)),
     });
