@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Instructions per small keep-alive request, under callgrind: Ferroway and NGINX as the proxy
 # in front of the same NGINX backend. Unlike CPU time on a shared machine, an instruction count
-# repeats within about 1% run to run, so it shows changes of a few percent that timing hides.
+# repeats within about 2% run to run (±1k instructions), so it shows changes that timing hides.
 #
 # Usage: bench/callgrind.sh [--ferroway BIN] [--connections N]
 #
