@@ -382,3 +382,52 @@ async fn an_h2c_upstream_multiplexes_many_requests_on_one_connection() {
     }
     assert_eq!(backend.connections.load(Ordering::SeqCst), 1, "one HTTP/2 connection carried all 50 requests");
 }
+
+/// A certificate from a mounted Kubernetes Secret (what cert-manager renews): `api.pem ->
+/// ..data/api.pem`, `..data -> ..v1`. A renewal writes `..v2` and renames a new `..data` link
+/// over the old one; no event names the certificate's own path.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_certificate_renewed_in_a_secret_mount_is_served() {
+    use std::os::unix::fs::symlink;
+    let dir = tempfile::tempdir().expect("dir");
+    let mount = dir.path().join("secret");
+    std::fs::create_dir_all(mount.join("..v1")).expect("mkdir");
+    let ca = Ca::new("test ca");
+    let first = ca.leaf(&["api.test"], Alg::Ecdsa);
+    first.write(&mount.join("..v1"), "api");
+    symlink("..v1", mount.join("..data")).expect("symlink");
+    for name in ["api.pem", "api-key.pem"] {
+        symlink(format!("..data/{name}"), mount.join(name)).expect("symlink");
+    }
+    let backend = Backend::echo().await;
+    let gw = gateway_from_file(
+        &dir.path().join("gw.yaml"),
+        &format!(
+            "listeners:\n  - name: https\n    address: 127.0.0.1:0\n    tls:\n      certificates: [{{ cert: {}, key: {} }}]\naccess_log: {{ output: off }}\n{}",
+            path(&mount.join("api.pem")),
+            path(&mount.join("api-key.pem")),
+            single_route(backend.address(), "", ALL)
+        ),
+    )
+    .await;
+    let _watch = gw.running.control.watch_config().expect("watch").expect("a file to watch");
+    let mut reloads = gw.running.control.reloads();
+    let served = || async {
+        let s = tls_connect(gw.addr, "api.test", ca.client_config(&["h2"], None)).await.expect("handshake");
+        peer_cert(&s)
+    };
+    assert_eq!(served().await, first.der);
+
+    let second = ca.leaf(&["api.test"], Alg::Rsa);
+    std::fs::create_dir(mount.join("..v2")).expect("mkdir");
+    second.write(&mount.join("..v2"), "api");
+    symlink("..v2", mount.join("..data_tmp")).expect("symlink");
+    std::fs::rename(mount.join("..data_tmp"), mount.join("..data")).expect("rename");
+    let renewed = async {
+        while served().await != second.der {
+            reloads.changed().await.expect("the gateway is running");
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), renewed).await.expect("the renewed certificate was never served");
+}
