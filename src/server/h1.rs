@@ -34,7 +34,9 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{oneshot, watch};
 use tokio_rustls::server::TlsStream;
 
-use crate::http1::{BodyError, ConnectionTokens, Decode, Framing, is_framing_field, put_field, request_framing};
+use crate::http1::{
+    BodyError, ConnectionTokens, Decode, Framing, Seen, is_framing_field, parsed_value, put_field, request_framing,
+};
 use crate::proxy::body::{ClientBody, ResponseBody};
 use crate::proxy::error::{ErrorKind, json_body};
 use crate::proxy::headers::{Peer, X_REQUEST_ID};
@@ -407,10 +409,13 @@ fn parse_head(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>, HeadE
     let target = at(parsed.path.unwrap_or_default().as_bytes());
     let mut fields: Vec<(HeaderName, std::ops::Range<usize>)> = Vec::with_capacity(parsed.headers.len());
     let mut connection = ConnectionTokens::default();
+    let mut seen = Seen::default();
     for h in parsed.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| bad())?;
         if name == header::CONNECTION {
             connection.read(h.value);
+        } else {
+            seen.note(&name);
         }
         fields.push((name, at(h.value)));
     }
@@ -420,18 +425,17 @@ fn parse_head(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>, HeadE
     // map mid-request cost more than parsing the head.
     let mut headers = HeaderMap::with_capacity(fields.len() + 8);
     for (name, value) in fields {
-        let value = HeaderValue::from_maybe_shared(head.slice(value)).map_err(|_| bad())?;
-        headers.append(name, value);
+        headers.append(name, parsed_value(head.slice(value)).ok_or_else(bad)?);
     }
 
     // RFC 9112 §6.1: a request with both a transfer coding and a length is read by its
     // coding, the length goes, and the connection closes after the answer (a peer that framed
     // it the other way must not get a second request out of it).
-    let both = headers.contains_key(header::TRANSFER_ENCODING) && headers.contains_key(header::CONTENT_LENGTH);
+    let both = seen.transfer_encoding && seen.content_length;
     if both && version == Version::HTTP_11 {
         headers.remove(header::CONTENT_LENGTH);
     }
-    let framing = request_framing(version, &headers).ok_or_else(bad)?;
+    let framing = request_framing(version, &headers, seen).ok_or_else(bad)?;
     let client_closes = match version {
         Version::HTTP_10 => !connection.keep_alive,
         _ => connection.close,
@@ -440,8 +444,9 @@ fn parse_head(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>, HeadE
     let has_body = framing != Framing::Length(0);
     let expect_continue = version == Version::HTTP_11
         && has_body
+        && seen.expect
         && headers.get(header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    let wants_upgrade = version == Version::HTTP_11 && connection.upgrade && headers.contains_key(header::UPGRADE);
+    let wants_upgrade = version == Version::HTTP_11 && connection.upgrade && seen.upgrade;
 
     let mut request = Request::new(()).into_parts().0;
     request.method = method;

@@ -19,14 +19,13 @@ use std::time::{Duration, Instant};
 
 use bytes::buf::Chain;
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body as _, Frame, SizeHint};
 use tokio::net::TcpStream;
 
 use super::Target;
-use crate::http1::ConnectionTokens;
-use crate::http1::{BodyError, Decode, Framing, put_field};
+use crate::http1::{BodyError, ConnectionTokens, Decode, Framing, Seen, parsed_value, put_field};
 use crate::proxy::body::{RequestBody, RequestBodyError};
 use crate::proxy::error::ErrorKind;
 use crate::proxy::headers::list_items;
@@ -530,11 +529,13 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Er
     // Where each value sits in the buffer, so the frozen head can be sliced without copies.
     let base = buf.as_ptr() as usize;
     let mut fields: Vec<(HeaderName, std::ops::Range<usize>)> = Vec::with_capacity(parsed.headers.len());
+    let mut seen = Seen::default();
     for h in parsed.headers.iter() {
         if drop_connection && (h.name.eq_ignore_ascii_case("connection") || h.name.eq_ignore_ascii_case("keep-alive")) {
             continue;
         }
         let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| bad)?;
+        seen.note(&name);
         let start = h.value.as_ptr() as usize - base;
         fields.push((name, start..start + h.value.len()));
     }
@@ -542,15 +543,13 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Er
     // Room for the fields the proxy adds (via, request id, middleware's).
     let mut headers = HeaderMap::with_capacity(fields.len() + 4);
     for (name, range) in fields {
-        headers.append(name, HeaderValue::from_maybe_shared(head.slice(range)).map_err(|_| bad)?);
+        headers.append(name, parsed_value(head.slice(range)).ok_or(bad)?);
     }
 
-    let has_coding = headers.contains_key(header::TRANSFER_ENCODING);
-    let has_length = headers.contains_key(header::CONTENT_LENGTH);
-    let framing = response_framing(status, head_request, &headers)?;
+    let framing = response_framing(status, head_request, &headers, seen)?;
     // RFC 9112 §6.1: with both, the coding frames the message, the length is dropped (it
     // would mislead the next hop), and the connection is not reused.
-    let both = has_coding && has_length;
+    let both = seen.transfer_encoding && seen.content_length;
     if both {
         headers.remove(header::CONTENT_LENGTH);
     }
@@ -568,7 +567,13 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Er
 }
 
 /// RFC 9112 §6.3: how a response's body is delimited, in the order the section gives.
-fn response_framing(status: StatusCode, head_request: bool, headers: &HeaderMap) -> Result<Framing, ErrorKind> {
+/// `seen` says which framing fields the head has (noted as it was parsed).
+fn response_framing(
+    status: StatusCode,
+    head_request: bool,
+    headers: &HeaderMap,
+    seen: Seen,
+) -> Result<Framing, ErrorKind> {
     if head_request
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -576,7 +581,7 @@ fn response_framing(status: StatusCode, head_request: bool, headers: &HeaderMap)
     {
         return Ok(Framing::Length(0));
     }
-    if headers.contains_key(header::TRANSFER_ENCODING) {
+    if seen.transfer_encoding {
         // Chunked only as the last coding; otherwise the body runs until the close.
         let last = list_items(headers, &header::TRANSFER_ENCODING).filter(|t| !t.is_empty()).last();
         return Ok(if last.is_some_and(|t| t.eq_ignore_ascii_case("chunked")) {
@@ -584,6 +589,9 @@ fn response_framing(status: StatusCode, head_request: bool, headers: &HeaderMap)
         } else {
             Framing::UntilClose
         });
+    }
+    if !seen.content_length {
+        return Ok(Framing::UntilClose);
     }
     let mut length = None;
     for item in list_items(headers, &header::CONTENT_LENGTH) {
@@ -764,6 +772,8 @@ pub type Upgraded = crate::rewind::Rewind<TcpStream, Open>;
 
 #[cfg(test)]
 mod tests {
+    use http::HeaderValue;
+
     use super::*;
 
     fn head(raw: &str, head_request: bool) -> Result<Option<Head>, ErrorKind> {
