@@ -178,6 +178,33 @@ async fn idle_connections_close_after_keepalive_timeout() {
 }
 
 #[tokio::test]
+async fn a_request_longer_than_the_keepalive_timeout_keeps_its_connection() {
+    // The backend answers after twice the keep-alive timeout, so the connection's idle timer
+    // runs out while a request is in flight: the connection still serves the next request, and
+    // the idle time after that is counted afresh.
+    let backend = Backend::serve(|req| async move {
+        if req.uri().path() == "/slow" {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
+        Response::new(full(req.uri().path().to_string()))
+    })
+    .await;
+    let gw = gw_for(&backend, "limits: { keepalive_timeout: 200ms }\n").await;
+    let mut s = TcpStream::connect(gw.addr).await.expect("connect");
+    let mut seen = Vec::new();
+    s.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
+    assert!(read_until(&mut s, &mut seen, b"/slow").await, "the slow request is answered");
+    s.write_all(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
+    assert!(read_until(&mut s, &mut seen, b"/next").await, "the connection outlived the slow request");
+    let text = String::from_utf8_lossy(&seen);
+    assert_eq!(text.matches("HTTP/1.1 200 OK\r\n").count(), 2, "{text}");
+    assert!(!text.contains("connection: close"), "{text}");
+    let idle = tokio::time::Instant::now();
+    assert!(closed_by_server(&mut s).await, "then it closes when idle");
+    assert!(idle.elapsed() >= Duration::from_millis(150), "after a whole idle period: {:?}", idle.elapsed());
+}
+
+#[tokio::test]
 async fn a_head_that_stalls_is_cut_after_client_header_timeout() {
     let backend = path_and_body().await;
     let gw = gw_for(&backend, "limits: { client_header_timeout: 200ms }\n").await;

@@ -241,12 +241,18 @@ pub fn serve(
     settings: Settings,
 ) -> impl Future<Output = ()> {
     async move {
+        // One keep-alive timer for the connection, pushed back each time it goes idle: a later
+        // deadline only updates the registered one (no timer wheel work), where a new timer per
+        // request was registered and removed again each time (callgrind: 0.5k instructions of
+        // a small request). If it fires during a long request, that is one spurious wake-up and
+        // the next reset registers it anew.
+        let mut idle = std::pin::pin!(tokio::time::sleep(settings.keepalive_timeout));
         loop {
             if reader.buf.is_empty() {
                 // Idle: no buffer while waiting (a pipelined request keeps its bytes).
                 reader.buf = BytesMut::new();
                 let mut drained = std::pin::pin!(drain.wait_for(|d| *d));
-                let mut idle = std::pin::pin!(tokio::time::sleep(settings.keepalive_timeout));
+                idle.as_mut().reset(tokio::time::Instant::now() + settings.keepalive_timeout);
                 let read = poll_fn(|cx| {
                     if drained.as_mut().poll(cx).is_ready() {
                         return Poll::Ready(false);
