@@ -41,7 +41,7 @@ impl IdSource {
         let mut buf = [0u8; 32];
         write_hex(&mut buf[..16], self.prefix);
         write_hex(&mut buf[16..], n);
-        HeaderValue::from_maybe_shared(bytes::Bytes::copy_from_slice(&buf)).unwrap_or(HeaderValue::from_static("-"))
+        super::headers::hex_value(&buf)
     }
 }
 

@@ -46,7 +46,7 @@ impl TraceIds {
         hex_into(&mut text[3..35], self.trace);
         hex_into(&mut text[36..52], u128::from(self.span));
         hex_into(&mut text[53..55], u128::from(self.flags));
-        HeaderValue::from_bytes(&text).unwrap_or(HeaderValue::from_static("-"))
+        super::headers::hex_value(&text)
     }
 }
 

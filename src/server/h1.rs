@@ -626,11 +626,26 @@ async fn write_response(
     let status = parts.status;
     let mut headers = parts.headers;
     let bodiless_status = status.is_informational() || status == StatusCode::NO_CONTENT;
-    let declared = crate::proxy::declared_length(&headers).unwrap_or_else(|_| {
-        // Not a number: the codec frames the body instead.
-        headers.remove(header::CONTENT_LENGTH);
-        None
-    });
+    // The first Content-Length, and whether there is a Date, in one walk over the fields
+    // rather than two hashed lookups.
+    let mut length_field = None;
+    let mut has_date = false;
+    for (name, value) in &headers {
+        if *name == header::CONTENT_LENGTH {
+            length_field.get_or_insert_with(|| value.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()));
+        } else if *name == header::DATE {
+            has_date = true;
+        }
+    }
+    let declared = match length_field {
+        None => None,
+        Some(Some(n)) => Some(n),
+        Some(None) => {
+            // Not a number: the codec frames the body instead.
+            headers.remove(header::CONTENT_LENGTH);
+            None
+        }
+    };
     if bodiless_status {
         headers.remove(header::CONTENT_LENGTH);
     }
@@ -663,7 +678,7 @@ async fn write_response(
             put_field(&mut buf, name, value);
         }
     }
-    if !headers.contains_key(header::DATE) {
+    if !has_date {
         date_field(&mut buf);
     }
     if status != StatusCode::SWITCHING_PROTOCOLS {
