@@ -59,6 +59,8 @@ printf "$common\n%s\n" proxy-headers proxy-headers "http { access_log off; keepa
 # In a directory of its own: the file watch wakes for every change in its config's directory.
 mkdir "$d/ferroway"
 cat > "$d/ferroway/ferroway.yaml" <<EOF
+# One worker, a current-thread runtime, as in bench/run.sh (whose proxy is pinned to one core).
+workers: 1
 listeners: [{ name: public, address: 127.0.0.1:$FERRO }]
 access_log: { output: off }
 upstreams: { backend: { targets: [{ address: 127.0.0.1:$BACKEND }], max_idle_per_target: 128 } }
