@@ -10,6 +10,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use http::Version;
 use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 
@@ -68,10 +69,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
     te_trailers
 }
 
-/// Removes the fields a Connection value lists (RFC 9110 §7.6.1).
+/// Removes the fields a Connection value lists (RFC 9110 §7.6.1), except Host: every request
+/// carries one to its next hop (RFC 9112 §3.2), and RFC 9110 §7.6.1 forbids listing a field
+/// meant for every recipient, so `Connection: host` is not a way to drop it.
 fn remove_listed(headers: &mut HeaderMap, value: &HeaderValue) {
     let Ok(list) = value.to_str() else { return };
-    for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+    for name in list.split(',').map(str::trim).filter(|n| !n.is_empty() && !n.eq_ignore_ascii_case("host")) {
         headers.remove(name);
     }
 }
@@ -187,9 +190,11 @@ pub fn add_forwarding(headers: &mut HeaderMap, peer: &Peer, host: Option<&Header
             headers.remove(&X_FORWARDED_HOST);
         }
     }
-    if let Ok(v) = HeaderValue::try_from(forwarded) {
-        headers.append(header::FORWARDED, v);
-    }
+    // SAFETY: ASCII, so UTF-8 (the unchecked constructor's one requirement), and bytes a
+    // `HeaderValue` admits: the connection's part is an IP address and `for=`, `proto=`, quotes
+    // and brackets; the host part is a value that passed `to_str` (visible ASCII) above.
+    debug_assert!(forwarded.bytes().all(|b| (0x20..0x7f).contains(&b)), "{forwarded}");
+    headers.append(header::FORWARDED, unsafe { HeaderValue::from_maybe_shared_unchecked(Bytes::from(forwarded)) });
     headers.append(header::VIA, via_value(version));
 }
 
@@ -224,6 +229,16 @@ mod tests {
         h.insert("x-c", HeaderValue::from_static("3"));
         strip_hop_by_hop(&mut h);
         assert_eq!(h.keys().map(HeaderName::as_str).collect::<Vec<_>>(), ["x-c"]);
+    }
+
+    #[test]
+    fn connection_cannot_list_host_away() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("Host, x-a"));
+        h.insert(header::HOST, HeaderValue::from_static("api.example.com"));
+        h.insert("x-a", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.keys().map(HeaderName::as_str).collect::<Vec<_>>(), ["host"]);
     }
 
     #[test]
