@@ -8,7 +8,6 @@
 //! been handed back, so no client ever sees a response byte from a try that is then repeated.
 
 use std::error::Error as StdError;
-use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
@@ -91,20 +90,21 @@ pub async fn forward(
         *req.version_mut() = Version::HTTP_11;
         *req.headers_mut() = headers;
 
-        let sent = Instant::now();
+        // One clock reading for the start and the deadline, one for the end.
+        let sent = tokio::time::Instant::now();
         let timeout = upstream.timeouts().response_header;
-        let outcome = match tokio::time::timeout(timeout, upstream.client.request(target, req)).await {
+        let outcome = match tokio::time::timeout_at(sent + timeout, upstream.client.request(target, req)).await {
             Err(_elapsed) => Err(ErrorKind::UpstreamResponseTimeout),
             Ok(Err(e)) => Err(classify(&e)),
             Ok(Ok(resp)) => Ok(resp),
         };
+        let took = sent.elapsed();
         if let Some(e) = entry.as_deref_mut() {
             e.upstream_target = Some(target.address.clone());
-            e.upstream_duration = Some(sent.elapsed());
+            e.upstream_duration = Some(took);
         }
         // A failure counts as slow, so latency-aware balancing does not favour a target that
         // fails fast.
-        let took = sent.elapsed();
         if outcome.is_ok() {
             target.stats.latency.observe(took);
         }

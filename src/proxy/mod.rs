@@ -232,7 +232,7 @@ async fn route_and_forward(
     }
     let (mut parts, body) = req.into_parts();
     let path = normalize_path(parts.uri.path().as_bytes()).map_err(|_| ErrorKind::BadPath)?;
-    let host_value = request_host(&parts)?;
+    let (host_value, host_field) = request_host(&parts)?;
     let host = host_value.as_ref().and_then(|h| h.to_str().ok()).map(normalize_host).unwrap_or_default();
     let route: &Arc<Route> =
         snapshot.router.lookup(&host, &path, &parts.method, &parts.headers).ok_or(ErrorKind::NoRoute)?;
@@ -278,10 +278,10 @@ async fn route_and_forward(
         e.traceparent = Some(traceparent);
     }
     match &route.host_header {
-        HostHeader::Preserve => match &host_value {
-            Some(h) => parts.headers.insert(header::HOST, h.clone()),
-            None => parts.headers.remove(header::HOST),
-        },
+        // A Host field the request has is already the one to send; one taken from the target's
+        // authority (HTTP/2's `:authority`, an absolute-form target) is added.
+        HostHeader::Preserve if host_field => None,
+        HostHeader::Preserve => host_value.as_ref().and_then(|h| parts.headers.insert(header::HOST, h.clone())),
         // Set per try, from the target it goes to.
         HostHeader::Upstream => None,
         HostHeader::Literal(v) => parts.headers.insert(header::HOST, v.clone()),
@@ -354,8 +354,9 @@ fn redirect_to_https<B>(req: &Request<B>, port: u16) -> Answer {
 /// The host the client asked for. HTTP/2 carries it in `:authority`, HTTP/1.1 in `Host`
 /// (RFC 9110 §7.2). RFC 9112 §3.2: an HTTP/1.1 request without exactly one Host is answered
 /// 400, as is one whose Host disagrees with an absolute-form target; two readings of the host
-/// could route one way and be served another.
-fn request_host(parts: &http::request::Parts) -> Result<Option<HeaderValue>, ErrorKind> {
+/// could route one way and be served another. With it, whether the host is the request's own
+/// Host field (rather than taken from its target).
+fn request_host(parts: &http::request::Parts) -> Result<(Option<HeaderValue>, bool), ErrorKind> {
     let mut hosts = parts.headers.get_all(header::HOST).iter();
     let host = hosts.next();
     if hosts.next().is_some() {
@@ -366,10 +367,10 @@ fn request_host(parts: &http::request::Parts) -> Result<Option<HeaderValue>, Err
         (Some(h), Some(a)) if parts.version != Version::HTTP_2 && h.as_bytes() != a.as_str().as_bytes() => {
             Err(ErrorKind::BadRequest)
         }
-        (Some(h), _) => Ok(Some(h.clone())),
-        (None, Some(a)) => Ok(HeaderValue::from_str(a.as_str()).ok()),
+        (Some(h), _) => Ok((Some(h.clone()), true)),
+        (None, Some(a)) => Ok((HeaderValue::from_str(a.as_str()).ok(), false)),
         (None, None) if parts.version == Version::HTTP_11 => Err(ErrorKind::BadRequest),
-        (None, None) => Ok(None),
+        (None, None) => Ok((None, false)),
     }
 }
 

@@ -50,7 +50,16 @@ impl Default for Health {
 
 impl Health {
     pub fn is_available(&self, now_ms: u64) -> bool {
-        self.active_up.load(Ordering::Relaxed) && self.ejected_until_ms.load(Ordering::Relaxed) <= now_ms
+        self.is_available_at(|| now_ms)
+    }
+
+    /// `is_available`, reading the clock only for a target that was ever ejected.
+    pub fn is_available_at(&self, now_ms: impl FnOnce() -> u64) -> bool {
+        self.active_up.load(Ordering::Relaxed)
+            && match self.ejected_until_ms.load(Ordering::Relaxed) {
+                0 => true,
+                until => until <= now_ms(),
+            }
     }
 
     /// How long ago the target last came back, from unhealthy or from an ejection; `None` if

@@ -166,9 +166,12 @@ impl Upstream {
     /// The target for one request, by the upstream's balancer, among targets that are healthy
     /// and not ejected; `None` when there is none.
     pub fn pick_target(&self, input: &PickInput<'_>, tried: &[usize]) -> Option<(usize, &Target)> {
-        let now = health::now_ms();
+        // Read only if a target was ever ejected or slow start is on: most requests need no
+        // clock reading here.
+        let clock = std::cell::OnceCell::new();
+        let now = || *clock.get_or_init(health::now_ms);
         let n = self.targets.len();
-        let healthy = |i: usize| self.targets[i].stats.health.is_available(now);
+        let healthy = |i: usize| self.targets[i].stats.health.is_available_at(now);
         let untried = |i: usize| healthy(i) && !tried.contains(&i);
         // A retry never goes to a target already tried, unless no other is left.
         let usable: &dyn Fn(usize) -> bool = if tried.is_empty() || !(0..n).any(untried) { &healthy } else { &untried };
@@ -192,8 +195,9 @@ impl Upstream {
 
     /// Slow start: a target back from unhealthy or ejection `t` ago takes a request with
     /// probability `t / slow_start` (at least 10%), so its share ramps up instead of jumping.
-    fn admits(&self, i: usize, now: u64) -> bool {
+    fn admits(&self, i: usize, now: impl FnOnce() -> u64) -> bool {
         let Some(window) = self.def.slow_start else { return true };
+        let now = now();
         let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX).max(1);
         match self.targets[i].stats.health.back_for_ms(now) {
             Some(t) if t < window_ms => balance::random_u64() % window_ms < t.max(window_ms / 10),
