@@ -53,12 +53,13 @@ struct Ctx<'a> {
 
 pub async fn handle(req: Request<ClientBody>, peer: &Peer, gw: &Gateway) -> Response<ResponseBody> {
     let snapshot = gw.snapshot();
-    let request_id = gw.ids.for_request(req.headers());
+    let scan = headers::Scan::of(req.headers());
+    let request_id = gw.ids.for_value(scan.request_id);
     let version = req.version();
     let start = Instant::now();
     let method = metrics::method_index(req.method());
     let mut matched: Option<Arc<Route>> = None;
-    let trace_ids = TraceIds::for_request(req.headers());
+    let trace_ids = TraceIds::for_value(scan.traceparent);
     // Only with an OTLP exporter: what the request's span needs beyond the ids.
     let span_path = gw.tracing.as_ref().map(|_| Box::<str>::from(req.uri().path()));
     let mut entry = gw.access_log.enabled().then(|| Entry {
@@ -87,10 +88,17 @@ pub async fn handle(req: Request<ClientBody>, peer: &Peer, gw: &Gateway) -> Resp
         tls: peer.tls_version,
         decision: None,
     });
-    let grpc = is_grpc(req.headers());
+    let grpc = scan.content_type.is_some_and(is_grpc);
+    let known = Known {
+        bytes: scan.bytes,
+        host: scan.host.cloned(),
+        more_hosts: scan.more_hosts,
+        declared: scan.content_length.map(parse_length).transpose(),
+        hop_by_hop: scan.hop_by_hop,
+    };
     let ctx = Ctx { peer, request_id: &request_id, entry: entry.as_mut(), route: &mut matched, trace: &trace_ids };
     let mut chained = None;
-    let result = route_and_forward(req, ctx, &snapshot, &mut chained).await;
+    let result = route_and_forward(req, known, ctx, &snapshot, &mut chained).await;
     let metrics = matched.as_ref().map_or_else(|| gw.metrics().unmatched.clone(), |r| r.metrics.clone());
     let span = gw.tracing.clone().zip(span_path).map(|(exporter, path)| {
         Box::new(PendingSpan { exporter, ids: trace_ids, route: matched.as_ref().map(|r| r.name.clone()), path })
@@ -157,10 +165,21 @@ struct Chained {
     cx: Cx,
 }
 
-/// `application/grpc`, `application/grpc+proto`, `application/grpc-web…`: the client reads
-/// errors as a gRPC status, never from an HTTP status or body.
-fn is_grpc(headers: &http::HeaderMap) -> bool {
-    headers.get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+/// A Content-Type of `application/grpc`, `application/grpc+proto`, `application/grpc-web…`:
+/// the client reads errors as a gRPC status, never from an HTTP status or body.
+fn is_grpc(content_type: &HeaderValue) -> bool {
+    content_type.as_bytes().starts_with(b"application/grpc")
+}
+
+/// What `handle` read of the request's fields (`headers::Scan`) that routing and forwarding
+/// use, owned, so the request can be taken apart.
+struct Known {
+    bytes: u64,
+    host: Option<HeaderValue>,
+    more_hosts: bool,
+    /// The first Content-Length as a number; a malformed one is a bad request.
+    declared: Result<Option<u64>, ErrorKind>,
+    hop_by_hop: bool,
 }
 
 /// The gateway's own answer: a JSON error body for error kinds, empty otherwise (a preflight).
@@ -208,12 +227,13 @@ fn answer_response(
 
 async fn route_and_forward(
     req: Request<ClientBody>,
+    known: Known,
     mut ctx: Ctx<'_>,
     snapshot: &Snapshot,
     chained: &mut Option<Chained>,
 ) -> Result<(Response<UpstreamBody>, InFlight, Duration), Answer> {
     // Early limits, before any routing work.
-    if headers::header_bytes(req.headers()) > snapshot.limits.max_header_bytes {
+    if known.bytes > snapshot.limits.max_header_bytes {
         return Err(ErrorKind::HeadersTooLarge.into());
     }
     // ACME http-01 validations, answered before routing and before any redirect (RFC 8555
@@ -232,7 +252,7 @@ async fn route_and_forward(
     }
     let (mut parts, body) = req.into_parts();
     let path = normalize_path(parts.uri.path().as_bytes()).map_err(|_| ErrorKind::BadPath)?;
-    let (host_value, host_field) = request_host(&parts)?;
+    let (host_value, host_field) = request_host(&parts, known.host, known.more_hosts)?;
     let host = host_value.as_ref().and_then(|h| h.to_str().ok()).map(normalize_host).unwrap_or_default();
     let route: &Arc<Route> =
         snapshot.router.lookup(&host, &path, &parts.method, &parts.headers).ok_or(ErrorKind::NoRoute)?;
@@ -241,7 +261,7 @@ async fn route_and_forward(
         e.route = Some(route.name.clone());
     }
 
-    let declared = declared_length(&parts.headers)?;
+    let declared = known.declared?;
     if declared.is_some_and(|n| n > route.max_request_body) {
         return Err(ErrorKind::BodyTooLarge.into());
     }
@@ -264,7 +284,7 @@ async fn route_and_forward(
     } else {
         upgrade::requested(parts.version, &parts.headers, &mut parts.extensions)
     };
-    let te_trailers = headers::strip_hop_by_hop(&mut parts.headers);
+    let te_trailers = headers::strip_hop_by_hop_present(&mut parts.headers, known.hop_by_hop);
     if let Some(u) = &upgrade {
         u.restore(&mut parts.headers);
     }
@@ -356,10 +376,13 @@ fn redirect_to_https<B>(req: &Request<B>, port: u16) -> Answer {
 /// 400, as is one whose Host disagrees with an absolute-form target; two readings of the host
 /// could route one way and be served another. With it, whether the host is the request's own
 /// Host field (rather than taken from its target).
-fn request_host(parts: &http::request::Parts) -> Result<(Option<HeaderValue>, bool), ErrorKind> {
-    let mut hosts = parts.headers.get_all(header::HOST).iter();
-    let host = hosts.next();
-    if hosts.next().is_some() {
+/// `host` is the request's first Host field; `more_hosts`, whether it has another.
+fn request_host(
+    parts: &http::request::Parts,
+    host: Option<HeaderValue>,
+    more_hosts: bool,
+) -> Result<(Option<HeaderValue>, bool), ErrorKind> {
+    if more_hosts {
         return Err(ErrorKind::BadRequest);
     }
     let authority = parts.uri.authority();
@@ -367,19 +390,16 @@ fn request_host(parts: &http::request::Parts) -> Result<(Option<HeaderValue>, bo
         (Some(h), Some(a)) if parts.version != Version::HTTP_2 && h.as_bytes() != a.as_str().as_bytes() => {
             Err(ErrorKind::BadRequest)
         }
-        (Some(h), _) => Ok((Some(h.clone()), true)),
+        (Some(h), _) => Ok((Some(h), true)),
         (None, Some(a)) => Ok((HeaderValue::from_str(a.as_str()).ok(), false)),
         (None, None) if parts.version == Version::HTTP_11 => Err(ErrorKind::BadRequest),
         (None, None) => Ok((None, false)),
     }
 }
 
-/// `Content-Length` as a number; a malformed one is a bad request (RFC 9112 §6.3).
-pub(crate) fn declared_length(headers: &http::HeaderMap) -> Result<Option<u64>, ErrorKind> {
-    match headers.get(header::CONTENT_LENGTH) {
-        None => Ok(None),
-        Some(v) => v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()).map(Some).ok_or(ErrorKind::BadRequest),
-    }
+/// A `Content-Length` value as a number; a malformed one is a bad request (RFC 9112 §6.3).
+fn parse_length(v: &HeaderValue) -> Result<u64, ErrorKind> {
+    v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()).ok_or(ErrorKind::BadRequest)
 }
 
 fn upstream_path(uri: &Uri, normal: &str, strip: Option<usize>) -> Result<PathAndQuery, ErrorKind> {

@@ -27,7 +27,12 @@ impl Default for IdSource {
 impl IdSource {
     /// The incoming id if it is 1–128 visible ASCII characters, else a fresh one.
     pub fn for_request(&self, headers: &HeaderMap) -> HeaderValue {
-        if let Some(v) = headers.get(&X_REQUEST_ID) {
+        self.for_value(headers.get(&X_REQUEST_ID))
+    }
+
+    /// `for_request`, given the request's `x-request-id` field.
+    pub fn for_value(&self, incoming: Option<&HeaderValue>) -> HeaderValue {
+        if let Some(v) = incoming {
             let b = v.as_bytes();
             if !b.is_empty() && b.len() <= 128 && b.iter().all(|c| (0x21..=0x7e).contains(c)) {
                 return v.clone();
@@ -39,16 +44,9 @@ impl IdSource {
     pub fn fresh(&self) -> HeaderValue {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let mut buf = [0u8; 32];
-        write_hex(&mut buf[..16], self.prefix);
-        write_hex(&mut buf[16..], n);
+        super::headers::hex_into(&mut buf[..16], &self.prefix.to_be_bytes());
+        super::headers::hex_into(&mut buf[16..], &n.to_be_bytes());
         super::headers::hex_value(&buf)
-    }
-}
-
-fn write_hex(out: &mut [u8], v: u64) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = HEX[((v >> (60 - 4 * i)) & 15) as usize];
     }
 }
 

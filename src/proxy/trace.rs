@@ -6,6 +6,7 @@
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
+use super::headers::hex_into;
 use crate::upstream::balance::random_u64;
 
 pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
@@ -25,8 +26,13 @@ impl TraceIds {
     /// Continues the request's valid version-00 `traceparent` with a new span, or starts a
     /// trace (sampled) when there is none.
     pub fn for_request(headers: &HeaderMap) -> TraceIds {
+        TraceIds::for_value(headers.get(&TRACEPARENT))
+    }
+
+    /// `for_request`, given the request's `traceparent` field.
+    pub fn for_value(traceparent: Option<&HeaderValue>) -> TraceIds {
         let span = random_u64() | 1;
-        match headers.get(&TRACEPARENT).and_then(|v| parse(v.as_bytes())) {
+        match traceparent.and_then(|v| parse(v.as_bytes())) {
             Some((trace, parent, flags)) => TraceIds { trace, span, parent: Some(parent), flags },
             None => {
                 let trace = (u128::from(random_u64()) << 64) | u128::from(random_u64() | 1);
@@ -43,18 +49,10 @@ impl TraceIds {
     pub fn traceparent(&self) -> HeaderValue {
         // Filled in by hand: `format!` with padded hex cost about a thousand instructions.
         let mut text = *b"00-00000000000000000000000000000000-0000000000000000-00";
-        hex_into(&mut text[3..35], self.trace);
-        hex_into(&mut text[36..52], u128::from(self.span));
-        hex_into(&mut text[53..55], u128::from(self.flags));
+        hex_into(&mut text[3..35], &self.trace.to_be_bytes());
+        hex_into(&mut text[36..52], &self.span.to_be_bytes());
+        hex_into(&mut text[53..55], &[self.flags]);
         super::headers::hex_value(&text)
-    }
-}
-
-/// Writes the low `out.len()` nibbles of `v` as lower-case hex, most significant first.
-fn hex_into(out: &mut [u8], mut v: u128) {
-    for b in out.iter_mut().rev() {
-        *b = b"0123456789abcdef"[(v & 0xf) as usize];
-        v >>= 4;
     }
 }
 
