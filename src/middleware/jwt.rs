@@ -239,9 +239,45 @@ impl Middleware for Jwt {
 
 /// Verified tokens for a short while: 16 shards, each cleared when full (simple, bounded, and
 /// a miss only costs one signature check).
+///
+/// Keyed by a seeded XXH3 of the token: SipHash (`RandomState`) of a typical 500-byte token was
+/// 1.5k instructions, most of a cached verification. The token itself is compared on a hit, so
+/// a collision, found or forced, costs a signature check and never admits the wrong token.
 struct TokenCache {
-    shards: Vec<Mutex<HashMap<u64, Cached>>>,
-    hasher: RandomState,
+    shards: Vec<Mutex<HashMap<u64, Cached, KeyIsHash>>>,
+    seed: u64,
+}
+
+/// The cache's keys are hashes already: the map uses them as they are.
+#[derive(Default, Clone, Copy)]
+struct KeyIsHash;
+
+impl BuildHasher for KeyIsHash {
+    type Hasher = KeyHasher;
+
+    fn build_hasher(&self) -> KeyHasher {
+        KeyHasher(0)
+    }
+}
+
+/// Hashes the one `u64` a key is (by hand: std has no identity hasher).
+struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Not reached for `u64` keys; folded in rather than lost if it ever is.
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
 }
 
 struct Cached {
@@ -259,8 +295,9 @@ const CACHE_TTL: u64 = 60;
 impl Default for TokenCache {
     fn default() -> Self {
         TokenCache {
-            shards: (0..CACHE_SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            hasher: RandomState::new(),
+            shards: (0..CACHE_SHARDS).map(|_| Mutex::new(HashMap::with_hasher(KeyIsHash))).collect(),
+            // RandomState is seeded from the OS once per process: a cheap source of a seed.
+            seed: RandomState::new().hash_one(0u64),
         }
     }
 }
@@ -270,12 +307,18 @@ fn unix_now() -> u64 {
 }
 
 impl TokenCache {
-    fn shard(&self, h: u64) -> &Mutex<HashMap<u64, Cached>> {
-        &self.shards[(h as usize) % CACHE_SHARDS]
+    fn shard(&self, h: u64) -> &Mutex<HashMap<u64, Cached, KeyIsHash>> {
+        // Middle bits pick the shard: the map inside uses the low ones for a bucket and the top
+        // seven as a tag, which must still differ between a shard's keys.
+        &self.shards[(h >> 32) as usize % CACHE_SHARDS]
+    }
+
+    fn hash(&self, token: &str) -> u64 {
+        xxhash_rust::xxh3::xxh3_64_with_seed(token.as_bytes(), self.seed)
     }
 
     fn get(&self, token: &str, generation: u64) -> Option<Arc<Claims>> {
-        let h = self.hasher.hash_one(token);
+        let h = self.hash(token);
         let shard = self.shard(h).lock().unwrap_or_else(|e| e.into_inner());
         let c = shard.get(&h)?;
         (*c.token == *token && c.generation == generation && unix_now() < c.until).then(|| c.claims.clone())
@@ -290,7 +333,7 @@ impl TokenCache {
         if until <= now {
             return;
         }
-        let h = self.hasher.hash_one(token);
+        let h = self.hash(token);
         let mut shard = self.shard(h).lock().unwrap_or_else(|e| e.into_inner());
         if shard.len() >= CACHE_PER_SHARD {
             shard.clear();
@@ -483,4 +526,28 @@ async fn fetch(client: &JwksClient, url: &http::Uri) -> Result<JwkSet, String> {
         .map_err(|e| e.to_string())?
         .to_bytes();
     serde_json::from_slice(&body).map_err(|e| format!("not a JWK set: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cache_answers_only_for_the_token_it_holds() {
+        let cache = TokenCache::default();
+        let mut claims = Claims::new();
+        claims.insert("sub".into(), "a".into());
+        let claims = Arc::new(claims);
+        let (a, b) = ("header.payload-a.signature", "header.payload-b.signature");
+        cache.put(a, &claims, 1);
+        assert_eq!(cache.get(a, 1).as_deref(), Some(&*claims));
+        assert!(cache.get(b, 1).is_none(), "another token");
+        assert!(cache.get(a, 2).is_none(), "another key generation");
+        // Many tokens spread over the shards and stay findable.
+        for i in 0..1000 {
+            cache.put(&format!("t{i}"), &claims, 1);
+        }
+        assert!((0..1000).all(|i| cache.get(&format!("t{i}"), 1).is_some()));
+        assert!(cache.shards.iter().all(|s| !s.lock().unwrap_or_else(|e| e.into_inner()).is_empty()));
+    }
 }
