@@ -115,7 +115,7 @@ fn a_million_distinct_keys_stay_within_the_documented_memory_bound() {
     let before = rss();
     let mut now = 1_000_000_000;
     for i in 0u64..1_000_000 {
-        store.decide(&gcra, store.key(&[&i.to_le_bytes()]), now);
+        store.decide(&gcra, store.key(0, &i.to_le_bytes()), now);
     }
     let grown = rss().saturating_sub(before);
     assert!(grown < 48 << 20, "1M keys took {} MiB", grown >> 20);
@@ -125,7 +125,7 @@ fn a_million_distinct_keys_stay_within_the_documented_memory_bound() {
     // of adding to them, and beyond max_keys nothing more is held.
     now += 3_000_000_000;
     for i in 1_000_000u64..3_000_000 {
-        store.decide(&gcra, store.key(&[&i.to_le_bytes()]), now);
+        store.decide(&gcra, store.key(0, &i.to_le_bytes()), now);
     }
     assert!(store.len() <= 1_000_000, "{} keys held", store.len());
     let grown = rss().saturating_sub(before);

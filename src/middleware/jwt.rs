@@ -84,12 +84,12 @@ impl Jwt {
     fn token<'r>(&self, req: &'r Req<'_>) -> Option<&'r str> {
         match &self.source {
             TokenSource::Authorization => {
-                let v = req.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+                let v = text(req.headers.get(header::AUTHORIZATION)?)?;
                 let (scheme, token) = v.split_once(' ')?;
                 scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
             }
             TokenSource::Header(h) => {
-                let v = req.headers.get(h)?.to_str().ok()?.trim();
+                let v = text(req.headers.get(h)?)?.trim();
                 Some(v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")).unwrap_or(v))
             }
             TokenSource::Cookie(name) => req
@@ -168,8 +168,9 @@ impl Jwt {
                 Some(serde_json::Value::Null) | None => None,
                 Some(other) => HeaderValue::from_str(&other.to_string()).ok(),
             };
-            if let Some(v) = value {
-                req.headers.insert(h.clone(), v);
+            match value {
+                Some(v) => _ = req.headers.insert(h.clone(), v),
+                None => _ = req.headers.remove(h),
             }
         }
         cx.claims = Some(claims);
@@ -181,6 +182,13 @@ impl Jwt {
             Keys::Jwks(j) => j.keys.load().generation,
         }
     }
+}
+
+/// A field holding a token, as text. `from_utf8` tests a word at a time where
+/// `HeaderValue::to_str` tests each byte (a 500-byte token: 320 instructions); a token that is
+/// text but not ASCII is refused as malformed when it is decoded.
+fn text(v: &HeaderValue) -> Option<&str> {
+    std::str::from_utf8(v.as_bytes()).ok()
 }
 
 fn reason(e: &jsonwebtoken::errors::Error) -> Outcome {
@@ -202,11 +210,13 @@ fn reason(e: &jsonwebtoken::errors::Error) -> Outcome {
 
 impl Middleware for Jwt {
     fn request<'a>(&'a self, cx: &'a mut Cx, req: &'a mut Req<'_>) -> Step<'a> {
-        // Copies a client sent of the headers this middleware sets are never believed.
-        for (h, _) in &self.forward {
-            req.headers.remove(h);
-        }
+        // Copies a client sent of the headers this middleware sets are never believed: removed
+        // here when the request goes on without a verified token, replaced by `admit` when it
+        // has one (a refused request goes nowhere).
         if cx.preflight_answered_later() {
+            for (h, _) in &self.forward {
+                req.headers.remove(h);
+            }
             return Step::Next;
         }
         let Some(token) = self.token(req) else { return Step::Answer(self.refuse(cx, Outcome::Missing)) };

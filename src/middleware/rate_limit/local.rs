@@ -74,10 +74,15 @@ impl LocalStore {
         u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
-    /// A key's hash; a collision between two keys would merge their limits, which a 64-bit
-    /// keyed hash makes as unlikely as guessing the process's random key.
-    pub fn key(&self, parts: &[&[u8]]) -> u64 {
-        self.hasher.hash_one(parts)
+    /// A key's hash: its kind's tag byte, then its bytes (one fixed-size tag, so no two keys
+    /// hash the same input). A collision between two keys would merge their limits, which a
+    /// 64-bit keyed hash (SipHash) makes as unlikely as guessing the process's random key.
+    /// Two writes, not a hashed `&[&[u8]]`, whose length prefixes doubled the cost.
+    pub fn key(&self, tag: u8, bytes: &[u8]) -> u64 {
+        let mut h = self.hasher.build_hasher();
+        h.write_u8(tag);
+        h.write(bytes);
+        h.finish()
     }
 
     pub fn decide(&self, gcra: &Gcra, key: u64, now: u64) -> Tracked {

@@ -87,15 +87,15 @@ impl RateLimit {
             LimitKey::Header(h) => req.headers.get(h).map(|v| (2, v.as_bytes())),
             LimitKey::Claim(c) => match cx.claims.as_ref().and_then(|cl| cl.get(c)) {
                 Some(serde_json::Value::String(s)) => Some((3, s.as_bytes())),
-                Some(other) => return store.key(&[&[3], other.to_string().as_bytes()]),
+                Some(other) => return store.key(3, other.to_string().as_bytes()),
                 None => None,
             },
             LimitKey::ApiKey => cx.api_key_id.as_ref().map(|k| (4, k.as_bytes())),
         };
         match (found, cx.client_ip) {
-            (Some((tag, bytes)), _) => store.key(&[&[tag], bytes]),
-            (None, std::net::IpAddr::V4(ip)) => store.key(&[&[0], &ip.octets()]),
-            (None, std::net::IpAddr::V6(ip)) => store.key(&[&[0], &ip.octets()]),
+            (Some((tag, bytes)), _) => store.key(tag, bytes),
+            (None, std::net::IpAddr::V4(ip)) => store.key(0, &ip.octets()),
+            (None, std::net::IpAddr::V6(ip)) => store.key(0, &ip.octets()),
         }
     }
 
