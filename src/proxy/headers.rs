@@ -14,6 +14,8 @@ use bytes::Bytes;
 use http::Version;
 use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 
+use super::error::ErrorKind;
+
 /// Whether a field name (lower case, as `HeaderName` keeps it) is hop-by-hop: Connection, the
 /// classic hop-by-hop fields, and Proxy-Connection. Matched as text, which goes by length
 /// first: comparing against a list of `HeaderName`s cost about ten instructions a name.
@@ -44,50 +46,62 @@ pub fn list_items<'h>(headers: &'h HeaderMap, name: &HeaderName) -> impl Iterato
 
 /// What the request path reads of a request's fields before it changes them, found in one
 /// walk over the fields rather than a hashed lookup each (seven lookups were 700 instructions
-/// of a small request; the walk is a few comparisons per field).
-pub struct Scan<'h> {
+/// of a small request; the walk is a few comparisons per field). Owned, so the request can be
+/// taken apart while it is used; a field's value is cloned (a reference count) only when the
+/// request has that field.
+pub struct Scan {
     /// The header section's size as sent (`name: value` CRLF each), for `max_header_bytes`.
     pub bytes: u64,
-    pub request_id: Option<&'h HeaderValue>,
-    pub traceparent: Option<&'h HeaderValue>,
+    pub request_id: Option<HeaderValue>,
+    pub traceparent: Option<HeaderValue>,
     /// The first Host field, and whether there is another.
-    pub host: Option<&'h HeaderValue>,
+    pub host: Option<HeaderValue>,
     pub more_hosts: bool,
-    /// The first Content-Length field.
-    pub content_length: Option<&'h HeaderValue>,
-    pub content_type: Option<&'h HeaderValue>,
+    /// The first Content-Length as a number; a malformed one is a bad request.
+    pub declared: Result<Option<u64>, ErrorKind>,
+    /// A Content-Type of `application/grpc`, `application/grpc+proto`, `application/grpc-web…`:
+    /// the client reads errors as a gRPC status, never from an HTTP status or body.
+    pub grpc: bool,
     /// Whether any hop-by-hop field is present (most requests have none).
     pub hop_by_hop: bool,
 }
 
-impl<'h> Scan<'h> {
-    pub fn of(headers: &'h HeaderMap) -> Scan<'h> {
+impl Scan {
+    pub fn of(headers: &HeaderMap) -> Scan {
         let mut scan = Scan {
             bytes: 0,
             request_id: None,
             traceparent: None,
             host: None,
             more_hosts: false,
-            content_length: None,
-            content_type: None,
+            declared: Ok(None),
+            grpc: false,
             hop_by_hop: false,
         };
+        let (mut length, mut content_type) = (None, None);
         for (name, value) in headers {
             let name = name.as_str();
             scan.bytes += (name.len() + value.len() + 4) as u64;
             // By the name's text, like `is_hop_by_hop`.
             match name {
                 "host" if scan.host.is_some() => scan.more_hosts = true,
-                "host" => scan.host = Some(value),
-                "content-length" => _ = scan.content_length.get_or_insert(value),
-                "content-type" => _ = scan.content_type.get_or_insert(value),
-                "x-request-id" => _ = scan.request_id.get_or_insert(value),
-                "traceparent" => _ = scan.traceparent.get_or_insert(value),
+                "host" => scan.host = Some(value.clone()),
+                "content-length" => _ = length.get_or_insert(value),
+                "content-type" => _ = content_type.get_or_insert(value),
+                "x-request-id" if scan.request_id.is_none() => scan.request_id = Some(value.clone()),
+                "traceparent" if scan.traceparent.is_none() => scan.traceparent = Some(value.clone()),
                 _ => scan.hop_by_hop |= is_hop_by_hop(name),
             }
         }
+        scan.declared = length.map(content_length).transpose();
+        scan.grpc = content_type.is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
         scan
     }
+}
+
+/// A `Content-Length` value as a number; a malformed one is a bad request (RFC 9112 §6.3).
+pub fn content_length(v: &HeaderValue) -> Result<u64, ErrorKind> {
+    v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()).ok_or(ErrorKind::BadRequest)
 }
 
 /// Removes hop-by-hop fields. Returns whether the sender accepts trailers (`TE: trailers`),
@@ -312,12 +326,17 @@ mod tests {
         h.insert(&X_REQUEST_ID, HeaderValue::from_static("id-1"));
         h.insert("x-other", HeaderValue::from_static("1"));
         let scan = Scan::of(&h);
-        assert_eq!(scan.host, h.get(header::HOST), "the first Host");
+        assert_eq!(scan.host.as_ref(), h.get(header::HOST), "the first Host");
         assert!(scan.more_hosts);
-        assert_eq!(scan.content_length, h.get(header::CONTENT_LENGTH), "the first length");
-        assert_eq!(scan.request_id, h.get(&X_REQUEST_ID));
-        assert_eq!((scan.traceparent, scan.content_type), (None, None));
-        assert!(!scan.hop_by_hop);
+        assert_eq!(scan.declared, Ok(Some(5)), "the first length");
+        assert_eq!(scan.request_id.as_ref(), h.get(&X_REQUEST_ID));
+        assert_eq!(scan.traceparent, None);
+        assert!(!scan.grpc && !scan.hop_by_hop);
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc+proto"));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("five"));
+        let scan = Scan::of(&h);
+        assert!(scan.grpc);
+        assert_eq!(scan.declared, Err(ErrorKind::BadRequest));
         let sent: u64 = h.iter().map(|(n, v)| (n.as_str().len() + v.len() + 4) as u64).sum();
         assert_eq!(scan.bytes, sent);
         for name in ["keep-alive", "proxy-connection", "te", "connection", "proxy-authorization"] {

@@ -53,13 +53,13 @@ struct Ctx<'a> {
 
 pub async fn handle(req: Request<ClientBody>, peer: &Peer, gw: &Gateway) -> Response<ResponseBody> {
     let snapshot = gw.snapshot();
-    let scan = headers::Scan::of(req.headers());
-    let request_id = gw.ids.for_value(scan.request_id);
+    let mut scan = headers::Scan::of(req.headers());
+    let request_id = gw.ids.for_value(scan.request_id.take());
     let version = req.version();
     let start = Instant::now();
     let method = metrics::method_index(req.method());
     let mut matched: Option<Arc<Route>> = None;
-    let trace_ids = TraceIds::for_value(scan.traceparent);
+    let trace_ids = TraceIds::for_value(scan.traceparent.as_ref());
     // Only with an OTLP exporter: what the request's span needs beyond the ids.
     let span_path = gw.tracing.as_ref().map(|_| Box::<str>::from(req.uri().path()));
     let mut entry = gw.access_log.enabled().then(|| Entry {
@@ -88,17 +88,10 @@ pub async fn handle(req: Request<ClientBody>, peer: &Peer, gw: &Gateway) -> Resp
         tls: peer.tls_version,
         decision: None,
     });
-    let grpc = scan.content_type.is_some_and(is_grpc);
-    let known = Known {
-        bytes: scan.bytes,
-        host: scan.host.cloned(),
-        more_hosts: scan.more_hosts,
-        declared: scan.content_length.map(parse_length).transpose(),
-        hop_by_hop: scan.hop_by_hop,
-    };
+    let grpc = scan.grpc;
     let ctx = Ctx { peer, request_id: &request_id, entry: entry.as_mut(), route: &mut matched, trace: &trace_ids };
     let mut chained = None;
-    let result = route_and_forward(req, known, ctx, &snapshot, &mut chained).await;
+    let result = route_and_forward(req, scan, ctx, &snapshot, &mut chained).await;
     let metrics = matched.as_ref().map_or_else(|| gw.metrics().unmatched.clone(), |r| r.metrics.clone());
     let span = gw.tracing.clone().zip(span_path).map(|(exporter, path)| {
         Box::new(PendingSpan { exporter, ids: trace_ids, route: matched.as_ref().map(|r| r.name.clone()), path })
@@ -165,23 +158,6 @@ struct Chained {
     cx: Cx,
 }
 
-/// A Content-Type of `application/grpc`, `application/grpc+proto`, `application/grpc-web…`:
-/// the client reads errors as a gRPC status, never from an HTTP status or body.
-fn is_grpc(content_type: &HeaderValue) -> bool {
-    content_type.as_bytes().starts_with(b"application/grpc")
-}
-
-/// What `handle` read of the request's fields (`headers::Scan`) that routing and forwarding
-/// use, owned, so the request can be taken apart.
-struct Known {
-    bytes: u64,
-    host: Option<HeaderValue>,
-    more_hosts: bool,
-    /// The first Content-Length as a number; a malformed one is a bad request.
-    declared: Result<Option<u64>, ErrorKind>,
-    hop_by_hop: bool,
-}
-
 /// The gateway's own answer: a JSON error body for error kinds, empty otherwise (a preflight).
 /// A gRPC client gets a trailers-only response instead: HTTP 200 with `grpc-status` and
 /// `grpc-message` in the headers and no body. Logs and metrics keep the HTTP status the error
@@ -227,13 +203,13 @@ fn answer_response(
 
 async fn route_and_forward(
     req: Request<ClientBody>,
-    known: Known,
+    scan: headers::Scan,
     mut ctx: Ctx<'_>,
     snapshot: &Snapshot,
     chained: &mut Option<Chained>,
 ) -> Result<(Response<UpstreamBody>, InFlight, Duration), Answer> {
     // Early limits, before any routing work.
-    if known.bytes > snapshot.limits.max_header_bytes {
+    if scan.bytes > snapshot.limits.max_header_bytes {
         return Err(ErrorKind::HeadersTooLarge.into());
     }
     // ACME http-01 validations, answered before routing and before any redirect (RFC 8555
@@ -252,7 +228,7 @@ async fn route_and_forward(
     }
     let (mut parts, body) = req.into_parts();
     let path = normalize_path(parts.uri.path().as_bytes()).map_err(|_| ErrorKind::BadPath)?;
-    let (host_value, host_field) = request_host(&parts, known.host, known.more_hosts)?;
+    let (host_value, host_field) = request_host(&parts, scan.host, scan.more_hosts)?;
     let host = host_value.as_ref().and_then(|h| h.to_str().ok()).map(normalize_host).unwrap_or_default();
     let route: &Arc<Route> =
         snapshot.router.lookup(&host, &path, &parts.method, &parts.headers).ok_or(ErrorKind::NoRoute)?;
@@ -261,7 +237,7 @@ async fn route_and_forward(
         e.route = Some(route.name.clone());
     }
 
-    let declared = known.declared?;
+    let declared = scan.declared?;
     if declared.is_some_and(|n| n > route.max_request_body) {
         return Err(ErrorKind::BodyTooLarge.into());
     }
@@ -284,7 +260,7 @@ async fn route_and_forward(
     } else {
         upgrade::requested(parts.version, &parts.headers, &mut parts.extensions)
     };
-    let te_trailers = headers::strip_hop_by_hop_present(&mut parts.headers, known.hop_by_hop);
+    let te_trailers = headers::strip_hop_by_hop_present(&mut parts.headers, scan.hop_by_hop);
     if let Some(u) = &upgrade {
         u.restore(&mut parts.headers);
     }
@@ -395,11 +371,6 @@ fn request_host(
         (None, None) if parts.version == Version::HTTP_11 => Err(ErrorKind::BadRequest),
         (None, None) => Ok((None, false)),
     }
-}
-
-/// A `Content-Length` value as a number; a malformed one is a bad request (RFC 9112 §6.3).
-fn parse_length(v: &HeaderValue) -> Result<u64, ErrorKind> {
-    v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()).ok_or(ErrorKind::BadRequest)
 }
 
 fn upstream_path(uri: &Uri, normal: &str, strip: Option<usize>) -> Result<PathAndQuery, ErrorKind> {

@@ -6,9 +6,7 @@
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use http::{HeaderMap, HeaderValue};
-
-use super::headers::X_REQUEST_ID;
+use http::HeaderValue;
 
 pub struct IdSource {
     prefix: u64,
@@ -25,20 +23,13 @@ impl Default for IdSource {
 }
 
 impl IdSource {
-    /// The incoming id if it is 1–128 visible ASCII characters, else a fresh one.
-    pub fn for_request(&self, headers: &HeaderMap) -> HeaderValue {
-        self.for_value(headers.get(&X_REQUEST_ID))
-    }
-
-    /// `for_request`, given the request's `x-request-id` field.
-    pub fn for_value(&self, incoming: Option<&HeaderValue>) -> HeaderValue {
-        if let Some(v) = incoming {
-            let b = v.as_bytes();
-            if !b.is_empty() && b.len() <= 128 && b.iter().all(|c| (0x21..=0x7e).contains(c)) {
-                return v.clone();
-            }
+    /// The request's incoming `x-request-id` if it is 1–128 visible ASCII characters, else a
+    /// fresh one.
+    pub fn for_value(&self, incoming: Option<HeaderValue>) -> HeaderValue {
+        match incoming {
+            Some(v) if !v.is_empty() && v.len() <= 128 && v.as_bytes().iter().all(|c| (0x21..=0x7e).contains(c)) => v,
+            _ => self.fresh(),
         }
-        self.fresh()
     }
 
     pub fn fresh(&self) -> HeaderValue {
@@ -57,14 +48,11 @@ mod tests {
     #[test]
     fn valid_incoming_ids_are_kept_and_bad_ones_replaced() {
         let ids = IdSource::default();
-        let mut h = HeaderMap::new();
-        h.insert(&X_REQUEST_ID, HeaderValue::from_static("abc-123"));
-        assert_eq!(ids.for_request(&h), "abc-123");
-        h.insert(&X_REQUEST_ID, HeaderValue::from_static("has space"));
-        assert_ne!(ids.for_request(&h), "has space");
+        assert_eq!(ids.for_value(Some(HeaderValue::from_static("abc-123"))), "abc-123");
+        assert_ne!(ids.for_value(Some(HeaderValue::from_static("has space"))), "has space");
         let long = "x".repeat(129);
-        h.insert(&X_REQUEST_ID, HeaderValue::try_from(long.as_str()).expect("value"));
-        assert_eq!(ids.for_request(&h).len(), 32);
+        assert_eq!(ids.for_value(Some(HeaderValue::try_from(long.as_str()).expect("value"))).len(), 32);
+        assert_eq!(ids.for_value(None).len(), 32);
     }
 
     #[test]

@@ -25,11 +25,6 @@ pub struct TraceIds {
 impl TraceIds {
     /// Continues the request's valid version-00 `traceparent` with a new span, or starts a
     /// trace (sampled) when there is none.
-    pub fn for_request(headers: &HeaderMap) -> TraceIds {
-        TraceIds::for_value(headers.get(&TRACEPARENT))
-    }
-
-    /// `for_request`, given the request's `traceparent` field.
     pub fn for_value(traceparent: Option<&HeaderValue>) -> TraceIds {
         let span = random_u64() | 1;
         match traceparent.and_then(|v| parse(v.as_bytes())) {
@@ -94,7 +89,7 @@ mod tests {
     const VALID: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
     fn forward(h: &mut HeaderMap) -> (HeaderValue, TraceIds) {
-        let ids = TraceIds::for_request(h);
+        let ids = TraceIds::for_value(h.get(&TRACEPARENT));
         (propagate(h, &ids), ids)
     }
 

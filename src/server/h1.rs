@@ -39,7 +39,7 @@ use crate::http1::{
 };
 use crate::proxy::body::{ClientBody, ResponseBody};
 use crate::proxy::error::{ErrorKind, json_body};
-use crate::proxy::headers::{Peer, X_REQUEST_ID};
+use crate::proxy::headers::{Peer, X_REQUEST_ID, content_length};
 use crate::rewind::Rewind;
 use crate::snapshot::Gateway;
 
@@ -465,7 +465,7 @@ fn parse_head(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>, HeadE
 /// Answers a request that could not be read, and the connection closes. The answer is the
 /// proxy's JSON error (there is no request to log or route), written like any response.
 async fn refuse(writer: &mut WriteSide, kind: ErrorKind, gw: &Gateway) -> io::Result<()> {
-    let id = gw.ids.for_request(&HeaderMap::new());
+    let id = gw.ids.fresh();
     let body = json_body(kind, id.to_str().unwrap_or("-"));
     let mut resp = Response::new(ResponseBody::bytes(body));
     *resp.status_mut() = kind.status();
@@ -628,24 +628,20 @@ async fn write_response(
     let bodiless_status = status.is_informational() || status == StatusCode::NO_CONTENT;
     // The first Content-Length, and whether there is a Date, in one walk over the fields
     // rather than two hashed lookups.
-    let mut length_field = None;
+    let mut length = None;
     let mut has_date = false;
     for (name, value) in &headers {
         if *name == header::CONTENT_LENGTH {
-            length_field.get_or_insert_with(|| value.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()));
+            length.get_or_insert_with(|| content_length(value));
         } else if *name == header::DATE {
             has_date = true;
         }
     }
-    let declared = match length_field {
-        None => None,
-        Some(Some(n)) => Some(n),
-        Some(None) => {
-            // Not a number: the codec frames the body instead.
-            headers.remove(header::CONTENT_LENGTH);
-            None
-        }
-    };
+    let declared = length.transpose().unwrap_or_else(|_| {
+        // Not a number: the codec frames the body instead.
+        headers.remove(header::CONTENT_LENGTH);
+        None
+    });
     if bodiless_status {
         headers.remove(header::CONTENT_LENGTH);
     }
