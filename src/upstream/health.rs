@@ -49,12 +49,9 @@ impl Default for Health {
 }
 
 impl Health {
-    pub fn is_available(&self, now_ms: u64) -> bool {
-        self.is_available_at(|| now_ms)
-    }
-
-    /// `is_available`, reading the clock only for a target that was ever ejected.
-    pub fn is_available_at(&self, now_ms: impl FnOnce() -> u64) -> bool {
+    /// Up by the active checks and not ejected. `now_ms` is asked only for a target that was
+    /// ever ejected, so most requests read no clock here.
+    pub fn is_available(&self, now_ms: impl FnOnce() -> u64) -> bool {
         self.active_up.load(Ordering::Relaxed)
             && match self.ejected_until_ms.load(Ordering::Relaxed) {
                 0 => true,
@@ -221,10 +218,10 @@ mod tests {
         assert_eq!(h.record_probe(false, &def), None);
         assert_eq!(h.record_probe(false, &def), None);
         assert_eq!(h.record_probe(false, &def), Some(false));
-        assert!(!h.is_available(0));
+        assert!(!h.is_available(|| 0));
         assert_eq!(h.record_probe(true, &def), None);
         assert_eq!(h.record_probe(true, &def), Some(true));
-        assert!(h.is_available(0));
+        assert!(h.is_available(|| 0));
     }
 
     #[test]
@@ -238,11 +235,11 @@ mod tests {
         assert_eq!(h.record_outcome(false, &def, 0, || true), None);
         assert_eq!(h.record_outcome(false, &def, 0, || true), None);
         assert_eq!(h.record_outcome(false, &def, 0, || true), Some(Duration::from_secs(10)));
-        assert!(!h.is_available(5_000));
-        assert!(h.is_available(10_000));
+        assert!(!h.is_available(|| 5_000));
+        assert!(h.is_available(|| 10_000));
         // Back after the ejection: the first request fails, so it is ejected again, for longer.
         assert_eq!(h.record_outcome(false, &def, 10_000, || true), Some(Duration::from_secs(20)));
-        assert!(!h.is_available(29_999));
+        assert!(!h.is_available(|| 29_999));
         // A success once back resets both the streak and the growth.
         assert_eq!(h.record_outcome(true, &def, 30_000, || true), None);
         for _ in 0..2 {
@@ -272,6 +269,6 @@ mod tests {
             max_ejected_percent: 0,
         };
         assert_eq!(h.record_outcome(false, &def, 0, || false), None);
-        assert!(h.is_available(0));
+        assert!(h.is_available(|| 0));
     }
 }

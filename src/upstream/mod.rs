@@ -171,7 +171,7 @@ impl Upstream {
         let clock = std::cell::OnceCell::new();
         let now = || *clock.get_or_init(health::now_ms);
         let n = self.targets.len();
-        let healthy = |i: usize| self.targets[i].stats.health.is_available_at(now);
+        let healthy = |i: usize| self.targets[i].stats.health.is_available(now);
         let untried = |i: usize| healthy(i) && !tried.contains(&i);
         // A retry never goes to a target already tried, unless no other is left.
         let usable: &dyn Fn(usize) -> bool = if tried.is_empty() || !(0..n).any(untried) { &healthy } else { &untried };
