@@ -122,11 +122,7 @@ impl RateLimit {
         // Built by hand: `format!` was 2k instructions, most of this middleware's cost.
         let (mut r, mut t) = (itoa::Buffer::new(), itoa::Buffer::new());
         let (r, t) = (r.format(remaining), t.format(ceil_secs(reset)));
-        let mut value = String::with_capacity(self.name.len() + r.len() + t.len() + 6);
-        for part in [&*self.name, ";r=", r, ";t=", t] {
-            value.push_str(part);
-        }
-        if let Ok(v) = HeaderValue::try_from(value) {
+        if let Ok(v) = HeaderValue::try_from([&*self.name, ";r=", r, ";t=", t].concat()) {
             cx.rate_limits.push((cx.position(), self.policy.clone(), v));
         }
         match d {
