@@ -24,6 +24,7 @@ use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{DecodingKey, Validation};
 use tokio::sync::{Notify, watch};
 
+use super::prehashed::{PrehashedMap, shard_of};
 use super::{Answer, Claims, Cx, Middleware, MiddlewareMetrics, Outcome, Req, Step};
 use crate::config::{JwtDef, TokenSource};
 use crate::proxy::error::ErrorKind;
@@ -254,40 +255,8 @@ impl Middleware for Jwt {
 /// 1.5k instructions, most of a cached verification. The token itself is compared on a hit, so
 /// a collision, found or forced, costs a signature check and never admits the wrong token.
 struct TokenCache {
-    shards: Vec<Mutex<HashMap<u64, Cached, KeyIsHash>>>,
+    shards: Vec<Mutex<PrehashedMap<Cached>>>,
     seed: u64,
-}
-
-/// The cache's keys are hashes already: the map uses them as they are.
-#[derive(Default, Clone, Copy)]
-struct KeyIsHash;
-
-impl BuildHasher for KeyIsHash {
-    type Hasher = KeyHasher;
-
-    fn build_hasher(&self) -> KeyHasher {
-        KeyHasher(0)
-    }
-}
-
-/// Hashes the one `u64` a key is (by hand: std has no identity hasher).
-struct KeyHasher(u64);
-
-impl std::hash::Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Not reached for `u64` keys; folded in rather than lost if it ever is.
-        for b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
 }
 
 struct Cached {
@@ -305,7 +274,7 @@ const CACHE_TTL: u64 = 60;
 impl Default for TokenCache {
     fn default() -> Self {
         TokenCache {
-            shards: (0..CACHE_SHARDS).map(|_| Mutex::new(HashMap::with_hasher(KeyIsHash))).collect(),
+            shards: (0..CACHE_SHARDS).map(|_| Mutex::default()).collect(),
             // RandomState is seeded from the OS once per process: a cheap source of a seed.
             seed: RandomState::new().hash_one(0u64),
         }
@@ -317,10 +286,8 @@ fn unix_now() -> u64 {
 }
 
 impl TokenCache {
-    fn shard(&self, h: u64) -> &Mutex<HashMap<u64, Cached, KeyIsHash>> {
-        // Middle bits pick the shard: the map inside uses the low ones for a bucket and the top
-        // seven as a tag, which must still differ between a shard's keys.
-        &self.shards[(h >> 32) as usize % CACHE_SHARDS]
+    fn shard(&self, h: u64) -> &Mutex<PrehashedMap<Cached>> {
+        &self.shards[shard_of(h, CACHE_SHARDS)]
     }
 
     fn hash(&self, token: &str) -> u64 {

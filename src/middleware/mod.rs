@@ -16,6 +16,7 @@ pub mod headers;
 pub mod ip_filter;
 pub mod jwt;
 pub mod path_filter;
+pub mod prehashed;
 pub mod rate_limit;
 
 use std::collections::HashMap;

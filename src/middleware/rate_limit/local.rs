@@ -9,35 +9,17 @@
 //! map's load factor and growth, so 1 000 000 live keys stay under 48 MiB.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
+use std::hash::{BuildHasher, Hasher, RandomState};
 use std::sync::Mutex;
 use std::time::Instant;
 
 use super::gcra::{Decision, Gcra};
+use crate::middleware::prehashed::{PrehashedMap, shard_of};
 
 const SHARDS: usize = 64;
 
-/// Keys are already SipHash outputs with a per-process random key; hashing them again would
-/// only cost time.
-#[derive(Default)]
-struct Prehashed(u64);
-
-impl Hasher for Prehashed {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 << 8) | u64::from(*b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
 struct Shard {
-    tats: HashMap<u64, u64, BuildHasherDefault<Prehashed>>,
+    tats: PrehashedMap<u64>,
     next_sweep: usize,
     /// A full shard of live keys is swept again only after this time, so a flood of new keys
     /// cannot make every request pay for a sweep.
@@ -86,7 +68,7 @@ impl LocalStore {
     }
 
     pub fn decide(&self, gcra: &Gcra, key: u64, now: u64) -> Tracked {
-        let shard = &self.shards[(key as usize) % SHARDS];
+        let shard = &self.shards[shard_of(key, SHARDS)];
         let mut s = shard.lock().unwrap_or_else(|e| e.into_inner());
         let tat = s.tats.get(&key).copied();
         let (decision, next) = gcra.decide(tat, now);
