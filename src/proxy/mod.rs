@@ -91,7 +91,7 @@ pub async fn handle(req: Request<ClientBody>, peer: &Peer, gw: &Gateway) -> Resp
     let grpc = scan.grpc;
     let ctx = Ctx { peer, request_id: &request_id, entry: entry.as_mut(), route: &mut matched, trace: &trace_ids };
     let mut chained = None;
-    let result = route_and_forward(req, scan, ctx, &snapshot, &mut chained).await;
+    let result = route_and_forward(req, &scan, ctx, &snapshot, &mut chained).await;
     let metrics = matched.as_ref().map_or_else(|| gw.metrics().unmatched.clone(), |r| r.metrics.clone());
     let span = gw.tracing.clone().zip(span_path).map(|(exporter, path)| {
         Box::new(PendingSpan { exporter, ids: trace_ids, route: matched.as_ref().map(|r| r.name.clone()), path })
@@ -203,7 +203,7 @@ fn answer_response(
 
 async fn route_and_forward(
     req: Request<ClientBody>,
-    scan: headers::Scan,
+    scan: &headers::Scan,
     mut ctx: Ctx<'_>,
     snapshot: &Snapshot,
     chained: &mut Option<Chained>,
@@ -228,7 +228,7 @@ async fn route_and_forward(
     }
     let (mut parts, body) = req.into_parts();
     let path = normalize_path(parts.uri.path().as_bytes()).map_err(|_| ErrorKind::BadPath)?;
-    let (host_value, host_field) = request_host(&parts, scan.host, scan.more_hosts)?;
+    let (host_value, host_field) = request_host(&parts, scan.host.clone(), scan.more_hosts)?;
     let host = host_value.as_ref().and_then(|h| h.to_str().ok()).map(normalize_host).unwrap_or_default();
     let route: &Arc<Route> =
         snapshot.router.lookup(&host, &path, &parts.method, &parts.headers).ok_or(ErrorKind::NoRoute)?;
