@@ -257,7 +257,9 @@ pub struct ResponseBody {
     tee: Option<Box<Filling>>,
     sent: u64,
     ended: bool,
-    log: Option<Entry>,
+    /// Boxed: the response is moved several times on its way out, and an entry inline
+    /// would have it copy 488 more bytes each time.
+    log: Option<Box<Entry>>,
     done: Option<Done>,
 }
 
@@ -270,12 +272,18 @@ struct Encoding {
 }
 
 impl ResponseBody {
-    pub fn upstream(body: UpstreamBody, log: Option<Entry>, done: Done, in_flight: InFlight, idle: Duration) -> Self {
+    pub fn upstream(
+        body: UpstreamBody,
+        log: Option<Box<Entry>>,
+        done: Done,
+        in_flight: InFlight,
+        idle: Duration,
+    ) -> Self {
         let source = Source::Upstream { body, _in_flight: in_flight, idle: IdleTimer::new(idle) };
         ResponseBody { source, encoding: None, tee: None, sent: 0, ended: false, log, done: Some(done) }
     }
 
-    pub fn fixed(bytes: Bytes, log: Option<Entry>, done: Done) -> Self {
+    pub fn fixed(bytes: Bytes, log: Option<Box<Entry>>, done: Done) -> Self {
         let mut body = ResponseBody::bytes(bytes);
         body.log = log;
         body.done = Some(done);

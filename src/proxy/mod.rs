@@ -62,41 +62,44 @@ pub async fn handle(req: Request<ClientBody>, peer: &Peer, gw: &Gateway) -> Resp
     let trace_ids = TraceIds::for_value(scan.traceparent.as_ref());
     // Only with an OTLP exporter: what the request's span needs beyond the ids.
     let span_path = gw.tracing.as_ref().map(|_| Box::<str>::from(req.uri().path()));
-    let mut entry = gw.access_log.enabled().then(|| Entry {
-        sink: gw.access_log.clone(),
-        start,
-        request_id: request_id.clone(),
-        client: peer.addr,
-        method: req.method().clone(),
-        uri: req.uri().clone(),
-        version,
-        route: None,
-        upstream_target: None,
-        status: 0,
-        upstream_duration: None,
-        retries: 0,
-        traceparent: None,
-        agent: gw
-            .access_log
-            .wants_agent()
-            .then(|| (req.headers().get(header::REFERER).cloned(), req.headers().get(header::USER_AGENT).cloned())),
-        exchange: None,
-        bytes_out: 0,
-        error: None,
-        consumer: None,
-        client_cert_subject: peer.client_cert_subject.clone(),
-        tls: peer.tls_version,
-        decision: None,
+    let mut entry = gw.access_log.enabled().then(|| {
+        Box::new(Entry {
+            sink: gw.access_log.clone(),
+            start,
+            request_id: request_id.clone(),
+            client: peer.addr,
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version,
+            route: None,
+            upstream_target: None,
+            status: 0,
+            upstream_duration: None,
+            retries: 0,
+            traceparent: None,
+            agent: gw
+                .access_log
+                .wants_agent()
+                .then(|| (req.headers().get(header::REFERER).cloned(), req.headers().get(header::USER_AGENT).cloned())),
+            exchange: None,
+            bytes_out: 0,
+            error: None,
+            consumer: None,
+            client_cert_subject: peer.client_cert_subject.clone(),
+            tls: peer.tls_version,
+            decision: None,
+        })
     });
     let grpc = scan.grpc;
-    let ctx = Ctx { peer, request_id: &request_id, entry: entry.as_mut(), route: &mut matched, trace: &trace_ids };
+    let ctx =
+        Ctx { peer, request_id: &request_id, entry: entry.as_deref_mut(), route: &mut matched, trace: &trace_ids };
     let mut chained = None;
     let result = route_and_forward(req, &scan, ctx, &snapshot, &mut chained).await;
     let metrics = matched.as_ref().map_or_else(|| gw.metrics().unmatched.clone(), |r| r.metrics.clone());
     let span = gw.tracing.clone().zip(span_path).map(|(exporter, path)| {
         Box::new(PendingSpan { exporter, ids: trace_ids, route: matched.as_ref().map(|r| r.name.clone()), path })
     });
-    if let (Some(e), Some(c)) = (entry.as_mut(), chained.as_ref()) {
+    if let (Some(e), Some(c)) = (entry.as_deref_mut(), chained.as_ref()) {
         e.consumer = c.cx.consumer();
         e.decision = c.cx.auth_failure.map(|o| format!("auth_failed:{}", o.label()));
     }
@@ -165,7 +168,7 @@ struct Chained {
 fn answer_response(
     answer: Answer,
     request_id: &HeaderValue,
-    mut entry: Option<Entry>,
+    mut entry: Option<Box<Entry>>,
     done: Done,
     grpc: bool,
 ) -> Response<ResponseBody> {
