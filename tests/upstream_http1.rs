@@ -343,3 +343,72 @@ async fn an_upstream_that_says_close_gets_a_new_connection_for_the_next_request(
     }
     assert_eq!(accepted.load(Ordering::SeqCst), 3);
 }
+
+/// The fields of a response as a client sees them on the wire: each `name: value` line after
+/// the status line, the request id's and Date's values blanked (they differ per response).
+fn fields_of(got: &str) -> Vec<String> {
+    let head = got.split("\r\n\r\n").next().unwrap_or_default();
+    head.split("\r\n")
+        .skip(1)
+        .map(|line| match line.split_once(": ") {
+            Some((name @ ("x-request-id" | "date"), _)) => format!("{name}: …"),
+            _ => line.to_string(),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_plain_response_reaches_the_client_with_the_same_fields_whether_or_not_a_middleware_reads_them() {
+    // Without a response hook on the route, the upstream's fields are written out as lines,
+    // never parsed into a map; with one, they go through the map. The client cannot tell.
+    let (addr, _seen, accepted) = upstream(
+        b"\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nServer: Raw/1\r\nX-Mixed-Case: Some Value\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nContent-Length: 5\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\r\nhello",
+    )
+    .await;
+    let yaml = format!(
+        "middleware:\n  touch: {{ headers: {{ response: {{ append: {{ x-touched: \"yes\" }} }} }} }}\nupstreams: {{ up: {{ targets: [{{ address: {addr} }}] }} }}\nroutes:\n  - {{ name: bare, upstream: up, match: {{ path_prefix: /bare }} }}\n  - {{ name: hooked, upstream: up, match: {{ path_prefix: /hooked }}, middleware: [touch] }}\n"
+    );
+    let gw = gateway(&yaml).await;
+    let bare = raw_request(&gw, b"GET /bare HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await;
+    let hooked = raw_request(&gw, b"GET /hooked HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await;
+    assert!(bare.starts_with("HTTP/1.1 200 OK\r\n") && bare.ends_with("\r\n\r\nhello"), "{bare}");
+    assert!(hooked.ends_with("\r\n\r\nhello"), "{hooked}");
+    let fields = fields_of(&bare);
+    let mut sorted = fields.clone();
+    sorted.sort();
+    assert_eq!(
+        sorted,
+        [
+            "connection: close",
+            "content-length: 5",
+            "date: …",
+            "server: Raw/1",
+            "set-cookie: a=1",
+            "set-cookie: b=2",
+            "via: 1.1 ferroway",
+            "x-mixed-case: Some Value",
+            "x-request-id: …",
+        ],
+        "the upstream's end-to-end fields, names in lower case, without its Connection and Keep-Alive: {bare}"
+    );
+    let a = fields.iter().position(|f| f == "set-cookie: a=1");
+    let b = fields.iter().position(|f| f == "set-cookie: b=2");
+    assert!(a < b, "repeated fields keep their order: {bare}");
+    let mut through_map = fields_of(&hooked);
+    through_map.retain(|f| f != "x-touched: yes");
+    through_map.sort();
+    assert_eq!(sorted, through_map, "the same fields through the map: {hooked}");
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "both answers came over one pooled connection");
+}
+
+#[tokio::test]
+async fn an_upstream_date_is_kept_and_one_is_added_where_it_sent_none() {
+    let (addr, _seen, _) =
+        upstream(b"\r\n\r\n", b"HTTP/1.1 200 OK\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\nContent-Length: 2\r\n\r\nok")
+            .await;
+    let gw = gateway(&single_route(addr, "", ALL)).await;
+    let got = raw_request(&gw, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await;
+    let dates: Vec<&str> = got.split("\r\n").filter(|l| l.to_ascii_lowercase().starts_with("date:")).collect();
+    assert_eq!(dates, ["date: Sun, 06 Nov 1994 08:49:37 GMT"], "{got}");
+}

@@ -48,6 +48,10 @@ impl ApiKey {
 }
 
 impl Middleware for ApiKey {
+    fn touches_response(&self) -> bool {
+        false
+    }
+
     fn request<'a>(&'a self, cx: &'a mut Cx, req: &'a mut Req<'_>) -> Step<'a> {
         if cx.preflight_answered_later() {
             return Step::Next;

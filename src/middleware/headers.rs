@@ -21,6 +21,10 @@ impl Rules {
         Rules { set: def.set.clone(), append: def.append.clone(), remove: def.remove.clone() }
     }
 
+    fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.append.is_empty() && self.remove.is_empty()
+    }
+
     /// Removals first, so `remove: [x]` with `set: {x: …}` leaves the set value.
     fn apply(&self, cx: &Cx, h: &mut HeaderMap) {
         for name in &self.remove {
@@ -82,6 +86,10 @@ impl Middleware for HeaderRules {
 
     fn response(&self, cx: &Cx, _status: StatusCode, headers: &mut HeaderMap) {
         self.response.apply(cx, headers);
+    }
+
+    fn touches_response(&self) -> bool {
+        !self.response.is_empty()
     }
 }
 

@@ -29,6 +29,10 @@ impl IpFilter {
 }
 
 impl Middleware for IpFilter {
+    fn touches_response(&self) -> bool {
+        false
+    }
+
     fn request<'a>(&'a self, cx: &'a mut Cx, _req: &'a mut Req<'_>) -> Step<'a> {
         if self.admits(cx.client_ip) {
             self.metrics.count(Outcome::Allowed);

@@ -210,6 +210,10 @@ fn reason(e: &jsonwebtoken::errors::Error) -> Outcome {
 }
 
 impl Middleware for Jwt {
+    fn touches_response(&self) -> bool {
+        false
+    }
+
     fn request<'a>(&'a self, cx: &'a mut Cx, req: &'a mut Req<'_>) -> Step<'a> {
         // Copies a client sent of the headers this middleware sets are never believed: removed
         // here when the request goes on without a verified token, replaced by `admit` when it

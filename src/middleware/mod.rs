@@ -145,6 +145,14 @@ pub trait Middleware: Send + Sync {
 
     fn response(&self, _cx: &Cx, _status: StatusCode, _headers: &mut HeaderMap) {}
 
+    /// Whether this middleware reads or changes an upstream response's fields (a response
+    /// hook, a cache). A chain of middleware that do not lets a response to an HTTP/1.1 client
+    /// keep its fields as the upstream sent them, unparsed (`upstream::h1::RawFields`). True
+    /// unless a middleware says otherwise, so one that forgets to costs speed, never fields.
+    fn touches_response(&self) -> bool {
+        true
+    }
+
     /// Whether this middleware answers CORS preflights itself (auth before it lets them by).
     fn answers_preflights(&self) -> bool {
         false
@@ -155,9 +163,15 @@ pub trait Middleware: Send + Sync {
 pub struct Chain {
     items: Vec<Arc<dyn Middleware>>,
     cors_at: Option<usize>,
+    touches_response: bool,
 }
 
 impl Chain {
+    /// Whether a middleware of the chain reads or changes upstream responses' fields.
+    pub fn touches_response(&self) -> bool {
+        self.touches_response
+    }
+
     pub fn new_cx(
         &self,
         client_ip: IpAddr,
@@ -433,6 +447,7 @@ impl Compiled {
         let items: Vec<Arc<dyn Middleware>> =
             names.iter().filter_map(|n| self.by_name.get(&n.value).cloned()).collect();
         let cors_at = items.iter().position(|m| m.answers_preflights());
-        Some(Arc::new(Chain { items, cors_at }))
+        let touches_response = items.iter().any(|m| m.touches_response());
+        Some(Arc::new(Chain { items, cors_at, touches_response }))
     }
 }

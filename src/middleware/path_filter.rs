@@ -22,6 +22,10 @@ impl PathFilter {
 }
 
 impl Middleware for PathFilter {
+    fn touches_response(&self) -> bool {
+        false
+    }
+
     fn request<'a>(&'a self, _cx: &'a mut Cx, req: &'a mut Req<'_>) -> Step<'a> {
         if self.deny.is_match(req.path) {
             self.metrics.count(Outcome::Denied);

@@ -399,6 +399,13 @@ impl ResponseBody {
         body.own().and_then(|b| b.spliceable()) == Some(n)
     }
 
+    /// The response's fields as the upstream sent them, when they were kept as lines rather
+    /// than parsed into its head's map (see `upstream::h1::RawFields`); taken once.
+    pub fn take_raw_fields(&mut self) -> Option<crate::upstream::h1::RawFields> {
+        let Source::Upstream { body, .. } = &mut self.source else { return None };
+        body.own().and_then(|b| b.take_raw_fields())
+    }
+
     /// What of the body is already in memory (read with the upstream's head), counted as sent.
     pub fn take_buffered(&mut self) -> Bytes {
         let Source::Upstream { body, .. } = &mut self.source else { return Bytes::new() };

@@ -39,6 +39,9 @@ pub struct Outgoing {
     pub headers: HeaderMap,
     pub host_from_target: bool,
     pub body: Payload,
+    /// Whether the response's fields may stay lines for the client codec to write (nothing
+    /// between here and an HTTP/1.1 client reads them).
+    pub raw_response: bool,
 }
 
 pub async fn forward(
@@ -93,11 +96,13 @@ pub async fn forward(
         // One clock reading for the start and the deadline, one for the end.
         let sent = tokio::time::Instant::now();
         let timeout = upstream.timeouts().response_header;
-        let outcome = match tokio::time::timeout_at(sent + timeout, upstream.client.request(target, req)).await {
-            Err(_elapsed) => Err(ErrorKind::UpstreamResponseTimeout),
-            Ok(Err(e)) => Err(classify(&e)),
-            Ok(Ok(resp)) => Ok(resp),
-        };
+        let outcome =
+            match tokio::time::timeout_at(sent + timeout, upstream.client.request(target, req, out.raw_response)).await
+            {
+                Err(_elapsed) => Err(ErrorKind::UpstreamResponseTimeout),
+                Ok(Err(e)) => Err(classify(&e)),
+                Ok(Ok(resp)) => Ok(resp),
+            };
         let took = sent.elapsed();
         if let Some(e) = entry.as_deref_mut() {
             e.upstream_target = Some(target.address.clone());

@@ -19,17 +19,17 @@ use super::error::ErrorKind;
 /// Whether a field name (lower case, as `HeaderName` keeps it) is hop-by-hop: Connection, the
 /// classic hop-by-hop fields, and Proxy-Connection. Matched as text, which goes by length
 /// first: comparing against a list of `HeaderName`s cost about ten instructions a name.
-fn is_hop_by_hop(name: &str) -> bool {
+pub fn is_hop_by_hop(name: &[u8]) -> bool {
     matches!(
         name,
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "te"
-            | "transfer-encoding"
-            | "upgrade"
-            | "proxy-authorization"
-            | "proxy-authenticate"
+        b"connection"
+            | b"keep-alive"
+            | b"proxy-connection"
+            | b"te"
+            | b"transfer-encoding"
+            | b"upgrade"
+            | b"proxy-authorization"
+            | b"proxy-authenticate"
     )
 }
 
@@ -90,7 +90,7 @@ impl Scan {
                 "content-type" => _ = content_type.get_or_insert(value),
                 "x-request-id" if scan.request_id.is_none() => scan.request_id = Some(value.clone()),
                 "traceparent" if scan.traceparent.is_none() => scan.traceparent = Some(value.clone()),
-                _ => scan.hop_by_hop |= is_hop_by_hop(name),
+                _ => scan.hop_by_hop |= is_hop_by_hop(name.as_bytes()),
             }
         }
         scan.declared = length.map(content_length).transpose();
@@ -109,7 +109,7 @@ pub fn content_length(v: &HeaderValue) -> Result<u64, ErrorKind> {
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
     // One scan of the names present rather than a hashed removal of each hop-by-hop name: most
     // messages carry none or one of them, and Connection-listed names need Connection.
-    let present = headers.keys().any(|k| is_hop_by_hop(k.as_str()));
+    let present = headers.keys().any(|k| is_hop_by_hop(k.as_str().as_bytes()));
     strip_hop_by_hop_present(headers, present)
 }
 
@@ -135,7 +135,7 @@ pub fn strip_hop_by_hop_present(headers: &mut HeaderMap, present: bool) -> bool 
             }
         }
     }
-    while let Some(name) = headers.keys().find(|k| is_hop_by_hop(k.as_str())).cloned() {
+    while let Some(name) = headers.keys().find(|k| is_hop_by_hop(k.as_str().as_bytes())).cloned() {
         headers.remove(name);
     }
     te_trailers

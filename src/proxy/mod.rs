@@ -315,6 +315,10 @@ async fn route_and_forward(
         headers: parts.headers,
         host_from_target: route.host_header == HostHeader::Upstream,
         body: payload,
+        // `handle` reads no fields of the response but Upgrade (of a 101, which keeps its map);
+        // the HTTP/2 codec and response hooks need a map.
+        raw_response: matches!(client_version, http::Version::HTTP_10 | http::Version::HTTP_11)
+            && chained.as_ref().is_none_or(|c| !c.chain.touches_response()),
     };
     let (mut resp, in_flight) =
         forward::forward(upstream, out, ctx.peer.addr.ip(), &path, ctx.entry, ctx.request_id).await?;

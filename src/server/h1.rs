@@ -626,10 +626,14 @@ async fn write_response(
     let status = parts.status;
     let mut headers = parts.headers;
     let bodiless_status = status.is_informational() || status == StatusCode::NO_CONTENT;
+    // A plain upstream response's fields, kept as the lines to write (whether they hold a Date
+    // noted with them, their length the body's exact size); the map then holds only what the
+    // proxy added.
+    let raw = body.take_raw_fields();
     // The first Content-Length, and whether there is a Date, in one walk over the fields
     // rather than two hashed lookups.
-    let mut length = None;
-    let mut has_date = false;
+    let mut length = raw.as_ref().and_then(|_| body.size_hint().exact()).map(Ok);
+    let mut has_date = raw.as_ref().is_some_and(|r| r.has_date);
     for (name, value) in &headers {
         if *name == header::CONTENT_LENGTH {
             length.get_or_insert_with(|| content_length(value));
@@ -669,8 +673,14 @@ async fn write_response(
 
     let mut buf = Vec::with_capacity(512);
     status_line(&mut buf, status);
+    if let Some(r) = &raw {
+        buf.extend_from_slice(&r.lines);
+    }
     for (name, value) in &headers {
-        if name != header::CONNECTION || status == StatusCode::SWITCHING_PROTOCOLS {
+        // Framing is the lines' own when there are lines.
+        if (name != header::CONNECTION || status == StatusCode::SWITCHING_PROTOCOLS)
+            && !(raw.is_some() && name == header::CONTENT_LENGTH)
+        {
             put_field(&mut buf, name, value);
         }
     }

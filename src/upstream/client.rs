@@ -90,15 +90,17 @@ impl UpstreamClient {
     }
 
     /// Sends `req` to `target` (whose authority the request's URI also carries) and waits for
-    /// the response head.
+    /// the response head. With `raw`, the own HTTP/1.1 client may keep a plain response's
+    /// fields as lines in its body ([`super::h1::RawFields`]) for the caller to write out.
     pub async fn request(
         &self,
         target: &Target,
         req: Request<RequestBody>,
+        raw: bool,
     ) -> Result<Response<UpstreamBody>, SendError> {
         let hyper = match self {
             UpstreamClient::H1(c) => {
-                return c.send(target, req).await.map(|r| r.map(UpstreamBody::H1)).map_err(SendError::Gateway);
+                return c.send(target, req, raw).await.map(|r| r.map(UpstreamBody::H1)).map_err(SendError::Gateway);
             }
             UpstreamClient::Plain(c) => c.request(req),
             UpstreamClient::Tls(c) => c.request(req),

@@ -28,7 +28,7 @@ use super::Target;
 use crate::http1::{BodyError, ConnectionTokens, Decode, Framing, Seen, parsed_value, put_field};
 use crate::proxy::body::{RequestBody, RequestBodyError};
 use crate::proxy::error::ErrorKind;
-use crate::proxy::headers::list_items;
+use crate::proxy::headers::{is_hop_by_hop, list_items};
 
 /// A response head longer than this is a bad response (hyper's client allowed more, but no
 /// sane upstream sends 64 KiB of header fields).
@@ -153,7 +153,15 @@ impl Client {
     /// (the upstream closed it as the request left: the keep-alive race) is given up and the
     /// request sent once more on a new connection, when its method is idempotent and its body
     /// can be sent again.
-    pub async fn send(&self, target: &Target, req: Request<RequestBody>) -> Result<Response<Body>, ErrorKind> {
+    ///
+    /// With `raw`, a plain response keeps its fields as lines (see [`RawFields`]), which the
+    /// caller takes from the body and writes out itself.
+    pub async fn send(
+        &self,
+        target: &Target,
+        req: Request<RequestBody>,
+        raw: bool,
+    ) -> Result<Response<Body>, ErrorKind> {
         let (parts, body) = req.into_parts();
         let head_request = parts.method == Method::HEAD;
         let (mut head, framing) = encode_head(&parts, &body, target);
@@ -177,7 +185,7 @@ impl Client {
                 }
             };
             let mut ex = Exchange::new(conn, std::mem::take(&mut head), b, framing);
-            let polled = poll_fn(|cx| ex.poll_head(cx, head_request)).await;
+            let polled = poll_fn(|cx| ex.poll_head(cx, head_request, raw)).await;
             match polled {
                 Ok(resp) => return Ok(ex.into_response(resp, target)),
                 Err(ErrorKind::UpstreamReset) if reused && !ex.received && again.is_some() => {
@@ -342,6 +350,25 @@ struct Head {
     parts: http::response::Parts,
     framing: Framing,
     keep_alive: bool,
+    /// The end-to-end fields as lines, when they were kept as such (`parts` then holds none).
+    raw: Option<RawFields>,
+}
+
+/// A response's end-to-end fields as HTTP/1.1 lines (`name: value` CRLF each, names in lower
+/// case), ready to be written to an HTTP/1.1 client as they are.
+///
+/// A response no part of the gateway reads the fields of (no middleware with a response hook,
+/// no cache, an HTTP/1.1 client) goes out with the fields its upstream sent; building a
+/// `HeaderMap` of them (a hashed insert and a name lookup each) and writing them out of it
+/// again was a tenth of the instructions of a small proxied request (callgrind). Only a plain
+/// response is kept so: a final status with a body, framed by one valid Content-Length, no
+/// hop-by-hop field but a Connection that lists no names (it and Keep-Alive are dropped).
+/// Anything else goes into the map. The body's length is the one Content-Length
+/// line's (and the body's exact size hint until it is read from).
+pub struct RawFields {
+    pub lines: Vec<u8>,
+    /// Whether `lines` holds a Date.
+    pub has_date: bool,
 }
 
 impl Exchange {
@@ -453,7 +480,7 @@ impl Exchange {
 
     /// Sends the request while reading the response head (an upstream may read the whole body
     /// before it answers, or answer before it has read it); informational heads are skipped.
-    fn poll_head(&mut self, cx: &mut Context<'_>, head_request: bool) -> Poll<Result<Head, ErrorKind>> {
+    fn poll_head(&mut self, cx: &mut Context<'_>, head_request: bool, raw: bool) -> Poll<Result<Head, ErrorKind>> {
         loop {
             if matches!(self.send, Send::Writing(_) | Send::Head(_))
                 && let Poll::Ready(Err(SendFailed::Body(e))) = self.poll_send(cx)
@@ -461,7 +488,7 @@ impl Exchange {
                 return Poll::Ready(Err(e.kind()));
             }
             while !self.buf.is_empty() {
-                match parse_head(&mut self.buf, head_request)? {
+                match parse_head(&mut self.buf, head_request, raw)? {
                     // RFC 9110 §15.2: 1xx answers before the final one are not forwarded
                     // (101 is final: it ends HTTP on this connection).
                     Some(head)
@@ -484,7 +511,7 @@ impl Exchange {
     }
 
     fn into_response(self, head: Head, target: &Target) -> Response<Body> {
-        let Head { parts, framing, keep_alive } = head;
+        let Head { parts, framing, keep_alive, raw } = head;
         if parts.status == StatusCode::SWITCHING_PROTOCOLS {
             // The connection now belongs to the tunnel, with what the upstream sent after the
             // 101 (the new protocol's first bytes).
@@ -500,6 +527,8 @@ impl Exchange {
             read_size: MIN_READ,
             exchange: Some(self),
             home: Some(target.idle.clone()),
+            raw_date: raw.as_ref().is_some_and(|r| r.has_date),
+            raw: raw.map(|r| r.lines),
         };
         body.finish_if_done();
         Response::from_parts(parts, body)
@@ -507,7 +536,8 @@ impl Exchange {
 }
 
 /// Parses a complete response head off the front of `buf`; `None` while it is incomplete.
-fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, ErrorKind> {
+/// With `raw`, a plain response's fields are kept as lines rather than in a map.
+fn parse_head(buf: &mut BytesMut, head_request: bool, raw: bool) -> Result<Option<Head>, ErrorKind> {
     let bad = ErrorKind::UpstreamBadResponse;
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Response::new(&mut slots);
@@ -526,6 +556,24 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Er
         persistence.read(h.value);
     }
     let drop_connection = !persistence.lists_names && status != StatusCode::SWITCHING_PROTOCOLS;
+    let persistent = match version {
+        Version::HTTP_10 => persistence.keep_alive,
+        _ => !persistence.close,
+    };
+    if raw
+        && drop_connection
+        && !head_request
+        && let Some(fields) = raw_fields(parsed.headers, status)
+    {
+        buf.advance(len);
+        let mut parts = Response::new(()).into_parts().0;
+        parts.status = status;
+        parts.version = version;
+        // Room for what the proxy adds (via, request id).
+        parts.headers = HeaderMap::with_capacity(4);
+        let (fields, length) = fields;
+        return Ok(Some(Head { parts, framing: Framing::Length(length), keep_alive: persistent, raw: Some(fields) }));
+    }
     // Where each value sits in the buffer, so the frozen head can be sliced without copies.
     let base = buf.as_ptr() as usize;
     let mut fields: Vec<(HeaderName, std::ops::Range<usize>)> = Vec::with_capacity(parsed.headers.len());
@@ -553,17 +601,60 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Er
     if both {
         headers.remove(header::CONTENT_LENGTH);
     }
-    let persistent = match version {
-        Version::HTTP_10 => persistence.keep_alive,
-        _ => !persistence.close,
-    };
     let keep_alive = persistent && !both && framing != Framing::UntilClose;
 
     let mut parts = Response::new(()).into_parts().0;
     parts.status = status;
     parts.version = version;
     parts.headers = headers;
-    Ok(Some(Head { parts, framing, keep_alive }))
+    Ok(Some(Head { parts, framing, keep_alive, raw: None }))
+}
+
+/// A plain response's fields as lines (see [`RawFields`]) and its body's length, or `None`
+/// when the response is not plain and goes into a map instead. Connection and Keep-Alive are
+/// left out: the caller has made sure Connection lists no names.
+fn raw_fields(fields: &[httparse::Header<'_>], status: StatusCode) -> Option<(RawFields, u64)> {
+    if status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        return None;
+    }
+    let size: usize = fields.iter().map(|h| h.name.len() + h.value.len() + 4).sum();
+    let mut lines = Vec::with_capacity(size);
+    let mut length = None;
+    let mut has_date = false;
+    for h in fields {
+        let start = lines.len();
+        lines.extend_from_slice(h.name.as_bytes());
+        lines[start..].make_ascii_lowercase();
+        match &lines[start..] {
+            b"connection" | b"keep-alive" => {
+                lines.truncate(start);
+                continue;
+            }
+            b"content-length" if length.is_none() => length = Some(decimal(h.value)?),
+            // A second length, even an equal one, goes the way of the map, which merges them.
+            b"content-length" => return None,
+            b"date" => has_date = true,
+            name if is_hop_by_hop(name) => return None,
+            _ => {}
+        }
+        lines.extend_from_slice(b": ");
+        lines.extend_from_slice(h.value);
+        lines.extend_from_slice(b"\r\n");
+    }
+    Some((RawFields { lines, has_date }, length?))
+}
+
+/// A Content-Length value: ASCII digits only, no sign, no space, within `u64`.
+fn decimal(v: &[u8]) -> Option<u64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.iter().try_fold(
+        0u64,
+        |n, &b| {
+            if b.is_ascii_digit() { n.checked_mul(10)?.checked_add(u64::from(b - b'0')) } else { None }
+        },
+    )
 }
 
 /// RFC 9112 §6.3: how a response's body is delimited, in the order the section gives.
@@ -618,12 +709,30 @@ pub struct Body {
     read_size: usize,
     exchange: Option<Exchange>,
     home: Option<Arc<IdleConns>>,
+    /// The response's fields, when they were kept as lines, and whether they hold a Date (apart:
+    /// the flag packs beside `keep_alive`, and a body is moved several times on its way out).
+    raw: Option<Vec<u8>>,
+    raw_date: bool,
 }
 
 impl Body {
     /// A body with nothing in it (and no connection).
     fn done() -> Self {
-        Body { decode: Decode::Done, keep_alive: false, read_size: 0, exchange: None, home: None }
+        Body {
+            decode: Decode::Done,
+            keep_alive: false,
+            read_size: 0,
+            exchange: None,
+            home: None,
+            raw: None,
+            raw_date: false,
+        }
+    }
+
+    /// The response's fields as lines, when the client asked for them so and the response was
+    /// plain; its head's `HeaderMap` then holds none of them.
+    pub fn take_raw_fields(&mut self) -> Option<RawFields> {
+        self.raw.take().map(|lines| RawFields { lines, has_date: self.raw_date })
     }
 
     /// Once the body has ended: the connection back to its pool when it can carry another
@@ -776,8 +885,61 @@ mod tests {
 
     use super::*;
 
-    fn head(raw: &str, head_request: bool) -> Result<Option<Head>, ErrorKind> {
-        parse_head(&mut BytesMut::from(raw), head_request)
+    fn head(text: &str, head_request: bool) -> Result<Option<Head>, ErrorKind> {
+        parse_head(&mut BytesMut::from(text), head_request, false)
+    }
+
+    /// The lines a head keeps when its fields may stay lines; `None` when they went to the map
+    /// (which may find the head bad).
+    fn lines(text: &str, head_request: bool) -> Option<String> {
+        let mut buf = BytesMut::from(text);
+        let h = match parse_head(&mut buf, head_request, true) {
+            Ok(Some(h)) => h,
+            Ok(None) => panic!("incomplete: {text}"),
+            Err(_) => return None,
+        };
+        let raw = h.raw?;
+        assert!(h.parts.headers.is_empty(), "kept as lines and in the map");
+        assert!(matches!(h.framing, Framing::Length(_)), "a plain body has a length");
+        Some(String::from_utf8(raw.lines).expect("ascii"))
+    }
+
+    #[test]
+    fn a_plain_response_keeps_its_end_to_end_fields_as_lines() {
+        let got = lines(
+            "HTTP/1.1 200 OK\r\nServer: X\r\nDATE: d\r\nContent-Length: 2\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\r\nhi",
+            false,
+        );
+        assert_eq!(got.as_deref(), Some("server: X\r\ndate: d\r\ncontent-length: 2\r\n"));
+        let mut buf = BytesMut::from("HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nConnection: close\r\n\r\nnext");
+        let Ok(Some(h)) = parse_head(&mut buf, false, true) else { panic!("not parsed") };
+        assert_eq!(&buf[..], b"next", "the head is taken off the buffer, the rest left");
+        let raw = h.raw.expect("plain");
+        assert!(!h.keep_alive && !raw.has_date && h.framing == Framing::Length(0));
+    }
+
+    #[test]
+    fn a_response_that_is_not_plain_goes_to_the_map() {
+        for text in [
+            // framed otherwise, or not framed by one valid length
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: +2\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999999\r\n\r\n",
+            // hop-by-hop fields to remove, or a Connection that names some
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: x-private\r\nX-Private: 1\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nProxy-Authenticate: Basic\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nupgrade: h2c\r\n\r\n",
+            // statuses without a body, and 101
+            "HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n",
+            "HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
+            "HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+        ] {
+            assert_eq!(lines(text, false), None, "{text}");
+        }
+        // A HEAD's length is not its body's.
+        assert_eq!(lines("HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", true), None);
     }
 
     #[test]
@@ -853,7 +1015,7 @@ mod tests {
     #[test]
     fn a_head_leaves_the_bytes_after_it_in_the_buffer() {
         let mut buf = BytesMut::from("HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-a: 1\r\n\r\nhi");
-        let Ok(Some(h)) = parse_head(&mut buf, false) else { panic!("not parsed") };
+        let Ok(Some(h)) = parse_head(&mut buf, false, false) else { panic!("not parsed") };
         assert_eq!(&buf[..], b"hi");
         assert_eq!(h.parts.headers.get("x-a").map(HeaderValue::as_bytes), Some(&b"1"[..]));
     }
