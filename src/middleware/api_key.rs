@@ -8,7 +8,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::{Answer, Cx, Middleware, MiddlewareMetrics, Outcome, Req, Step};
+use super::{Answer, Cx, Middleware, MiddlewareMetrics, Outcome, Req, ResponseFields, Step};
 use crate::config::ApiKeyDef;
 use crate::proxy::error::ErrorKind;
 
@@ -48,8 +48,8 @@ impl ApiKey {
 }
 
 impl Middleware for ApiKey {
-    fn touches_response(&self) -> bool {
-        false
+    fn response_fields(&self) -> ResponseFields {
+        ResponseFields::Appends
     }
 
     fn request<'a>(&'a self, cx: &'a mut Cx, req: &'a mut Req<'_>) -> Step<'a> {

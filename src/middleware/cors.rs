@@ -6,7 +6,7 @@
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, StatusCode};
 
-use super::{Answer, Cx, Middleware, Req, Step};
+use super::{Answer, Cx, Middleware, Req, ResponseFields, Step};
 use crate::config::{CorsDef, OriginPattern};
 
 pub struct Cors {
@@ -54,12 +54,20 @@ impl Cors {
             return true;
         }
         let Ok(origin) = origin.to_str() else { return false };
-        let origin = origin.to_ascii_lowercase();
+        // Compared without case rather than lower-cased into a new string: the patterns are
+        // lower-case, and this runs on every request that has an Origin.
+        let ends_with = |s: &str, suffix: &str| {
+            s.len() >= suffix.len() && s.as_bytes()[s.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
+        };
         self.origins.iter().any(|p| match p {
             OriginPattern::Any => true,
-            OriginPattern::Exact(o) => *o == origin,
+            OriginPattern::Exact(o) => o.eq_ignore_ascii_case(origin),
             OriginPattern::Subdomains { scheme, suffix, port } => {
-                let Some(rest) = origin.strip_prefix(scheme.as_str()).and_then(|r| r.strip_prefix("://")) else {
+                let Some(rest) = origin
+                    .get(..scheme.len())
+                    .filter(|s| s.eq_ignore_ascii_case(scheme))
+                    .and_then(|_| origin[scheme.len()..].strip_prefix("://"))
+                else {
                     return false;
                 };
                 let (host, host_port) = match rest.rsplit_once(':') {
@@ -70,7 +78,7 @@ impl Cors {
                 // do not, and nothing after the host but the configured port is accepted.
                 host_port == port
                     && host.len() > suffix.len()
-                    && host.ends_with(suffix.as_str())
+                    && ends_with(host, suffix)
                     && host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
                     && !host.starts_with('.')
                     && !host.contains("..")
@@ -84,6 +92,19 @@ impl Cors {
 }
 
 impl Middleware for Cors {
+    /// Its Access-Control fields are inserted, over any the upstream sent; Vary is appended.
+    fn response_fields(&self) -> ResponseFields {
+        let touched = vec![
+            header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            header::ACCESS_CONTROL_MAX_AGE,
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        ];
+        ResponseFields::Names { touched, replaced: Vec::new() }
+    }
+
     fn request<'a>(&'a self, cx: &'a mut Cx, req: &'a mut Req<'_>) -> Step<'a> {
         cx.origin = req.headers.get(header::ORIGIN).filter(|o| self.allows(o)).cloned();
         if cx.preflight {
@@ -153,6 +174,7 @@ mod tests {
         assert!(ok("https://a.example.org"));
         assert!(ok("https://a.b.example.org"));
         assert!(ok("https://A.Example.org"));
+        assert!(ok("HTTPS://A.EXAMPLE.ORG"), "scheme and host compare without case");
         assert!(!ok("https://example.org"));
         assert!(!ok("https://evilexample.org"));
         assert!(!ok("https://a.example.org.evil.com"));
@@ -160,6 +182,16 @@ mod tests {
         assert!(!ok("https://a.example.org:8443"));
         assert!(!ok("https://.example.org"));
         assert!(!ok("null"));
+    }
+
+    #[test]
+    fn exact_origins_compare_without_case() {
+        let c = cors(&[OriginPattern::Exact("https://app.example.com".into())], false);
+        let ok = |o: &str| c.allows(&HeaderValue::from_str(o).expect("test origin"));
+        assert!(ok("https://app.example.com"));
+        assert!(ok("https://App.Example.COM"));
+        assert!(!ok("https://app.example.com.evil"));
+        assert!(!ok("https://app.example.co"));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
-use super::{Cx, Middleware, Req, Step};
+use super::{Cx, Middleware, Req, ResponseFields, Step};
 use crate::config::{self, HeaderRulesDef, SecurityHeadersDef, Template, TemplatePart};
 
 struct Rules {
@@ -19,10 +19,6 @@ struct Rules {
 impl Rules {
     fn new(def: &config::HeaderRules) -> Rules {
         Rules { set: def.set.clone(), append: def.append.clone(), remove: def.remove.clone() }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.set.is_empty() && self.append.is_empty() && self.remove.is_empty()
     }
 
     /// Removals first, so `remove: [x]` with `set: {x: …}` leaves the set value.
@@ -88,8 +84,15 @@ impl Middleware for HeaderRules {
         self.response.apply(cx, headers);
     }
 
-    fn touches_response(&self) -> bool {
-        !self.response.is_empty()
+    /// Removals and sets replace whatever the upstream sent (a value that cannot be rendered
+    /// removes it); appends follow it.
+    fn response_fields(&self) -> ResponseFields {
+        let r = &self.response;
+        if r.remove.is_empty() && r.set.is_empty() {
+            return ResponseFields::Appends;
+        }
+        let replaced = r.remove.iter().chain(r.set.iter().map(|(n, _)| n)).cloned().collect();
+        ResponseFields::Names { touched: Vec::new(), replaced }
     }
 }
 
@@ -115,5 +118,9 @@ impl Middleware for SecurityHeaders {
                 h.insert(name.clone(), value.clone());
             }
         }
+    }
+
+    fn response_fields(&self) -> ResponseFields {
+        ResponseFields::Names { touched: self.headers.iter().map(|(n, _)| n.clone()).collect(), replaced: Vec::new() }
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use http::HeaderMap;
 use ipnet::IpNet;
 
-use super::{Answer, Cx, Middleware, MiddlewareMetrics, Outcome, Req, Step};
+use super::{Answer, Cx, Middleware, MiddlewareMetrics, Outcome, Req, ResponseFields, Step};
 use crate::config::IpFilterDef;
 use crate::proxy::error::ErrorKind;
 
@@ -29,8 +29,8 @@ impl IpFilter {
 }
 
 impl Middleware for IpFilter {
-    fn touches_response(&self) -> bool {
-        false
+    fn response_fields(&self) -> ResponseFields {
+        ResponseFields::Appends
     }
 
     fn request<'a>(&'a self, cx: &'a mut Cx, _req: &'a mut Req<'_>) -> Step<'a> {

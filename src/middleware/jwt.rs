@@ -25,7 +25,7 @@ use jsonwebtoken::{DecodingKey, Validation};
 use tokio::sync::{Notify, watch};
 
 use super::prehashed::{PrehashedMap, shard_of};
-use super::{Answer, Claims, Cx, Middleware, MiddlewareMetrics, Outcome, Req, Step};
+use super::{Answer, Claims, Cx, Middleware, MiddlewareMetrics, Outcome, Req, ResponseFields, Step};
 use crate::config::{JwtDef, TokenSource};
 use crate::proxy::error::ErrorKind;
 
@@ -210,8 +210,8 @@ fn reason(e: &jsonwebtoken::errors::Error) -> Outcome {
 }
 
 impl Middleware for Jwt {
-    fn touches_response(&self) -> bool {
-        false
+    fn response_fields(&self) -> ResponseFields {
+        ResponseFields::Appends
     }
 
     fn request<'a>(&'a self, cx: &'a mut Cx, req: &'a mut Req<'_>) -> Step<'a> {

@@ -28,10 +28,11 @@ use std::sync::{Arc, Mutex, Weak};
 
 use bytes::Bytes;
 
-use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 
 use crate::config::{Config, MiddlewareDef, MiddlewareKind};
 use crate::proxy::error::ErrorKind;
+use crate::upstream::h1::FieldPolicy;
 
 /// Claims of a verified JWT.
 pub type Claims = serde_json::Map<String, serde_json::Value>;
@@ -145,12 +146,13 @@ pub trait Middleware: Send + Sync {
 
     fn response(&self, _cx: &Cx, _status: StatusCode, _headers: &mut HeaderMap) {}
 
-    /// Whether this middleware reads or changes an upstream response's fields (a response
-    /// hook, a cache). A chain of middleware that do not lets a response to an HTTP/1.1 client
-    /// keep its fields as the upstream sent them, unparsed (`upstream::h1::RawFields`). True
-    /// unless a middleware says otherwise, so one that forgets to costs speed, never fields.
-    fn touches_response(&self) -> bool {
-        true
+    /// Which of an upstream response's fields this middleware reads or changes (in its
+    /// response hook, or as a cache). A chain that names them lets a response to an HTTP/1.1
+    /// client keep the other fields as its upstream sent them, unparsed
+    /// (`upstream::h1::RawFields`). `Any` unless a middleware says otherwise, so one that
+    /// forgets to costs speed, never fields.
+    fn response_fields(&self) -> ResponseFields {
+        ResponseFields::Any
     }
 
     /// Whether this middleware answers CORS preflights itself (auth before it lets them by).
@@ -159,17 +161,30 @@ pub trait Middleware: Send + Sync {
     }
 }
 
+/// What a middleware's response side does with an upstream response's fields.
+pub enum ResponseFields {
+    /// Nothing, or only appends fields: an appended field follows the upstream's either way.
+    Appends,
+    /// Sets or reads the `touched` names only when the upstream sent none of them (its hook
+    /// would see them missing either way), and replaces or removes the `replaced` names
+    /// whatever it sent; appends otherwise.
+    Names { touched: Vec<HeaderName>, replaced: Vec<HeaderName> },
+    /// Reads any field (compression, a cache).
+    Any,
+}
+
 /// A route's compiled chain.
 pub struct Chain {
     items: Vec<Arc<dyn Middleware>>,
     cors_at: Option<usize>,
-    touches_response: bool,
+    /// The fields the chain's response hooks use, when they name them.
+    fields: Option<FieldPolicy>,
 }
 
 impl Chain {
-    /// Whether a middleware of the chain reads or changes upstream responses' fields.
-    pub fn touches_response(&self) -> bool {
-        self.touches_response
+    /// The fields the chain's response hooks read or change, or `None` when any.
+    pub fn response_fields(&self) -> Option<&FieldPolicy> {
+        self.fields.as_ref()
     }
 
     pub fn new_cx(
@@ -447,7 +462,21 @@ impl Compiled {
         let items: Vec<Arc<dyn Middleware>> =
             names.iter().filter_map(|n| self.by_name.get(&n.value).cloned()).collect();
         let cors_at = items.iter().position(|m| m.answers_preflights());
-        let touches_response = items.iter().any(|m| m.touches_response());
-        Some(Arc::new(Chain { items, cors_at, touches_response }))
+        let fields = field_policy(&items);
+        Some(Arc::new(Chain { items, cors_at, fields }))
     }
+}
+
+/// The chain's use of response fields as one policy; `None` when a middleware reads any.
+fn field_policy(items: &[Arc<dyn Middleware>]) -> Option<FieldPolicy> {
+    // A hook adds a field or two (CORS up to four); the proxy adds Via and the request id.
+    let mut policy = FieldPolicy::new(4 + 2 * items.len());
+    for m in items {
+        match m.response_fields() {
+            ResponseFields::Appends => {}
+            ResponseFields::Names { touched, replaced } => policy.add(&touched, &replaced),
+            ResponseFields::Any => return None,
+        }
+    }
+    Some(policy)
 }

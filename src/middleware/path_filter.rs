@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use super::{Answer, Cx, Middleware, MiddlewareMetrics, Outcome, Req, Step};
+use super::{Answer, Cx, Middleware, MiddlewareMetrics, Outcome, Req, ResponseFields, Step};
 use crate::config::PathFilterDef;
 use crate::proxy::error::ErrorKind;
 
@@ -22,8 +22,8 @@ impl PathFilter {
 }
 
 impl Middleware for PathFilter {
-    fn touches_response(&self) -> bool {
-        false
+    fn response_fields(&self) -> ResponseFields {
+        ResponseFields::Appends
     }
 
     fn request<'a>(&'a self, _cx: &'a mut Cx, req: &'a mut Req<'_>) -> Step<'a> {

@@ -20,6 +20,7 @@ use crate::config::RetryOn;
 use crate::observe::access_log::Entry;
 use crate::upstream::balance::InFlight;
 use crate::upstream::client::{SendError, UpstreamBody};
+use crate::upstream::h1::FieldPolicy;
 use crate::upstream::retry::{self, Cause};
 use crate::upstream::{PickInput, Upstream};
 
@@ -33,20 +34,20 @@ pub enum Payload {
 
 /// A request ready to go upstream, bar what depends on the target (authority, and Host when
 /// the route says `host_header: upstream`).
-pub struct Outgoing {
+pub struct Outgoing<'a> {
     pub method: Method,
     pub path_and_query: PathAndQuery,
     pub headers: HeaderMap,
     pub host_from_target: bool,
     pub body: Payload,
-    /// Whether the response's fields may stay lines for the client codec to write (nothing
-    /// between here and an HTTP/1.1 client reads them).
-    pub raw_response: bool,
+    /// Whether the response's fields may stay lines for the client codec to write, and which
+    /// of them the route's response hooks use (see `upstream::h1::FieldPolicy`).
+    pub raw_response: Option<&'a FieldPolicy>,
 }
 
 pub async fn forward(
     upstream: &Upstream,
-    mut out: Outgoing,
+    mut out: Outgoing<'_>,
     client_ip: std::net::IpAddr,
     path: &str,
     mut entry: Option<&mut Entry>,

@@ -316,9 +316,12 @@ async fn route_and_forward(
         host_from_target: route.host_header == HostHeader::Upstream,
         body: payload,
         // `handle` reads no fields of the response but Upgrade (of a 101, which keeps its map);
-        // the HTTP/2 codec and response hooks need a map.
-        raw_response: matches!(client_version, http::Version::HTTP_10 | http::Version::HTTP_11)
-            && chained.as_ref().is_none_or(|c| !c.chain.touches_response()),
+        // the HTTP/2 codec needs a map, response hooks the fields they name.
+        raw_response: match chained.as_ref() {
+            _ if !matches!(client_version, http::Version::HTTP_10 | http::Version::HTTP_11) => None,
+            None => Some(&crate::upstream::h1::NO_FIELDS),
+            Some(c) => c.chain.response_fields(),
+        },
     };
     let (mut resp, in_flight) =
         forward::forward(upstream, out, ctx.peer.addr.ip(), &path, ctx.entry, ctx.request_id).await?;

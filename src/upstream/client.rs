@@ -90,13 +90,14 @@ impl UpstreamClient {
     }
 
     /// Sends `req` to `target` (whose authority the request's URI also carries) and waits for
-    /// the response head. With `raw`, the own HTTP/1.1 client may keep a plain response's
-    /// fields as lines in its body ([`super::h1::RawFields`]) for the caller to write out.
+    /// the response head. With a `raw` policy, the own HTTP/1.1 client may keep a plain
+    /// response's fields as lines in its body ([`super::h1::RawFields`]) for the caller to
+    /// write out.
     pub async fn request(
         &self,
         target: &Target,
         req: Request<RequestBody>,
-        raw: bool,
+        raw: Option<&super::h1::FieldPolicy>,
     ) -> Result<Response<UpstreamBody>, SendError> {
         let hyper = match self {
             UpstreamClient::H1(c) => {

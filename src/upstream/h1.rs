@@ -154,13 +154,13 @@ impl Client {
     /// request sent once more on a new connection, when its method is idempotent and its body
     /// can be sent again.
     ///
-    /// With `raw`, a plain response keeps its fields as lines (see [`RawFields`]), which the
-    /// caller takes from the body and writes out itself.
+    /// With a `raw` policy, a plain response keeps its fields as lines (see [`RawFields`]),
+    /// which the caller takes from the body and writes out itself.
     pub async fn send(
         &self,
         target: &Target,
         req: Request<RequestBody>,
-        raw: bool,
+        raw: Option<&FieldPolicy>,
     ) -> Result<Response<Body>, ErrorKind> {
         let (parts, body) = req.into_parts();
         let head_request = parts.method == Method::HEAD;
@@ -371,6 +371,40 @@ pub struct RawFields {
     pub has_date: bool,
 }
 
+/// Which of a response's fields its consumers (the route's response hooks) use, so that the
+/// rest may stay lines: a response with a `touched` field goes into a map; a `replaced` field
+/// is left out of the lines (a hook replaces or removes it whatever the upstream sent).
+pub struct FieldPolicy {
+    /// The names as bytes: checked against every line, and `HeaderName::as_str` of a
+    /// standard name is a table lookup each time.
+    touched: Vec<Box<[u8]>>,
+    replaced: Vec<Box<[u8]>>,
+    /// How many fields the proxy and the hooks may add to the (then empty) map: its first
+    /// capacity, so that it is allocated once rather than grown while the hooks run.
+    pub room: usize,
+}
+
+/// The policy of a response nothing reads the fields of: the proxy adds Via and the request
+/// id.
+pub static NO_FIELDS: FieldPolicy = FieldPolicy { touched: Vec::new(), replaced: Vec::new(), room: 4 };
+
+impl FieldPolicy {
+    pub fn new(room: usize) -> Self {
+        FieldPolicy { touched: Vec::new(), replaced: Vec::new(), room }
+    }
+
+    /// Adds the names a hook reads or sets, and those it replaces whatever the upstream sent.
+    pub fn add(&mut self, touched: &[HeaderName], replaced: &[HeaderName]) {
+        let bytes = |n: &HeaderName| Box::from(n.as_str().as_bytes());
+        self.touched.extend(touched.iter().map(bytes));
+        self.replaced.extend(replaced.iter().map(bytes));
+    }
+
+    fn names(list: &[Box<[u8]>], name: &[u8]) -> bool {
+        list.iter().any(|n| **n == *name)
+    }
+}
+
 impl Exchange {
     fn new(conn: Conn, head: Vec<u8>, body: RequestBody, framing: Sending) -> Self {
         let left = match framing {
@@ -480,7 +514,12 @@ impl Exchange {
 
     /// Sends the request while reading the response head (an upstream may read the whole body
     /// before it answers, or answer before it has read it); informational heads are skipped.
-    fn poll_head(&mut self, cx: &mut Context<'_>, head_request: bool, raw: bool) -> Poll<Result<Head, ErrorKind>> {
+    fn poll_head(
+        &mut self,
+        cx: &mut Context<'_>,
+        head_request: bool,
+        raw: Option<&FieldPolicy>,
+    ) -> Poll<Result<Head, ErrorKind>> {
         loop {
             if matches!(self.send, Send::Writing(_) | Send::Head(_))
                 && let Poll::Ready(Err(SendFailed::Body(e))) = self.poll_send(cx)
@@ -536,8 +575,8 @@ impl Exchange {
 }
 
 /// Parses a complete response head off the front of `buf`; `None` while it is incomplete.
-/// With `raw`, a plain response's fields are kept as lines rather than in a map.
-fn parse_head(buf: &mut BytesMut, head_request: bool, raw: bool) -> Result<Option<Head>, ErrorKind> {
+/// With a `raw` policy, a plain response's fields are kept as lines rather than in a map.
+fn parse_head(buf: &mut BytesMut, head_request: bool, raw: Option<&FieldPolicy>) -> Result<Option<Head>, ErrorKind> {
     let bad = ErrorKind::UpstreamBadResponse;
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Response::new(&mut slots);
@@ -560,17 +599,16 @@ fn parse_head(buf: &mut BytesMut, head_request: bool, raw: bool) -> Result<Optio
         Version::HTTP_10 => persistence.keep_alive,
         _ => !persistence.close,
     };
-    if raw
+    if let Some(policy) = raw
         && drop_connection
         && !head_request
-        && let Some(fields) = raw_fields(parsed.headers, status)
+        && let Some(fields) = raw_fields(parsed.headers, status, policy)
     {
         buf.advance(len);
         let mut parts = Response::new(()).into_parts().0;
         parts.status = status;
         parts.version = version;
-        // Room for what the proxy adds (via, request id).
-        parts.headers = HeaderMap::with_capacity(4);
+        parts.headers = HeaderMap::with_capacity(policy.room);
         let (fields, length) = fields;
         return Ok(Some(Head { parts, framing: Framing::Length(length), keep_alive: persistent, raw: Some(fields) }));
     }
@@ -612,8 +650,9 @@ fn parse_head(buf: &mut BytesMut, head_request: bool, raw: bool) -> Result<Optio
 
 /// A plain response's fields as lines (see [`RawFields`]) and its body's length, or `None`
 /// when the response is not plain and goes into a map instead. Connection and Keep-Alive are
-/// left out: the caller has made sure Connection lists no names.
-fn raw_fields(fields: &[httparse::Header<'_>], status: StatusCode) -> Option<(RawFields, u64)> {
+/// left out (the caller has made sure Connection lists no names), and so are the names the
+/// policy says are replaced.
+fn raw_fields(fields: &[httparse::Header<'_>], status: StatusCode, policy: &FieldPolicy) -> Option<(RawFields, u64)> {
     if status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         return None;
     }
@@ -625,7 +664,20 @@ fn raw_fields(fields: &[httparse::Header<'_>], status: StatusCode) -> Option<(Ra
         let start = lines.len();
         lines.extend_from_slice(h.name.as_bytes());
         lines[start..].make_ascii_lowercase();
-        match &lines[start..] {
+        let name = &lines[start..];
+        if FieldPolicy::names(&policy.touched, name) {
+            return None;
+        }
+        if FieldPolicy::names(&policy.replaced, name) {
+            // The length frames the body as it is written: a hook that replaces it needs the
+            // map (the codec then frames the body itself).
+            if name == b"content-length" {
+                return None;
+            }
+            lines.truncate(start);
+            continue;
+        }
+        match name {
             b"connection" | b"keep-alive" => {
                 lines.truncate(start);
                 continue;
@@ -886,14 +938,18 @@ mod tests {
     use super::*;
 
     fn head(text: &str, head_request: bool) -> Result<Option<Head>, ErrorKind> {
-        parse_head(&mut BytesMut::from(text), head_request, false)
+        parse_head(&mut BytesMut::from(text), head_request, None)
     }
 
     /// The lines a head keeps when its fields may stay lines; `None` when they went to the map
     /// (which may find the head bad).
     fn lines(text: &str, head_request: bool) -> Option<String> {
+        lines_with(text, head_request, &NO_FIELDS)
+    }
+
+    fn lines_with(text: &str, head_request: bool, policy: &FieldPolicy) -> Option<String> {
         let mut buf = BytesMut::from(text);
-        let h = match parse_head(&mut buf, head_request, true) {
+        let h = match parse_head(&mut buf, head_request, Some(policy)) {
             Ok(Some(h)) => h,
             Ok(None) => panic!("incomplete: {text}"),
             Err(_) => return None,
@@ -912,10 +968,30 @@ mod tests {
         );
         assert_eq!(got.as_deref(), Some("server: X\r\ndate: d\r\ncontent-length: 2\r\n"));
         let mut buf = BytesMut::from("HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nConnection: close\r\n\r\nnext");
-        let Ok(Some(h)) = parse_head(&mut buf, false, true) else { panic!("not parsed") };
+        let Ok(Some(h)) = parse_head(&mut buf, false, Some(&NO_FIELDS)) else { panic!("not parsed") };
         assert_eq!(&buf[..], b"next", "the head is taken off the buffer, the rest left");
         let raw = h.raw.expect("plain");
         assert!(!h.keep_alive && !raw.has_date && h.framing == Framing::Length(0));
+    }
+
+    #[test]
+    fn the_policy_of_response_hooks_decides_which_fields_stay_lines() {
+        let mut policy = FieldPolicy::new(4);
+        policy.add(&[header::ACCESS_CONTROL_ALLOW_ORIGIN], &[header::SERVER, header::DATE]);
+        let text = "HTTP/1.1 200 OK\r\nServer: X\r\nDate: d\r\nX-A: 1\r\nContent-Length: 2\r\n\r\nhi";
+        assert_eq!(
+            lines_with(text, false, &policy).as_deref(),
+            Some("x-a: 1\r\ncontent-length: 2\r\n"),
+            "replaced fields are left out (and a replaced Date is not one the codec keeps)"
+        );
+        let mut buf = BytesMut::from(text);
+        let Ok(Some(h)) = parse_head(&mut buf, false, Some(&policy)) else { panic!("not parsed") };
+        assert!(!h.raw.expect("plain").has_date);
+        let touched = "HTTP/1.1 200 OK\r\nAccess-Control-Allow-Origin: *\r\nContent-Length: 2\r\n\r\nhi";
+        assert_eq!(lines_with(touched, false, &policy), None, "a field a hook reads or sets: the map");
+        let mut length = FieldPolicy::new(4);
+        length.add(&[], &[header::CONTENT_LENGTH]);
+        assert_eq!(lines_with(text, false, &length), None, "a replaced length: the map, which frames anew");
     }
 
     #[test]
@@ -1015,7 +1091,7 @@ mod tests {
     #[test]
     fn a_head_leaves_the_bytes_after_it_in_the_buffer() {
         let mut buf = BytesMut::from("HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-a: 1\r\n\r\nhi");
-        let Ok(Some(h)) = parse_head(&mut buf, false, false) else { panic!("not parsed") };
+        let Ok(Some(h)) = parse_head(&mut buf, false, None) else { panic!("not parsed") };
         assert_eq!(&buf[..], b"hi");
         assert_eq!(h.parts.headers.get("x-a").map(HeaderValue::as_bytes), Some(&b"1"[..]));
     }

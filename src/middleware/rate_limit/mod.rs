@@ -19,7 +19,7 @@ use self::gcra::{Decision, Gcra};
 pub use self::local::LocalStore;
 use self::local::Tracked;
 pub use self::redis::RedisStore;
-use super::{Answer, Cx, Middleware, MiddlewareMetrics, Outcome, Req, Step};
+use super::{Answer, Cx, Middleware, MiddlewareMetrics, Outcome, Req, ResponseFields, Step};
 use crate::config::{LimitKey, RateLimitDef};
 use crate::proxy::error::ErrorKind;
 
@@ -202,5 +202,9 @@ impl Middleware for RateLimit {
             h.append(RATELIMIT_POLICY, policy.clone());
             h.append(RATELIMIT, value.clone());
         }
+    }
+
+    fn response_fields(&self) -> ResponseFields {
+        ResponseFields::Appends
     }
 }
