@@ -287,22 +287,13 @@ async fn head_and_304_answers_leave_their_connection_reusable() {
     // A HEAD's length is the GET's and no body follows; a 304 has no body either. A client
     // that waited for those bytes would hang, one that read on would take the next response
     // for a body.
-    let addr = raw_backend(|mut s| async move {
-        loop {
-            let mut head = Vec::new();
-            if !read_until(&mut s, &mut head, b"\r\n\r\n").await {
-                return;
-            }
-            let answer: &[u8] = if head.starts_with(b"HEAD ") {
-                b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n"
-            } else if head.starts_with(b"GET /cond ") {
-                b"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\nContent-Length: 1000\r\n\r\n"
-            } else {
-                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-            };
-            if s.write_all(answer).await.is_err() {
-                return;
-            }
+    let addr = scripted_backend(|head| {
+        if head.starts_with(b"HEAD ") {
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n"
+        } else if head.starts_with(b"GET /cond ") {
+            b"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\nContent-Length: 1000\r\n\r\n"
+        } else {
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
         }
     })
     .await;
@@ -419,21 +410,12 @@ async fn response_hooks_see_and_change_the_same_fields_whether_or_not_the_rest_s
     // and set fields whatever the upstream sent, and append to them. An upstream that sends
     // an Access-Control field has its response parsed; one that does not, not: both answers
     // carry the hooks' fields once, and the rules' removals and sets, in either case.
-    let addr = raw_backend(|mut s| async move {
-        loop {
-            let mut head = Vec::new();
-            if !read_until(&mut s, &mut head, b"\r\n\r\n").await {
-                return;
-            }
-            let answer: &[u8] = if head.starts_with(b"GET /with-cors ") {
-                b"HTTP/1.1 200 OK\r\nServer: Raw/1\r\nX-Set: upstream\r\nX-Added: upstream\r\nAccess-Control-Allow-Origin: *\r\nContent-Length: 2\r\n\r\nok"
-            } else {
-                b"HTTP/1.1 200 OK\r\nServer: Raw/1\r\nX-Set: upstream\r\nX-Added: upstream\r\nContent-Length: 2\r\n\r\nok"
-            };
-            if s.write_all(answer).await.is_err() {
-                return;
-            }
-        }
+    let addr = scripted_backend(|head| {
+        if head.starts_with(b"GET /with-cors ") {
+        b"HTTP/1.1 200 OK\r\nServer: Raw/1\r\nX-Set: upstream\r\nX-Added: upstream\r\nAccess-Control-Allow-Origin: *\r\nContent-Length: 2\r\n\r\nok"
+    } else {
+        b"HTTP/1.1 200 OK\r\nServer: Raw/1\r\nX-Set: upstream\r\nX-Added: upstream\r\nContent-Length: 2\r\n\r\nok"
+    }
     })
     .await;
     let yaml = format!(

@@ -202,6 +202,21 @@ where
     addr
 }
 
+/// A keep-alive HTTP/1.1 server writing, for each request head it reads (bodies are not
+/// read), the bytes `answer` picks for it: responses exactly as a test spells them.
+pub async fn scripted_backend(answer: fn(&[u8]) -> &'static [u8]) -> SocketAddr {
+    raw_backend(move |mut s| async move {
+        use tokio::io::AsyncWriteExt;
+        loop {
+            let mut head = Vec::new();
+            if !read_until(&mut s, &mut head, b"\r\n\r\n").await || s.write_all(answer(&head)).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await
+}
+
 /// Config for one upstream `up` with a single target and one route `r` to it. `upstream`
 /// adds keys to the upstream (`", timeouts: { connect: 1s }"`); `route` is the route's match
 /// and any further keys (`ALL` for every path).
