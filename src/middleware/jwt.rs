@@ -125,9 +125,9 @@ impl Jwt {
     }
 
     /// Verifies with the key the token names; `Err(None)` when that key is not (yet) known.
-    fn verify(&self, token: &str, generation: u64) -> Result<Arc<Claims>, Option<Outcome>> {
-        if let Some(claims) = self.cache.as_ref().and_then(|c| c.get(token, generation)) {
-            return Ok(claims);
+    fn verify(&self, token: &str, generation: u64) -> Result<Arc<Verified>, Option<Outcome>> {
+        if let Some(verified) = self.cache.as_ref().and_then(|c| c.get(token, generation)) {
+            return Ok(verified);
         }
         let header = jsonwebtoken::decode_header(token).map_err(|e| Some(reason(&e)))?;
         let verified = match &self.keys {
@@ -148,17 +148,19 @@ impl Jwt {
         if self.required.iter().any(|c| !claims.contains_key(c)) {
             return Err(Some(Outcome::MissingClaim));
         }
-        let claims = Arc::new(claims);
+        let verified = Arc::new(Verified { forward: self.forward_values(&claims), claims: Arc::new(claims) });
         if let Some(cache) = &self.cache {
-            cache.put(token, &claims, generation);
+            cache.put(token, &verified, generation);
         }
-        Ok(claims)
+        Ok(verified)
     }
 
-    fn admit(&self, cx: &mut Cx, req: &mut Req<'_>, claims: Arc<Claims>) {
-        self.metrics.count(Outcome::Authenticated);
-        for (h, claim) in &self.forward {
-            let value = match claims.get(claim) {
+    /// The values of the `forward_claims` headers, made once per verification (and kept with
+    /// a cached one) rather than once per request.
+    fn forward_values(&self, claims: &Claims) -> Box<[Option<HeaderValue>]> {
+        self.forward
+            .iter()
+            .map(|(_, claim)| match claims.get(claim) {
                 Some(serde_json::Value::String(s)) => HeaderValue::from_str(s).ok(),
                 // `scope` as a list, or `roles`: space-separated like an OAuth scope string.
                 Some(serde_json::Value::Array(items)) => {
@@ -168,13 +170,19 @@ impl Jwt {
                 }
                 Some(serde_json::Value::Null) | None => None,
                 Some(other) => HeaderValue::from_str(&other.to_string()).ok(),
-            };
+            })
+            .collect()
+    }
+
+    fn admit(&self, cx: &mut Cx, req: &mut Req<'_>, verified: Arc<Verified>) {
+        self.metrics.count(Outcome::Authenticated);
+        for ((h, _), value) in self.forward.iter().zip(verified.forward.iter()) {
             match value {
-                Some(v) => _ = req.headers.insert(h.clone(), v),
+                Some(v) => _ = req.headers.insert(h.clone(), v.clone()),
                 None => _ = req.headers.remove(h),
             }
         }
-        cx.claims = Some(claims);
+        cx.claims = Some(verified.claims.clone());
     }
 
     fn generation(&self) -> u64 {
@@ -263,9 +271,16 @@ struct TokenCache {
     seed: u64,
 }
 
+/// A verified token's claims, and the values of the headers they are forwarded in (one per
+/// `forward_claims` entry, in order; `None` removes the header).
+struct Verified {
+    claims: Arc<Claims>,
+    forward: Box<[Option<HeaderValue>]>,
+}
+
 struct Cached {
     token: Box<str>,
-    claims: Arc<Claims>,
+    verified: Arc<Verified>,
     /// Unix seconds after which the entry is not used.
     until: u64,
     generation: u64,
@@ -303,18 +318,18 @@ impl TokenCache {
         xxhash_rust::xxh3::xxh3_64_with_seed(&b[b.len().saturating_sub(64)..], self.seed ^ b.len() as u64)
     }
 
-    fn get(&self, token: &str, generation: u64) -> Option<Arc<Claims>> {
+    fn get(&self, token: &str, generation: u64) -> Option<Arc<Verified>> {
         let h = self.hash(token);
         let shard = self.shard(h).lock().unwrap_or_else(|e| e.into_inner());
         let c = shard.get(&h)?;
-        (*c.token == *token && c.generation == generation && unix_now() < c.until).then(|| c.claims.clone())
+        (*c.token == *token && c.generation == generation && unix_now() < c.until).then(|| c.verified.clone())
     }
 
-    fn put(&self, token: &str, claims: &Arc<Claims>, generation: u64) {
+    fn put(&self, token: &str, verified: &Arc<Verified>, generation: u64) {
         // Only until the token expires (without leeway), and never past the TTL, so nbf/exp
         // are re-checked by the next full verification.
         let now = unix_now();
-        let exp = claims.get("exp").and_then(serde_json::Value::as_u64).unwrap_or(u64::MAX);
+        let exp = verified.claims.get("exp").and_then(serde_json::Value::as_u64).unwrap_or(u64::MAX);
         let until = exp.min(now + CACHE_TTL);
         if until <= now {
             return;
@@ -324,7 +339,7 @@ impl TokenCache {
         if shard.len() >= CACHE_PER_SHARD {
             shard.clear();
         }
-        shard.insert(h, Cached { token: token.into(), claims: claims.clone(), until, generation });
+        shard.insert(h, Cached { token: token.into(), verified: verified.clone(), until, generation });
     }
 }
 
@@ -523,15 +538,15 @@ mod tests {
         let cache = TokenCache::default();
         let mut claims = Claims::new();
         claims.insert("sub".into(), "a".into());
-        let claims = Arc::new(claims);
+        let verified = Arc::new(Verified { claims: Arc::new(claims), forward: Box::new([]) });
         let (a, b) = ("header.payload-a.signature", "header.payload-b.signature");
-        cache.put(a, &claims, 1);
-        assert_eq!(cache.get(a, 1).as_deref(), Some(&*claims));
+        cache.put(a, &verified, 1);
+        assert!(cache.get(a, 1).is_some_and(|v| Arc::ptr_eq(&v, &verified)));
         assert!(cache.get(b, 1).is_none(), "another token, though with the same signature and length");
         assert!(cache.get(a, 2).is_none(), "another key generation");
         // Many tokens spread over the shards and stay findable.
         for i in 0..1000 {
-            cache.put(&format!("t{i}"), &claims, 1);
+            cache.put(&format!("t{i}"), &verified, 1);
         }
         assert!((0..1000).all(|i| cache.get(&format!("t{i}"), 1).is_some()));
         assert!(cache.shards.iter().all(|s| !s.lock().unwrap_or_else(|e| e.into_inner()).is_empty()));
