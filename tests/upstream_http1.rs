@@ -405,6 +405,26 @@ async fn an_upstream_date_is_kept_and_one_is_added_where_it_sent_none() {
 }
 
 #[tokio::test]
+async fn the_client_gets_the_gateway_request_id_alone_whatever_the_upstream_answers_with() {
+    // An upstream that echoes the id it was sent, or sends one of its own: the gateway's id
+    // replaces it, on a route whose response stays lines (no hooks, or hooks that only
+    // append) as on one that goes through the map (compression reads every field).
+    let addr =
+        scripted_backend(|_| b"HTTP/1.1 200 OK\r\nX-Request-Id: upstream-own\r\nContent-Length: 2\r\n\r\nok").await;
+    let yaml = format!(
+        "middleware:\n  zip: {{ compress: {{}} }}\n  limit: {{ rate_limit: {{ rate: 1000/s }} }}\nupstreams: {{ up: {{ targets: [{{ address: {addr} }}] }} }}\nroutes:\n  - {{ name: bare, upstream: up, match: {{ path_prefix: /bare }} }}\n  - {{ name: limited, upstream: up, match: {{ path_prefix: /limited }}, middleware: [limit] }}\n  - {{ name: hooked, upstream: up, match: {{ path_prefix: /hooked }}, middleware: [zip] }}\n"
+    );
+    let gw = gateway(&yaml).await;
+    for path in ["/bare", "/limited", "/hooked"] {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: a\r\nX-Request-Id: client-id-1\r\nConnection: close\r\n\r\n");
+        let got = raw_request(&gw, req.as_bytes()).await;
+        let ids: Vec<&str> =
+            got.split("\r\n").filter(|l| l.to_ascii_lowercase().starts_with("x-request-id:")).collect();
+        assert_eq!(ids, ["x-request-id: client-id-1"], "{path}: {got}");
+    }
+}
+
+#[tokio::test]
 async fn response_hooks_see_and_change_the_same_fields_whether_or_not_the_rest_stay_unparsed() {
     // CORS inserts its Access-Control fields over any the upstream sent; header rules remove
     // and set fields whatever the upstream sent, and append to them. An upstream that sends
@@ -412,10 +432,10 @@ async fn response_hooks_see_and_change_the_same_fields_whether_or_not_the_rest_s
     // carry the hooks' fields once, and the rules' removals and sets, in either case.
     let addr = scripted_backend(|head| {
         if head.starts_with(b"GET /with-cors ") {
-        b"HTTP/1.1 200 OK\r\nServer: Raw/1\r\nX-Set: upstream\r\nX-Added: upstream\r\nAccess-Control-Allow-Origin: *\r\nContent-Length: 2\r\n\r\nok"
-    } else {
-        b"HTTP/1.1 200 OK\r\nServer: Raw/1\r\nX-Set: upstream\r\nX-Added: upstream\r\nContent-Length: 2\r\n\r\nok"
-    }
+            b"HTTP/1.1 200 OK\r\nServer: Raw/1\r\nX-Set: upstream\r\nX-Added: upstream\r\nAccess-Control-Allow-Origin: *\r\nContent-Length: 2\r\n\r\nok"
+        } else {
+            b"HTTP/1.1 200 OK\r\nServer: Raw/1\r\nX-Set: upstream\r\nX-Added: upstream\r\nContent-Length: 2\r\n\r\nok"
+        }
     })
     .await;
     let yaml = format!(

@@ -319,7 +319,7 @@ async fn route_and_forward(
         // the HTTP/2 codec needs a map, response hooks the fields they name.
         raw_response: match chained.as_ref() {
             _ if !matches!(client_version, http::Version::HTTP_10 | http::Version::HTTP_11) => None,
-            None => Some(&crate::upstream::h1::NO_FIELDS),
+            None => Some(&*crate::upstream::h1::NO_FIELDS),
             Some(c) => c.chain.response_fields(),
         },
     };
