@@ -3,7 +3,11 @@
 # in front of the same NGINX backend. Unlike CPU time on a shared machine, an instruction count
 # repeats within about 2% run to run (±1k instructions), so it shows changes that timing hides.
 #
-# Usage: bench/callgrind.sh [--ferroway BIN] [--connections N]
+# Usage: bench/callgrind.sh [--ferroway BIN] [--connections N] [--middleware]
+#
+# --middleware measures, instead, Ferroway's route behind rate limit + JWT (RS256, one claim
+# forwarded) + CORS + header rules, the chain of `bench/run.py --middleware`, with a bearer
+# token and an Origin on every request (compare with the plain run's ferroway row).
 #
 # Each proxy serves 2 000 and then 12 000 requests (h2load, HTTP/1.1, N connections, default
 # 16) in two runs under valgrind; the difference over 10 000 requests leaves out start-up and
@@ -13,11 +17,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ferroway=target/release/ferroway
 conns=16
+middleware=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --ferroway) ferroway=$2; shift 2 ;;
     --connections) conns=$2; shift 2 ;;
-    *) echo "usage: bench/callgrind.sh [--ferroway BIN] [--connections N]" >&2; exit 2 ;;
+    --middleware) middleware=1; shift ;;
+    *) echo "usage: bench/callgrind.sh [--ferroway BIN] [--connections N] [--middleware]" >&2; exit 2 ;;
   esac
 done
 missing=()
@@ -66,6 +72,25 @@ access_log: { output: off }
 upstreams: { backend: { targets: [{ address: 127.0.0.1:$BACKEND }], max_idle_per_target: 128 } }
 routes: [{ name: all, match: { path_prefix: / }, upstream: backend }]
 EOF
+if [ $middleware = 1 ]; then
+  openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$d/key.pem" 2>/dev/null
+  openssl pkey -in "$d/key.pem" -pubout -out "$d/pub.pem"
+  # The token bench/run.py signs (its `jwt`), for the same request.
+  token=$(python3 -c '
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("run", "bench/run.py")
+run = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(run)
+print(run.jwt(sys.argv[1]))' "$d")
+  cat >> "$d/ferroway/ferroway.yaml" <<EOF
+middleware:
+  limit: { rate_limit: { rate: 10000000/s, burst: 10000000 } }
+  auth: { jwt: { algorithms: [RS256], public_key_file: $d/pub.pem, forward_claims: { x-user-id: sub } } }
+  cors: { cors: { allow_origins: ["https://app.example.com"], allow_credentials: true } }
+  rules: { headers: { request: { set: { x-gateway: ferroway } }, response: { remove: [server] } } }
+EOF
+  sed -i 's|^routes: .*|routes: [{ name: all, match: { path_prefix: / }, upstream: backend, middleware: [limit, auth, cors, rules] }]|' "$d/ferroway/ferroway.yaml"
+fi
 
 wait_port() {
   for _ in $(seq 400); do
@@ -87,7 +112,7 @@ total() {
   valgrind --tool=callgrind --callgrind-out-file="$d/$name-$n.out" "$@" >/dev/null 2>&1 &
   local pid=$!
   wait_port "$port"
-  h2load --h1 -n "$n" -c "$conns" "http://127.0.0.1:$port/small" | grep -q "$n succeeded" \
+  h2load --h1 -n "$n" -c "$conns" "${headers[@]}" "http://127.0.0.1:$port/small" | grep -q "$n succeeded" \
     || { echo "$name: not every request succeeded" >&2; exit 1; }
   kill -TERM $pid
   wait $pid || true
@@ -100,8 +125,14 @@ print(total, memcpy)'
 }
 
 printf "| proxy | instructions per request | of it memcpy | without memcpy |\n|---|---|---|---|\n"
-for name in nginx nginx-headers ferroway; do
-  if [ $name = nginx ]; then
+names=(nginx nginx-headers ferroway)
+[ $middleware = 1 ] && names=(ferroway-middleware)
+for name in "${names[@]}"; do
+  headers=()
+  if [ $name = ferroway-middleware ]; then
+    cmd=("$ferroway" run --config "$d/ferroway/ferroway.yaml") port=$FERRO
+    headers=(-H "origin: https://app.example.com" -H "authorization: Bearer $token")
+  elif [ $name = nginx ]; then
     cmd=(nginx -c "$d/proxy.conf" -p "$d") port=$NGINX
   elif [ $name = nginx-headers ]; then
     cmd=(nginx -c "$d/proxy-headers.conf" -p "$d") port=$NGINX_HEADERS
