@@ -467,10 +467,10 @@ impl Compiled {
     }
 }
 
-/// The chain's use of response fields as one policy; `None` when a middleware reads any.
+/// The route's use of response fields as one policy, the proxy's own and then the chain's;
+/// `None` when a middleware reads any.
 fn field_policy(items: &[Arc<dyn Middleware>]) -> Option<FieldPolicy> {
-    // A hook adds a field or two (CORS up to four); the proxy adds Via and the request id.
-    let mut policy = FieldPolicy::new(4 + 2 * items.len());
+    let mut policy = crate::proxy::response_fields(items.len());
     for m in items {
         match m.response_fields() {
             ResponseFields::Appends => {}

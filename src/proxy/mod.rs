@@ -12,7 +12,7 @@ pub mod request_id;
 pub mod trace;
 mod upgrade;
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -38,7 +38,7 @@ use crate::server::acme;
 use crate::snapshot::{Gateway, Route, Snapshot};
 use crate::upstream::balance::InFlight;
 use crate::upstream::client::UpstreamBody;
-use crate::upstream::h1::UpstreamUpgrade;
+use crate::upstream::h1::{FieldPolicy, UpstreamUpgrade};
 
 /// What the request path knows about a request besides the request itself.
 struct Ctx<'a> {
@@ -204,6 +204,19 @@ fn answer_response(
     resp
 }
 
+/// How the proxy itself uses an upstream response's fields (in `handle`): it appends Via and
+/// sets the request id over any the upstream sent (one that echoes the id it was sent, or has
+/// its own), and reads Upgrade only from a 101, which always goes into a map. Room for those
+/// two and a field or two per hook (CORS adds up to four).
+pub fn response_fields(hooks: usize) -> FieldPolicy {
+    let mut policy = FieldPolicy::new(4 + 2 * hooks);
+    policy.add(&[], std::slice::from_ref(&X_REQUEST_ID));
+    policy
+}
+
+/// The policy of a route without middleware.
+static NO_HOOKS: LazyLock<FieldPolicy> = LazyLock::new(|| response_fields(0));
+
 async fn route_and_forward(
     req: Request<ClientBody>,
     scan: &headers::Scan,
@@ -315,13 +328,11 @@ async fn route_and_forward(
         headers: parts.headers,
         host_from_target: route.host_header == HostHeader::Upstream,
         body: payload,
-        // `handle` reads no fields of the response but Upgrade (of a 101, which keeps its map);
-        // the HTTP/2 codec needs a map, response hooks the fields they name.
-        raw_response: match chained.as_ref() {
-            _ if !matches!(client_version, http::Version::HTTP_10 | http::Version::HTTP_11) => None,
-            None => Some(&*crate::upstream::h1::NO_FIELDS),
-            Some(c) => c.chain.response_fields(),
-        },
+        // The HTTP/2 codec needs a map; the HTTP/1.1 one takes lines where the proxy and the
+        // route's hooks name the fields they use.
+        raw_response: matches!(client_version, http::Version::HTTP_10 | http::Version::HTTP_11)
+            .then(|| chained.as_ref().map_or(Some(&*NO_HOOKS), |c| c.chain.response_fields()))
+            .flatten(),
     };
     let (mut resp, in_flight) =
         forward::forward(upstream, out, ctx.peer.addr.ip(), &path, ctx.entry, ctx.request_id).await?;

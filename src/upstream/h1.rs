@@ -13,7 +13,7 @@ use std::future::poll_fn;
 use std::io::{self, Cursor, Write as _};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
@@ -28,7 +28,7 @@ use super::Target;
 use crate::http1::{BodyError, ConnectionTokens, Decode, Framing, Seen, parsed_value, put_field};
 use crate::proxy::body::{RequestBody, RequestBodyError};
 use crate::proxy::error::ErrorKind;
-use crate::proxy::headers::{X_REQUEST_ID, is_hop_by_hop, list_items};
+use crate::proxy::headers::{is_hop_by_hop, list_items};
 
 /// A response head longer than this is a bad response (hyper's client allowed more, but no
 /// sane upstream sends 64 KiB of header fields).
@@ -371,9 +371,10 @@ pub struct RawFields {
     pub has_date: bool,
 }
 
-/// Which of a response's fields its consumers (the route's response hooks) use, so that the
-/// rest may stay lines: a response with a `touched` field goes into a map; a `replaced` field
-/// is left out of the lines (a hook replaces or removes it whatever the upstream sent).
+/// Which of a response's fields its consumers (the proxy and the route's response hooks) use,
+/// so that the rest may stay lines: a response with a `touched` field goes into a map; a
+/// `replaced` field is left out of the lines (a consumer replaces or removes it whatever the
+/// upstream sent). Made by `proxy::response_fields` and `middleware::Chain`.
 pub struct FieldPolicy {
     /// The names as bytes: checked against every line, and `HeaderName::as_str` of a
     /// standard name is a table lookup each time.
@@ -384,18 +385,13 @@ pub struct FieldPolicy {
     pub room: usize,
 }
 
-/// The policy of a response nothing reads the fields of: the proxy adds Via and the request
-/// id.
-pub static NO_FIELDS: LazyLock<FieldPolicy> = LazyLock::new(|| FieldPolicy::new(4));
-
 impl FieldPolicy {
-    /// A policy with the request id replaced: the proxy sets its own on every response, over
-    /// any the upstream sent (one that echoes the id it was sent, or has its own).
     pub fn new(room: usize) -> Self {
-        FieldPolicy { touched: Vec::new(), replaced: vec![Box::from(X_REQUEST_ID.as_str().as_bytes())], room }
+        FieldPolicy { touched: Vec::new(), replaced: Vec::new(), room }
     }
 
-    /// Adds the names a hook reads or sets, and those it replaces whatever the upstream sent.
+    /// Adds the names a consumer reads or sets, and those it replaces whatever the upstream
+    /// sent.
     pub fn add(&mut self, touched: &[HeaderName], replaced: &[HeaderName]) {
         let bytes = |n: &HeaderName| Box::from(n.as_str().as_bytes());
         self.touched.extend(touched.iter().map(bytes));
@@ -946,7 +942,7 @@ mod tests {
     /// The lines a head keeps when its fields may stay lines; `None` when they went to the map
     /// (which may find the head bad).
     fn lines(text: &str, head_request: bool) -> Option<String> {
-        lines_with(text, head_request, &NO_FIELDS)
+        lines_with(text, head_request, &FieldPolicy::new(4))
     }
 
     fn lines_with(text: &str, head_request: bool, policy: &FieldPolicy) -> Option<String> {
@@ -970,7 +966,7 @@ mod tests {
         );
         assert_eq!(got.as_deref(), Some("server: X\r\ndate: d\r\ncontent-length: 2\r\n"));
         let mut buf = BytesMut::from("HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nConnection: close\r\n\r\nnext");
-        let Ok(Some(h)) = parse_head(&mut buf, false, Some(&*NO_FIELDS)) else { panic!("not parsed") };
+        let Ok(Some(h)) = parse_head(&mut buf, false, Some(&FieldPolicy::new(4))) else { panic!("not parsed") };
         assert_eq!(&buf[..], b"next", "the head is taken off the buffer, the rest left");
         let raw = h.raw.expect("plain");
         assert!(!h.keep_alive && !raw.has_date && h.framing == Framing::Length(0));
