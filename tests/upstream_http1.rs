@@ -467,3 +467,28 @@ async fn response_hooks_see_and_change_the_same_fields_whether_or_not_the_rest_s
         assert!(got.ends_with("\r\n\r\nok"), "{got}");
     }
 }
+
+#[tokio::test]
+async fn security_headers_fill_in_once_whether_or_not_the_upstream_sent_its_own() {
+    // The hook sets a field only where the upstream sent none: an upstream that sends one has
+    // its response parsed and keeps its value; one that does not keeps its lines and gets the
+    // default. Either way the client sees the field once.
+    let addr = scripted_backend(|head| {
+        if head.starts_with(b"GET /own ") {
+            b"HTTP/1.1 200 OK\r\nX-Frame-Options: SAMEORIGIN\r\nContent-Length: 2\r\n\r\nok"
+        } else {
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+        }
+    })
+    .await;
+    let yaml = format!(
+        "middleware:\n  secure: {{ security_headers: {{}} }}\nupstreams: {{ up: {{ targets: [{{ address: {addr} }}] }} }}\nroutes: [{{ name: r, upstream: up, {ALL}, middleware: [secure] }}]\n"
+    );
+    let gw = gateway(&yaml).await;
+    for (path, want) in [("/own", "x-frame-options: SAMEORIGIN"), ("/none", "x-frame-options: DENY")] {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+        let got = raw_request(&gw, request.as_bytes()).await;
+        let frames: Vec<String> = fields_of(&got).into_iter().filter(|f| f.starts_with("x-frame-options:")).collect();
+        assert_eq!(frames, [want], "{path}: {got}");
+    }
+}
