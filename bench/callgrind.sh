@@ -73,23 +73,25 @@ upstreams: { backend: { targets: [{ address: 127.0.0.1:$BACKEND }], max_idle_per
 routes: [{ name: all, match: { path_prefix: / }, upstream: backend }]
 EOF
 if [ $middleware = 1 ]; then
-  openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$d/key.pem" 2>/dev/null
-  openssl pkey -in "$d/key.pem" -pubout -out "$d/pub.pem"
-  # The token bench/run.py signs (its `jwt`), for the same request.
-  token=$(python3 -c '
+  # bench/run.py's chain, key pair and token, for the same route and request as its scenario.
+  python3 - "$d" <<'PY'
 import importlib.util, sys
 spec = importlib.util.spec_from_file_location("run", "bench/run.py")
 run = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(run)
-print(run.jwt(sys.argv[1]))' "$d")
-  cat >> "$d/ferroway/ferroway.yaml" <<EOF
-middleware:
-  limit: { rate_limit: { rate: 10000000/s, burst: 10000000 } }
-  auth: { jwt: { algorithms: [RS256], public_key_file: $d/pub.pem, forward_claims: { x-user-id: sub } } }
-  cors: { cors: { allow_origins: ["https://app.example.com"], allow_credentials: true } }
-  rules: { headers: { request: { set: { x-gateway: ferroway } }, response: { remove: [server] } } }
-EOF
-  sed -i 's|^routes: .*|routes: [{ name: all, match: { path_prefix: / }, upstream: backend, middleware: [limit, auth, cors, rules] }]|' "$d/ferroway/ferroway.yaml"
+d = sys.argv[1]
+run.keypair(d)
+with open(f"{d}/ferroway/ferroway.yaml") as f:
+    config = f.read()
+config = config.replace("upstream: backend }]", f"upstream: backend, middleware: [{run.CHAIN}] }}]")
+with open(f"{d}/ferroway/ferroway.yaml", "w") as f:
+    f.write(config + "middleware:\n" + run.chain_middleware(d))
+with open(f"{d}/token", "w") as f:
+    f.write(run.jwt(d))
+with open(f"{d}/origin", "w") as f:
+    f.write(run.ORIGIN)
+PY
+  token=$(cat "$d/token") origin=$(cat "$d/origin")
 fi
 
 wait_port() {
@@ -131,7 +133,7 @@ for name in "${names[@]}"; do
   headers=()
   if [ $name = ferroway-middleware ]; then
     cmd=("$ferroway" run --config "$d/ferroway/ferroway.yaml") port=$FERRO
-    headers=(-H "origin: https://app.example.com" -H "authorization: Bearer $token")
+    headers=(-H "origin: $origin" -H "authorization: Bearer $token")
   elif [ $name = nginx ]; then
     cmd=(nginx -c "$d/proxy.conf" -p "$d") port=$NGINX
   elif [ $name = nginx-headers ]; then

@@ -139,26 +139,21 @@ backend be
     # The middleware scenario: the same route behind rate limit + JWT (RS256) + CORS + header
     # rules, selected by a request header; the limit is set far above the load so every
     # request pays for a decision and none is refused.
-    subprocess.run(["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", f"{d}/key.pem"], check=True, capture_output=True)
-    subprocess.run(["openssl", "pkey", "-in", f"{d}/key.pem", "-pubout", "-out", f"{d}/pub.pem"], check=True, capture_output=True)
+    keypair(d)
     ferro = write(d, "ferroway.yaml", f"""listeners:
   - {{ name: public, address: 127.0.0.1:{FERRO} }}
   - {{ name: tls, address: 127.0.0.1:{H2_TLS["ferroway"]}, tls: {{ certificates: [{{ cert: {d}/tls.pem, key: {d}/tls-key.pem }}] }} }}
 access_log: {{ output: off }}
 upstreams: {{ backend: {{ targets: [{{ address: 127.0.0.1:{BACKEND} }}], max_idle_per_target: 128 }} }}  # NGINX: keepalive 128
 middleware:
-  limit: {{ rate_limit: {{ rate: 10000000/s, burst: 10000000 }} }}
-  auth: {{ jwt: {{ algorithms: [RS256], public_key_file: {d}/pub.pem, forward_claims: {{ x-user-id: sub }} }} }}
-  auth-nc: {{ jwt: {{ algorithms: [RS256], public_key_file: {d}/pub.pem, forward_claims: {{ x-user-id: sub }}, verify_cache: false }} }}
-  cors: {{ cors: {{ allow_origins: ["https://app.example.com"], allow_credentials: true }} }}
-  rules: {{ headers: {{ request: {{ set: {{ x-gateway: ferroway }} }}, response: {{ remove: [server] }} }} }}
+{chain_middleware(d)}  auth-nc: {{ jwt: {{ algorithms: [RS256], public_key_file: {d}/pub.pem, forward_claims: {{ x-user-id: sub }}, verify_cache: false }} }}
   zip: {{ compress: {{ algorithms: [br, zstd, gzip] }} }}
   hot: {{ cache: {{ default_ttl: 1h }} }}
 routes:
   - {{ name: c, match: {{ path_prefix: /c/ }}, upstream: backend, strip_prefix: true, middleware: [hot] }}
   - {{ name: z, match: {{ path_prefix: /z/ }}, upstream: backend, strip_prefix: true, middleware: [zip] }}
   - {{ name: all, match: {{ path_prefix: / }}, upstream: backend }}
-  - {{ name: mw, match: {{ path_prefix: /, headers: {{ x-bench: mw }} }}, upstream: backend, middleware: [limit, auth, cors, rules] }}
+  - {{ name: mw, match: {{ path_prefix: /, headers: {{ x-bench: mw }} }}, upstream: backend, middleware: [{CHAIN}] }}
   - {{ name: mw-nc, match: {{ path_prefix: /, headers: {{ x-bench: mw-nocache }} }}, upstream: backend, middleware: [limit, auth-nc, cors, rules] }}
 """)
     for port in (BACKEND, NGINX, HAPROXY, FERRO, *H2_TLS.values(), H2C["nginx"], H2C["haproxy"]):
@@ -203,6 +198,28 @@ def stop_all(procs, d):
         except subprocess.TimeoutExpired:
             p.kill()
     shutil.rmtree(d, ignore_errors=True)
+
+
+# The middleware scenario's chain, also measured by `bench/callgrind.sh --middleware`.
+CHAIN = "limit, auth, cors, rules"
+ORIGIN = "https://app.example.com"
+
+
+def keypair(d):
+    """The RSA key pair the chain's JWT middleware verifies with (d/key.pem, d/pub.pem)."""
+    subprocess.run(["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", f"{d}/key.pem"], check=True, capture_output=True)
+    subprocess.run(["openssl", "pkey", "-in", f"{d}/key.pem", "-pubout", "-out", f"{d}/pub.pem"], check=True, capture_output=True)
+
+
+def chain_middleware(d):
+    """The `middleware:` entries of CHAIN: rate limit (far above any load, so every request
+    pays for a decision and none is refused) + JWT (RS256, one claim forwarded) + CORS +
+    header rules."""
+    return f"""  limit: {{ rate_limit: {{ rate: 10000000/s, burst: 10000000 }} }}
+  auth: {{ jwt: {{ algorithms: [RS256], public_key_file: {d}/pub.pem, forward_claims: {{ x-user-id: sub }} }} }}
+  cors: {{ cors: {{ allow_origins: ["{ORIGIN}"], allow_credentials: true }} }}
+  rules: {{ headers: {{ request: {{ set: {{ x-gateway: ferroway }} }}, response: {{ remove: [server] }} }} }}
+"""
 
 
 def jwt(d):
@@ -324,7 +341,7 @@ def main():
         return scale_main(args, d, procs)
     if args.middleware:
         token = jwt(d)
-        auth = (f"authorization: Bearer {token}", "origin: https://app.example.com")
+        auth = (f"authorization: Bearer {token}", f"origin: {ORIGIN}")
         cases = [("bare", "/small", ()), ("middleware", "/small", ("x-bench: mw", *auth)),
                  ("middleware, no JWT cache", "/small", ("x-bench: mw-nocache", *auth))]
         return ferroway_ab(args, d, procs, "Ferroway middleware cost", cases)
