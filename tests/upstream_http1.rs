@@ -439,7 +439,8 @@ async fn response_hooks_see_and_change_the_same_fields_whether_or_not_the_rest_s
     })
     .await;
     let yaml = format!(
-        "middleware:\n  cors: {{ cors: {{ allow_origins: [\"https://app.example.com\"] }} }}\n  rules: {{ headers: {{ response: {{ remove: [server], set: {{ x-set: gateway }}, append: {{ x-added: gateway }} }} }} }}\nupstreams: {{ up: {{ targets: [{{ address: {addr} }}] }} }}\nroutes: [{{ name: r, upstream: up, {ALL}, middleware: [cors, rules] }}]\n"
+        "middleware:\n  cors: {{ cors: {{ allow_origins: [\"https://app.example.com\"] }} }}\n  rules: {{ headers: {{ response: {{ remove: [server], set: {{ x-set: gateway }}, append: {{ x-added: gateway }} }} }} }}\n{}",
+        single_route(addr, "", &format!("{ALL}, middleware: [cors, rules]"))
     );
     let gw = gateway(&yaml).await;
     for path in ["/with-cors", "/plain"] {
@@ -482,7 +483,8 @@ async fn security_headers_fill_in_once_whether_or_not_the_upstream_sent_its_own(
     })
     .await;
     let yaml = format!(
-        "middleware:\n  secure: {{ security_headers: {{}} }}\nupstreams: {{ up: {{ targets: [{{ address: {addr} }}] }} }}\nroutes: [{{ name: r, upstream: up, {ALL}, middleware: [secure] }}]\n"
+        "middleware:\n  secure: {{ security_headers: {{}} }}\n{}",
+        single_route(addr, "", &format!("{ALL}, middleware: [secure]"))
     );
     let gw = gateway(&yaml).await;
     for (path, want) in [("/own", "x-frame-options: SAMEORIGIN"), ("/none", "x-frame-options: DENY")] {
