@@ -232,8 +232,8 @@ def jwt(d):
     return f"{head}.{body}.{b64(sig)}"
 
 
-def wrk(port, path, conns, duration, close=False, headers=()):
-    cmd = ["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--latency", f"http://127.0.0.1:{port}{path}"]
+def wrk(port, path, conns, duration, close=False, headers=(), cpus="1", threads=1):
+    cmd = ["taskset", "-c", cpus, "wrk", f"-t{threads}", f"-c{conns}", f"-d{duration}s", "--latency", f"http://127.0.0.1:{port}{path}"]
     if close:
         cmd[6:6] = ["-H", "Connection: close"]
     for h in headers:
@@ -268,9 +268,9 @@ def measure_h2(proc, url, conns, streams, duration):
     return {"reqs": reqs, "cpu": cpu_seconds(proc.pid) - before, "mean": mean, "failed": failed}
 
 
-def measure(proc, port, path, conns, duration, close=False, headers=()):
+def measure(proc, port, path, conns, duration, close=False, headers=(), **load):
     before = cpu_seconds(proc.pid)
-    reqs, p50, p99, non2xx, sock = wrk(port, path, conns, duration, close, headers)
+    reqs, p50, p99, non2xx, sock = wrk(port, path, conns, duration, close, headers, **load)
     cpu = cpu_seconds(proc.pid) - before
     return {"reqs": reqs, "cpu": cpu, "p50": p50, "p99": p99, "non2xx": non2xx, "sock": sock}
 
@@ -320,6 +320,7 @@ def main():
     ap.add_argument("--compress", action="store_true", help="CPU per MiB compressed, per algorithm (Ferroway; NGINX gzip for reference)")
     ap.add_argument("--cache", action="store_true", help="only Ferroway: a cache hit against proxying the same small response")
     ap.add_argument("--scale", action="store_true", help="only Ferroway: 10 000 routes and 1 000 targets against 1 route and 1 target")
+    ap.add_argument("--workers", action="store_true", help="one worker against two, nothing pinned (Ferroway; NGINX for reference)")
     ap.add_argument("--ferroway", help="the Ferroway binary under test (default: target/release/ferroway)")
     ap.add_argument("--baseline", help="an earlier Ferroway binary, measured beside the others as ferroway-base")
     args = ap.parse_args()
@@ -339,6 +340,8 @@ def main():
         return cache_main(args, d, procs)
     if args.scale:
         return scale_main(args, d, procs)
+    if args.workers:
+        return workers_main(args, d, procs)
     if args.middleware:
         token = jwt(d)
         auth = (f"authorization: Bearer {token}", f"origin: {ORIGIN}")
@@ -495,6 +498,65 @@ http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 300s;
     upstream_idle = (rss1 - rss0) / max(fds1 - fds0, 1)
     ferroway_ab(args, d, procs, "Ferroway cost in configuration size", cases)
     print(f"\nMemory per idle pooled upstream connection: {upstream_idle / 1024:.2f} KiB ({fds1 - fds0} connections opened, RSS +{(rss1 - rss0) / 1024:.0f} KiB).")
+
+
+WORKER_PORTS = {"ferroway, 1 worker": 18103, "ferroway, 2 workers": 18104, "ferroway-base, 2 workers": 18105,
+                "nginx, 1 worker": 18106, "nginx, 2 workers": 18107}
+
+
+def workers_main(args, d, procs):
+    """Capacity with one worker and with two: each proxy unpinned, wrk with two threads over
+    128 connections on both cores, the backend on CPU 1 as always. Requests per second show
+    what the second worker adds on this machine (the load generator takes a share of both
+    cores); CPU per request shows what the workers cost each other, which is what decides how
+    they scale on a machine with cores to spare."""
+    quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    config = open(f"{d}/ferroway.yaml").read().replace(f"127.0.0.1:{H2_TLS['ferroway']}", "127.0.0.1:0")
+    runs = [("ferroway, 1 worker", FERROWAY, 1), ("ferroway, 2 workers", FERROWAY, 2)]
+    if BASELINE:
+        runs.append(("ferroway-base, 2 workers", BASELINE, 2))
+    for name, binary, n in runs:
+        port = WORKER_PORTS[name]
+        path = write(d, f"workers-{port}.yaml", f"workers: {n}\n" + config.replace(f"127.0.0.1:{FERRO}", f"127.0.0.1:{port}"))
+        procs[name] = subprocess.Popen([binary, "run", "--config", path], **quiet)
+    for n in (1, 2):
+        name = f"nginx, {n} worker{'s' if n > 1 else ''}"
+        port = WORKER_PORTS[name]
+        conf = write(d, f"nginx-workers-{n}.conf", f"""daemon off; worker_processes {n}; worker_rlimit_nofile 16384; pid {d}/nw{n}.pid; error_log {d}/nw{n}.err warn;
+events {{ worker_connections 16000; }}
+http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 300s;
+  upstream backend {{ server 127.0.0.1:{BACKEND}; keepalive 128; }}
+  server {{ listen 127.0.0.1:{port} backlog=4096;
+    location / {{ proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }} }} }}
+""")
+        procs[name] = subprocess.Popen(["nginx", "-c", conf, "-p", d], **quiet)
+    names = [n for n in WORKER_PORTS if n in procs]
+    results = {}
+    try:
+        for name in names:
+            wait_port(WORKER_PORTS[name])
+        for name in names:
+            wrk(WORKER_PORTS[name], "/small", 128, 1, cpus="0,1", threads=2)
+        for r in range(args.rounds):
+            for name in names:
+                m = measure(procs[name], WORKER_PORTS[name], "/small", 128, args.duration, cpus="0,1", threads=2)
+                results.setdefault(name, []).append(m)
+                print(f"round {r + 1} {name:24} reqs={m['reqs']:>8} cpu={m['cpu']:.2f}s p50={m['p50']:.0f}us p99={m['p99']:.0f}us non2xx={m['non2xx']} {m['sock']}", file=sys.stderr)
+    finally:
+        stop_all(procs, d)
+    print(f"# Workers, {datetime.date.today()} ({args.rounds} interleaved rounds of {args.duration}s; small response, 128 conns, wrk -t2 and the proxy unpinned; medians)\n")
+    print("| case | requests per second | CPU per request | p50 / p99 |")
+    print("|---|---|---|---|")
+    for name in names:
+        rps = med([m["reqs"] / args.duration for m in results[name]])
+        cpu = med([m["cpu"] / m["reqs"] * 1e6 for m in results[name]])
+        p50 = med([m["p50"] for m in results[name]])
+        p99 = med([m["p99"] for m in results[name]])
+        rps = f"{rps:,.0f}".replace(",", " ")
+        print(f"| {name} | {rps} | {cpu:.1f} µs | {p50:.0f} / {p99:.0f} µs |")
+    bad = {k: sum(m["non2xx"] for m in v) for k, v in results.items() if any(m["non2xx"] or m["sock"] for m in v)}
+    if bad:
+        print(f"\nErrors seen (non-2xx counts): {bad}")
 
 
 def ferroway_ab(args, d, procs, title, cases):

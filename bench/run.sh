@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Comparative benchmark: Ferroway vs NGINX vs HAProxy as reverse proxies, one run, interleaved.
-# Usage: bench/run.sh [--rounds N] [--duration SECONDS] [--idle-conns N] [--middleware | --h2 | --compress | --cache | --scale]
+# Usage: bench/run.sh [--rounds N] [--duration SECONDS] [--idle-conns N] [--middleware | --h2 | --compress | --cache | --scale | --workers]
 # Installs nginx, haproxy and wrk from Debian when missing; builds Ferroway in release mode.
 set -euo pipefail
 cd "$(dirname "$0")/.."

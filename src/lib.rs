@@ -17,3 +17,4 @@ pub mod snapshot;
 #[cfg(target_os = "linux")]
 pub mod splice;
 pub mod upstream;
+pub mod worker;

@@ -148,7 +148,8 @@ fn run_config(path: &Path, demo: bool) -> anyhow::Result<()> {
 
 fn serve(config: Config, path: Option<std::path::PathBuf>, demo: bool) -> anyhow::Result<()> {
     init_logging(&config.log_level);
-    let runtime = build_runtime(config.workers).context("starting the runtime")?;
+    let workers = config.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let (runtime, others) = ferroway::worker::start(workers).context("starting the workers")?;
     runtime.block_on(async move {
         // Handlers first: a stop signal that arrives while listeners start must still drain.
         let stop = stop_signal()?;
@@ -164,7 +165,7 @@ fn serve(config: Config, path: Option<std::path::PathBuf>, demo: bool) -> anyhow
                     .with_context(|| format!("starting demo backend {name} on {addr}"))?;
             }
         }
-        let running = server::start_with_file(&config, path).await?;
+        let running = server::start_on_workers(&config, path, others).await?;
         reload_on_sighup(hup, running.control.clone());
         reopen_log_on_sigusr1(usr1, running.gateway.access_log.clone());
         // Held until the gateway stops: dropping it would end the watch.
@@ -182,18 +183,6 @@ fn serve(config: Config, path: Option<std::path::PathBuf>, demo: bool) -> anyhow
         }
         Ok(())
     })
-}
-
-/// One worker: a current-thread runtime, which measured ~7% less CPU per small request than a
-/// one-worker multi-thread runtime (no cross-thread wake-ups; bench/RESULTS.md). Several: a
-/// multi-thread runtime with that many workers, so every core serves.
-fn build_runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
-    let workers = workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    if workers <= 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build()
-    }
 }
 
 /// SIGHUP reloads the config file; a failed reload is logged and changes nothing.

@@ -71,7 +71,8 @@ struct ListenerHandle {
     configured: SocketAddr,
     bound: SocketAddr,
     stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
+    /// One accept loop per worker.
+    tasks: Vec<JoinHandle<()>>,
 }
 
 /// Open connections (upgraded ones included), a wake-up when the last one ends (for
@@ -144,6 +145,9 @@ pub struct Control {
     admin_address: Mutex<Option<SocketAddr>>,
     /// The last reloads, newest last, for the dashboard.
     reload_history: Mutex<std::collections::VecDeque<ReloadRecord>>,
+    /// The runtimes of workers 1.. (see `crate::worker`); worker 0's is the one the gateway
+    /// was started on. Each accepts on every listener.
+    workers: Vec<tokio::runtime::Handle>,
 }
 
 /// One reload as the dashboard lists it.
@@ -272,8 +276,8 @@ impl Control {
             if existing.contains(&(name.clone(), address)) {
                 continue;
             }
-            match TcpListener::bind(address).await.and_then(|t| t.local_addr().map(|a| (t, a))) {
-                Ok((listener, bound)) => fresh.push((name, address, bound, listener)),
+            match bind(address, 1 + self.workers.len()).await {
+                Ok((listeners, bound)) => fresh.push((name, address, bound, listeners)),
                 Err(source) => return Err(ReloadError::Bind { name, address, source }),
             }
         }
@@ -293,10 +297,10 @@ impl Control {
             }
             keep
         });
-        for (name, configured, bound, listener) in fresh {
+        for (name, configured, bound, listeners) in fresh {
             tracing::info!(listener = %name, address = %bound, "listening");
             summary.listeners_added.push(name.clone());
-            list.push(self.spawn_listener(name, configured, bound, listener));
+            list.push(self.spawn_listener(name, configured, bound, listeners));
         }
         Ok(summary)
     }
@@ -310,8 +314,8 @@ impl Control {
         for l in &listeners {
             let _ = l.stop.send(true);
         }
-        for l in listeners {
-            let _ = l.task.await;
+        for task in listeners.into_iter().flat_map(|l| l.tasks) {
+            let _ = task.await;
         }
         let _ = self.drain.send(true);
         let drained = async {
@@ -339,22 +343,40 @@ impl Control {
         cut
     }
 
+    /// Starts an accept loop on each worker, each with its own descriptor of the socket
+    /// (`listeners`, one per worker, from [`bind`]).
     fn spawn_listener(
         self: &Arc<Self>,
         name: String,
         configured: SocketAddr,
         bound: SocketAddr,
-        listener: TcpListener,
+        listeners: Vec<std::net::TcpListener>,
     ) -> ListenerHandle {
         // Linux copies TCP_NODELAY from the listener to each accepted socket: one call here
         // instead of one per connection (`accept_loop` sets it per connection elsewhere).
         #[cfg(target_os = "linux")]
-        if let Err(e) = socket2::SockRef::from(&listener).set_tcp_nodelay(true) {
+        if let Some(Err(e)) = listeners.first().map(|l| socket2::SockRef::from(l).set_tcp_nodelay(true)) {
             tracing::warn!(listener = %name, error = %e, "TCP_NODELAY on the listener failed");
         }
         let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(accept_loop(listener, name.as_str().into(), self.clone(), stop_rx));
-        ListenerHandle { name, configured, bound, stop, task }
+        let runtimes = std::iter::once(tokio::runtime::Handle::current()).chain(self.workers.iter().cloned());
+        let tasks = listeners
+            .into_iter()
+            .zip(runtimes)
+            .map(|(listener, runtime)| {
+                let (name, control, stop_rx) = (Arc::<str>::from(name.as_str()), self.clone(), stop_rx.clone());
+                // Registered with the reactor of the worker that runs the loop, so it is made there.
+                runtime.spawn(async move {
+                    match TcpListener::from_std(listener) {
+                        Ok(listener) => accept_loop(listener, name, control, stop_rx).await,
+                        Err(e) => {
+                            tracing::error!(listener = %name, error = %e, "a worker cannot accept on the listener")
+                        }
+                    }
+                })
+            })
+            .collect();
+        ListenerHandle { name, configured, bound, stop, tasks }
     }
 }
 
@@ -364,13 +386,37 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
 
 /// Starts the gateway; `config_path` is where reloads read the config again.
 pub async fn start_with_file(config: &Config, config_path: Option<PathBuf>) -> Result<Running, StartError> {
+    start_on_workers(config, config_path, Vec::new()).await
+}
+
+/// Binds `address` once, with a descriptor of the socket for each of `workers` workers (each
+/// registers its own with its reactor). Non-blocking, as tokio binds it (SO_REUSEADDR, a
+/// backlog of 1024).
+async fn bind(address: SocketAddr, workers: usize) -> std::io::Result<(Vec<std::net::TcpListener>, SocketAddr)> {
+    let listener = TcpListener::bind(address).await?.into_std()?;
+    let bound = listener.local_addr()?;
+    let mut all = Vec::with_capacity(workers);
+    for _ in 1..workers {
+        all.push(listener.try_clone()?);
+    }
+    all.push(listener);
+    Ok((all, bound))
+}
+
+/// Starts the gateway on the runtime it is called on (worker 0) and on `workers`, the
+/// runtimes of the other workers (`crate::worker::start`).
+pub async fn start_on_workers(
+    config: &Config,
+    config_path: Option<PathBuf>,
+    workers: Vec<tokio::runtime::Handle>,
+) -> Result<Running, StartError> {
     let access_log = AccessLog::open(&config.access_log).map_err(StartError::AccessLog)?;
     let gateway = Arc::new(Gateway::new(config, access_log)?);
     let mut bound = Vec::new();
     for l in &config.listeners {
         let (name, address) = (l.name.value.clone(), l.address.value);
-        match TcpListener::bind(address).await.and_then(|t| t.local_addr().map(|a| (t, a))) {
-            Ok((listener, actual)) => bound.push((name, address, actual, listener)),
+        match bind(address, 1 + workers.len()).await {
+            Ok((listeners, actual)) => bound.push((name, address, actual, listeners)),
             Err(source) => return Err(StartError::Bind { name, address, source }),
         }
     }
@@ -387,12 +433,13 @@ pub async fn start_with_file(config: &Config, config_path: Option<PathBuf>) -> R
         reloaded: watch::channel(0).0,
         admin_address: Mutex::new(None),
         reload_history: Mutex::new(std::collections::VecDeque::with_capacity(RELOAD_HISTORY)),
+        workers,
     });
     let handles: Vec<ListenerHandle> = bound
         .into_iter()
-        .map(|(name, configured, actual, listener)| {
+        .map(|(name, configured, actual, listeners)| {
             tracing::info!(listener = %name, address = %actual, "listening");
-            control.spawn_listener(name, configured, actual, listener)
+            control.spawn_listener(name, configured, actual, listeners)
         })
         .collect();
     control.lock_listeners().extend(handles);

@@ -44,19 +44,26 @@ const MAX_READ: usize = 256 << 10;
 /// The idle connections of one target, most recently used last (taken first, so a quiet
 /// period lets the surplus reach the idle timeout).
 pub struct IdleConns {
-    /// Held only to push or pop (never across an await or a system call), and only by
-    /// requests to this one target; the current-thread runtime of one worker never contends.
-    conns: Mutex<Vec<Conn>>,
+    /// One list per worker (`crate::worker`): a connection's socket is registered with the
+    /// reactor of the worker that opened it, so only that worker's requests take it (another
+    /// worker's task would be woken from this worker's thread). Each lock is held only to
+    /// push or pop (never across an await or a system call), and only by its own worker's
+    /// requests to this one target, so it is never contended; the sweep takes each in turn.
+    lists: Box<[Mutex<Vec<Conn>>]>,
     /// Open connections to the target, idle or not (for metrics); the one count of them.
     open: Arc<AtomicUsize>,
+    /// Per worker: `max_idle_per_target` shared among the workers (rounded up), so the
+    /// target sees about as many idle connections as configured, however many workers.
     max: usize,
     timeout: Duration,
 }
 
 impl IdleConns {
     pub fn new(max: u32, timeout: Duration) -> Self {
-        let max = usize::try_from(max).unwrap_or(usize::MAX);
-        IdleConns { conns: Mutex::new(Vec::new()), open: Arc::default(), max, timeout }
+        let workers = crate::worker::count();
+        let max = usize::try_from(max).unwrap_or(usize::MAX).div_ceil(workers);
+        let lists = (0..workers).map(|_| Mutex::new(Vec::new())).collect();
+        IdleConns { lists, open: Arc::default(), max, timeout }
     }
 
     /// Connections open to the target, by whichever client opened them (hyper-util's
@@ -65,9 +72,10 @@ impl IdleConns {
         &self.open
     }
 
+    /// The calling worker's list.
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Conn>> {
-        // Poisoning would only mean a panic between a push and a pop: the list is still valid.
-        self.conns.lock().unwrap_or_else(|e| e.into_inner())
+        let i = crate::worker::index().min(self.lists.len() - 1);
+        lock(&self.lists[i])
     }
 
     /// The most recently used idle connection that is still open.
@@ -92,9 +100,16 @@ impl IdleConns {
 
     /// Closes connections idle past the timeout, and those the peer closed.
     fn sweep(&self) {
-        let stale: Vec<Conn> = self.lock().extract_if(.., |c| !c.usable(self.timeout)).collect();
-        drop(stale);
+        for list in &self.lists {
+            let stale: Vec<Conn> = lock(list).extract_if(.., |c| !c.usable(self.timeout)).collect();
+            drop(stale);
+        }
     }
+}
+
+fn lock(list: &Mutex<Vec<Conn>>) -> std::sync::MutexGuard<'_, Vec<Conn>> {
+    // Poisoning would only mean a panic between a push and a pop: the list is still valid.
+    list.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Decrements its target's open-connection count when the connection is dropped.

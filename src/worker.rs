@@ -1,0 +1,65 @@
+//! Workers: one thread per worker, each running its own current-thread tokio runtime.
+//!
+//! Every worker accepts on every listener, and a connection stays on the worker that accepted
+//! it: its task, its timers and the upstream connections it opens are that worker's alone, as
+//! with NGINX's worker processes (here in one process, sharing the snapshot, metrics, rate
+//! limits and health state through atomics and `ArcSwap`). A multi-thread (work-stealing)
+//! runtime was measured against this: with two workers it cost 10% more CPU per small
+//! request than one worker did (cross-thread wake-ups, the stealing, an upstream connection's
+//! readiness arriving on another thread), where one runtime per worker costs what one worker
+//! costs (bench/RESULTS.md, session 20). What a worker gives up is stealing: a busy worker's
+//! connections wait for it while another idles, which on a proxy's many short requests
+//! evens out.
+//!
+//! Worker 0 is the thread that started the gateway: it also runs the control tasks (signals,
+//! reloads, the file watch, the admin listener, health checks). Code that runs outside any
+//! worker (tests, tools) counts as worker 0.
+
+use std::cell::Cell;
+use std::sync::OnceLock;
+
+thread_local! {
+    static INDEX: Cell<usize> = const { Cell::new(0) };
+}
+
+static COUNT: OnceLock<usize> = OnceLock::new();
+
+/// How many workers this process runs (1 until [`start`] says otherwise).
+pub fn count() -> usize {
+    COUNT.get().copied().unwrap_or(1)
+}
+
+/// The calling thread's worker, `0..count()`.
+pub fn index() -> usize {
+    INDEX.with(Cell::get)
+}
+
+/// The runtime of worker 0, to be run on the calling thread, and handles to the runtimes of
+/// workers 1..`workers`, each already running on a thread of its own. Call once, before the
+/// gateway starts: per-worker state (the upstream connection pools) is sized from the count.
+pub fn start(workers: usize) -> std::io::Result<(tokio::runtime::Runtime, Vec<tokio::runtime::Handle>)> {
+    let workers = workers.max(1);
+    if COUNT.set(workers).is_err() && count() != workers {
+        return Err(std::io::Error::other("the worker count is set once per process"));
+    }
+    let main = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let mut handles = Vec::with_capacity(workers - 1);
+    let (running, started) = std::sync::mpsc::channel();
+    for i in 1..workers {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        handles.push(runtime.handle().clone());
+        let running = running.clone();
+        // Linux shows 15 bytes of a thread's name (`top -H`, /proc/PID/task/TID/comm).
+        std::thread::Builder::new().name(format!("ferroway-w{i}")).spawn(move || {
+            INDEX.with(|c| c.set(i));
+            let _ = running.send(());
+            // Runs the tasks spawned onto it until the process exits.
+            runtime.block_on(std::future::pending::<()>());
+        })?;
+    }
+    // Every worker is running (named, with its index) before anything is spawned onto it.
+    for _ in 1..workers {
+        started.recv().map_err(|_| std::io::Error::other("a worker thread ended at start"))?;
+    }
+    Ok((main, handles))
+}
