@@ -395,8 +395,9 @@ pub struct FieldPolicy {
     /// standard name is a table lookup each time.
     touched: Vec<Box<[u8]>>,
     replaced: Vec<Box<[u8]>>,
-    /// How many fields the proxy and the hooks may add to the (then empty) map: its first
-    /// capacity, so that it is allocated once rather than grown while the hooks run.
+    /// How many fields the hooks may add to the (then empty) map: its first capacity, so
+    /// that it is allocated once rather than grown while the hooks run (none without hooks:
+    /// the proxy's own fields go into the lines).
     pub room: usize,
 }
 
@@ -670,7 +671,9 @@ fn raw_fields(fields: &[httparse::Header<'_>], status: StatusCode, policy: &Fiel
         return None;
     }
     let size: usize = fields.iter().map(|h| h.name.len() + h.value.len() + 4).sum();
-    let mut lines = Vec::with_capacity(size);
+    // And room for the proxy's own lines (Via, a 32-digit X-Request-Id: 67 bytes), which
+    // would otherwise grow the vector.
+    let mut lines = Vec::with_capacity(size + 96);
     let mut length = None;
     let mut has_date = false;
     for h in fields {
@@ -796,6 +799,12 @@ impl Body {
 
     /// The response's fields as lines, when the client asked for them so and the response was
     /// plain; its head's `HeaderMap` then holds none of them.
+    /// The lines of [`take_raw_fields`](Self::take_raw_fields), to add to before they are
+    /// taken (the proxy's own fields).
+    pub fn raw_lines_mut(&mut self) -> Option<&mut Vec<u8>> {
+        self.raw.as_mut()
+    }
+
     pub fn take_raw_fields(&mut self) -> Option<RawFields> {
         self.raw.take().map(|lines| RawFields { lines, has_date: self.raw_date })
     }
