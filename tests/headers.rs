@@ -77,6 +77,75 @@ async fn forwarding_headers_describe_the_client() {
     assert_eq!(h["host"], "api.example.com");
 }
 
+/// The fields the proxy adds on the way up, as the backend got them (values of the
+/// per-request ones replaced by their shape), sorted.
+fn forwarding_seen(h: &http::HeaderMap) -> Vec<(String, String)> {
+    let mut seen: Vec<(String, String)> = h
+        .iter()
+        .filter(|(n, _)| {
+            [
+                "x-forwarded-for",
+                "x-forwarded-proto",
+                "x-forwarded-host",
+                "forwarded",
+                "via",
+                "x-request-id",
+                "traceparent",
+            ]
+            .contains(&n.as_str())
+        })
+        .map(|(n, v)| {
+            let v = v.to_str().expect("ascii");
+            let shown = match n.as_str() {
+                "x-request-id" => format!("{} hex digits", v.bytes().filter(u8::is_ascii_hexdigit).count()),
+                "traceparent" => format!("{} bytes", v.len()),
+                _ => v.to_owned(),
+            };
+            (n.as_str().to_owned(), shown)
+        })
+        .collect();
+    seen.sort();
+    seen
+}
+
+/// A request with none of the forwarding fields gets each once, with the same values, whether
+/// the proxy wrote them as lines (a route without middleware, the own HTTP/1.1 client) or into
+/// the request's map (a route whose hooks may read them, or an HTTP/2 upstream).
+#[tokio::test]
+async fn forwarding_fields_are_the_same_on_every_path() {
+    let backend = Backend::echo().await;
+    let gw = gateway(&format!(
+        "middleware: {{ tag: {{ headers: {{ request: {{ set: {{ x-tagged: yes }} }} }} }} }}\n\
+         upstreams:\n  up: {{ targets: [{{ address: {a} }}] }}\n  h2: {{ targets: [{{ address: {a} }}], protocol: h2c }}\n\
+         routes:\n  - {{ name: bare, match: {{ path_prefix: /bare }}, upstream: up }}\n\
+         \x20 - {{ name: hooked, match: {{ path_prefix: /hooked }}, upstream: up, middleware: [tag] }}\n\
+         \x20 - {{ name: two, match: {{ path_prefix: /two }}, upstream: h2 }}\n",
+        a = backend.addr
+    ))
+    .await;
+    let mut seen = Vec::new();
+    for path in ["/bare", "/hooked", "/two"] {
+        send(Request::get(gw.url(path)).header("host", "api.example.com").body(full("")).expect("request")).await;
+        seen.push(forwarding_seen(&backend.last().headers));
+    }
+    let expected: Vec<(String, String)> = [
+        ("forwarded", "for=127.0.0.1;proto=http;host=\"api.example.com\""),
+        ("traceparent", "55 bytes"),
+        ("via", "1.1 ferroway"),
+        ("x-forwarded-for", "127.0.0.1"),
+        ("x-forwarded-host", "api.example.com"),
+        ("x-forwarded-proto", "http"),
+        ("x-request-id", "32 hex digits"),
+    ]
+    .iter()
+    .map(|(n, v)| (n.to_string(), v.to_string()))
+    .collect();
+    assert_eq!(seen[0], expected, "a route without middleware");
+    assert_eq!(seen[1], expected, "a route with a request hook");
+    assert_eq!(backend.last().version, http::Version::HTTP_2);
+    assert_eq!(seen[2], expected, "an HTTP/2 upstream");
+}
+
 #[tokio::test]
 async fn host_header_follows_the_route_setting() {
     let backend = Backend::echo().await;

@@ -43,6 +43,9 @@ pub struct Outgoing<'a> {
     /// Whether the response's fields may stay lines for the client codec to write, and which
     /// of them the route's response hooks use (see `upstream::h1::FieldPolicy`).
     pub raw_response: Option<&'a FieldPolicy>,
+    /// Fields the proxy adds, as lines, sent after `headers` on every try (empty unless the
+    /// upstream's client `takes_lines`).
+    pub lines: Vec<u8>,
 }
 
 pub async fn forward(
@@ -97,13 +100,16 @@ pub async fn forward(
         // One clock reading for the start and the deadline, one for the end.
         let sent = tokio::time::Instant::now();
         let timeout = upstream.timeouts().response_header;
-        let outcome =
-            match tokio::time::timeout_at(sent + timeout, upstream.client.request(target, req, out.raw_response)).await
-            {
-                Err(_elapsed) => Err(ErrorKind::UpstreamResponseTimeout),
-                Ok(Err(e)) => Err(classify(&e)),
-                Ok(Ok(resp)) => Ok(resp),
-            };
+        let outcome = match tokio::time::timeout_at(
+            sent + timeout,
+            upstream.client.request(target, req, out.raw_response, &out.lines),
+        )
+        .await
+        {
+            Err(_elapsed) => Err(ErrorKind::UpstreamResponseTimeout),
+            Ok(Err(e)) => Err(classify(&e)),
+            Ok(Ok(resp)) => Ok(resp),
+        };
         let took = sent.elapsed();
         if let Some(e) = entry.as_deref_mut() {
             e.upstream_target = Some(target.address.clone());

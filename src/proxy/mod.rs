@@ -227,6 +227,10 @@ pub fn response_fields(hooks: usize) -> FieldPolicy {
     policy
 }
 
+/// Room for the proxy's request lines: forwarding fields with an IPv6 client and a long host,
+/// a 32-digit request id, a traceparent (a longer client request id grows it once).
+const LINES_ROOM: usize = 384;
+
 /// The policy of a route without middleware.
 static NO_HOOKS: LazyLock<FieldPolicy> = LazyLock::new(|| response_fields(0));
 
@@ -296,9 +300,26 @@ async fn route_and_forward(
     if te_trailers {
         parts.headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
-    headers::add_forwarding(&mut parts.headers, ctx.peer, host_value.as_ref(), client_version);
-    parts.headers.insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
-    let traceparent = trace::propagate(&mut parts.headers, ctx.trace);
+    // The proxy's own fields go up as lines when nothing reads them from the map: no hooks,
+    // none of them from the client to append to or replace, the own HTTP/1.1 client, and no
+    // hashing on one of them.
+    let mut lines = Vec::new();
+    let traceparent = if route.chain.is_none()
+        && !scan.forwarding
+        && upstream.client.takes_lines()
+        && !upstream.hashes_on(headers::FORWARDING_FIELDS)
+    {
+        lines.reserve(LINES_ROOM);
+        headers::forwarding_lines(&mut lines, ctx.peer, host_value.as_ref(), client_version);
+        let traceparent = ctx.trace.traceparent();
+        crate::http1::put_field(&mut lines, &X_REQUEST_ID, ctx.request_id);
+        crate::http1::put_field(&mut lines, &trace::TRACEPARENT, &traceparent);
+        traceparent
+    } else {
+        headers::add_forwarding(&mut parts.headers, ctx.peer, host_value.as_ref(), client_version);
+        parts.headers.insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
+        trace::propagate(&mut parts.headers, ctx.trace)
+    };
     if let Some(e) = ctx.entry.as_deref_mut() {
         e.traceparent = Some(traceparent);
     }
@@ -346,6 +367,7 @@ async fn route_and_forward(
         raw_response: matches!(client_version, http::Version::HTTP_10 | http::Version::HTTP_11)
             .then(|| chained.as_ref().map_or(Some(&*NO_HOOKS), |c| c.chain.response_fields()))
             .flatten(),
+        lines,
     };
     let (mut resp, in_flight) =
         forward::forward(upstream, out, ctx.peer.addr.ip(), &path, ctx.entry, ctx.request_id).await?;

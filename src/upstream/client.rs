@@ -89,19 +89,31 @@ impl UpstreamClient {
         }
     }
 
+    /// Whether [`request`](Self::request) sends `lines`: only the own HTTP/1.1 client does.
+    pub fn takes_lines(&self) -> bool {
+        matches!(self, UpstreamClient::H1(_))
+    }
+
     /// Sends `req` to `target` (whose authority the request's URI also carries) and waits for
     /// the response head. With a `raw` policy, the own HTTP/1.1 client may keep a plain
     /// response's fields as lines in its body ([`super::h1::RawFields`]) for the caller to
-    /// write out.
+    /// write out. `lines` are more request fields, already `name: value` CRLF lines, sent
+    /// after the map's (empty unless [`takes_lines`](Self::takes_lines)).
     pub async fn request(
         &self,
         target: &Target,
         req: Request<RequestBody>,
         raw: Option<&super::h1::FieldPolicy>,
+        lines: &[u8],
     ) -> Result<Response<UpstreamBody>, SendError> {
+        debug_assert!(lines.is_empty() || self.takes_lines(), "lines for a client that does not send them");
         let hyper = match self {
             UpstreamClient::H1(c) => {
-                return c.send(target, req, raw).await.map(|r| r.map(UpstreamBody::H1)).map_err(SendError::Gateway);
+                return c
+                    .send(target, req, raw, lines)
+                    .await
+                    .map(|r| r.map(UpstreamBody::H1))
+                    .map_err(SendError::Gateway);
             }
             UpstreamClient::Plain(c) => c.request(req),
             UpstreamClient::Tls(c) => c.request(req),

@@ -176,10 +176,11 @@ impl Client {
         target: &Target,
         req: Request<RequestBody>,
         raw: Option<&FieldPolicy>,
+        lines: &[u8],
     ) -> Result<Response<Body>, ErrorKind> {
         let (parts, body) = req.into_parts();
         let head_request = parts.method == Method::HEAD;
-        let (mut head, framing) = encode_head(&parts, &body, target);
+        let (mut head, framing) = encode_head(&parts, lines, &body, target);
         let mut again = if super::retry::is_idempotent(&parts.method) { body.replay() } else { None };
         let mut body = Some(body);
         loop {
@@ -195,7 +196,7 @@ impl Client {
                     // The second try: the same head again (encoded anew: the first try's is
                     // spent, and keeping a copy would cost every request an allocation).
                     let Some(b) = again.take() else { return Err(ErrorKind::UpstreamReset) };
-                    head = encode_head(&parts, &b, target).0;
+                    head = encode_head(&parts, lines, &b, target).0;
                     b
                 }
             };
@@ -265,10 +266,12 @@ enum Sending {
 
 /// The request head, and how its body is sent. RFC 9112 §6: the framing is the gateway's own
 /// (from the body's known length, else chunked); the client's framing fields were for its hop.
-fn encode_head(parts: &http::request::Parts, body: &RequestBody, target: &Target) -> (Vec<u8>, Sending) {
+/// The request head: the request line, the map's fields, then `lines` (fields the caller
+/// wrote as lines already), then the framing.
+fn encode_head(parts: &http::request::Parts, lines: &[u8], body: &RequestBody, target: &Target) -> (Vec<u8>, Sending) {
     let target_form = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     let fields: usize = parts.headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
-    let mut buf = Vec::with_capacity(64 + target_form.len() + fields);
+    let mut buf = Vec::with_capacity(64 + target_form.len() + fields + lines.len());
     buf.extend_from_slice(parts.method.as_str().as_bytes());
     buf.push(b' ');
     buf.extend_from_slice(target_form.as_bytes());
@@ -285,6 +288,7 @@ fn encode_head(parts: &http::request::Parts, body: &RequestBody, target: &Target
             put_field(&mut buf, name, value);
         }
     }
+    buf.extend_from_slice(lines);
     let sending = match body.size_hint().exact() {
         Some(n) => {
             let usual = matches!(parts.method, Method::POST | Method::PUT | Method::PATCH);

@@ -187,7 +187,7 @@ async fn probe(upstream: &Upstream, target: &super::Target, def: &HealthCheckDef
         .header(header::USER_AGENT, "ferroway-health-check")
         .body(RequestBody::empty());
     let Ok(req) = req else { return false };
-    match tokio::time::timeout(def.timeout, upstream.client.request(target, req, None)).await {
+    match tokio::time::timeout(def.timeout, upstream.client.request(target, req, None, &[])).await {
         Ok(Ok(resp)) => (def.expect_status.0..=def.expect_status.1).contains(&resp.status().as_u16()),
         _ => false,
     }

@@ -241,6 +241,11 @@ impl Upstream {
         &self.def
     }
 
+    /// Whether target choice hashes on one of these request fields (lower-case names).
+    pub fn hashes_on(&self, names: &[&str]) -> bool {
+        matches!(&self.def.hash_on, Some(HashOn::Header(h)) if names.contains(&h.as_str()))
+    }
+
     /// Takes a connection slot on `target`: at once when one is free, else by waiting behind
     /// at most `max_pending` other requests, for at most the connect timeout; past either
     /// bound the request is refused instead of queueing without limit (the circuit breaker).
