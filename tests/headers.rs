@@ -109,22 +109,23 @@ fn forwarding_seen(h: &http::HeaderMap) -> Vec<(String, String)> {
 }
 
 /// A request with none of the forwarding fields gets each once, with the same values, whether
-/// the proxy wrote them as lines (a route without middleware, the own HTTP/1.1 client) or into
-/// the request's map (a route whose hooks may read them, or an HTTP/2 upstream).
+/// the proxy wrote them as lines (no hook that names one of them, the own HTTP/1.1 client) or
+/// into the request's map (a hook that may read any field, or an HTTP/2 upstream).
 #[tokio::test]
 async fn forwarding_fields_are_the_same_on_every_path() {
     let backend = Backend::echo().await;
     let gw = gateway(&format!(
-        "middleware: {{ tag: {{ headers: {{ request: {{ set: {{ x-tagged: yes }} }} }} }} }}\n\
+        "middleware:\n  tag: {{ headers: {{ request: {{ set: {{ x-tagged: yes }} }} }} }}\n  hot: {{ cache: {{}} }}\n\
          upstreams:\n  up: {{ targets: [{{ address: {a} }}] }}\n  h2: {{ targets: [{{ address: {a} }}], protocol: h2c }}\n\
          routes:\n  - {{ name: bare, match: {{ path_prefix: /bare }}, upstream: up }}\n\
-         \x20 - {{ name: hooked, match: {{ path_prefix: /hooked }}, upstream: up, middleware: [tag] }}\n\
+         \x20 - {{ name: tagged, match: {{ path_prefix: /tagged }}, upstream: up, middleware: [tag] }}\n\
+         \x20 - {{ name: cached, match: {{ path_prefix: /cached }}, upstream: up, middleware: [hot] }}\n\
          \x20 - {{ name: two, match: {{ path_prefix: /two }}, upstream: h2 }}\n",
         a = backend.addr
     ))
     .await;
     let mut seen = Vec::new();
-    for path in ["/bare", "/hooked", "/two"] {
+    for path in ["/bare", "/tagged", "/cached", "/two"] {
         send(Request::get(gw.url(path)).header("host", "api.example.com").body(full("")).expect("request")).await;
         seen.push(forwarding_seen(&backend.last().headers));
     }
@@ -141,9 +142,28 @@ async fn forwarding_fields_are_the_same_on_every_path() {
     .map(|(n, v)| (n.to_string(), v.to_string()))
     .collect();
     assert_eq!(seen[0], expected, "a route without middleware");
-    assert_eq!(seen[1], expected, "a route with a request hook");
+    assert_eq!(seen[1], expected, "a request hook that names other fields");
+    assert_eq!(seen[2], expected, "a hook that may read any field (cache)");
     assert_eq!(backend.last().version, http::Version::HTTP_2);
-    assert_eq!(seen[2], expected, "an HTTP/2 upstream");
+    assert_eq!(seen[3], expected, "an HTTP/2 upstream");
+}
+
+/// A hook that names one of the proxy's fields sees and sets it in the request's map: the
+/// backend gets the rule's value, once.
+#[tokio::test]
+async fn a_header_rule_replaces_a_forwarding_field() {
+    let backend = Backend::echo().await;
+    let gw = gateway(&format!(
+        "middleware: {{ tls-off: {{ headers: {{ request: {{ set: {{ x-forwarded-proto: https }}, remove: [via] }} }} }} }}\n{}",
+        single_route(backend.addr, "", &format!("{ALL}, middleware: [tls-off]"))
+    ))
+    .await;
+    send(Request::get(gw.url("/")).body(full("")).expect("request")).await;
+    let h = backend.last().headers;
+    let proto: Vec<_> = h.get_all("x-forwarded-proto").iter().collect();
+    assert_eq!(proto, ["https"]);
+    assert!(!h.contains_key("via"), "{h:?}");
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1");
 }
 
 #[tokio::test]

@@ -52,6 +52,10 @@ impl Middleware for ApiKey {
         ResponseFields::Appends
     }
 
+    fn request_fields(&self) -> Option<Vec<HeaderName>> {
+        Some(vec![self.header.clone()])
+    }
+
     fn request<'a>(&'a self, cx: &'a mut Cx, req: &'a mut Req<'_>) -> Step<'a> {
         if cx.preflight_answered_later() {
             return Step::Next;

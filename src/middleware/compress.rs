@@ -22,7 +22,7 @@ use bytes::{Bytes, BytesMut};
 use compression_codecs::EncodeV2;
 use compression_codecs::core::Level;
 use compression_codecs::core::util::{PartialBuffer, WriteBuffer};
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
 
 use super::{Cx, Middleware, Req, Step};
@@ -80,6 +80,10 @@ impl Compress {
 }
 
 impl Middleware for Compress {
+    fn request_fields(&self) -> Option<Vec<HeaderName>> {
+        Some(vec![header::ACCEPT_ENCODING])
+    }
+
     fn request<'a>(&'a self, cx: &'a mut Cx, req: &'a mut Req<'_>) -> Step<'a> {
         if *req.method != Method::HEAD && cx.accept_coding.is_none() {
             cx.accept_coding = negotiate(&self.algorithms, req.headers);

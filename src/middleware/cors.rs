@@ -3,7 +3,7 @@
 //! response; other origins get no CORS headers at all. `*` is never sent with credentials:
 //! the request's own origin is echoed instead, with `Vary: Origin`.
 
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
 
 use super::{Answer, Cx, Middleware, Req, ResponseFields, Step};
@@ -92,6 +92,10 @@ impl Cors {
 }
 
 impl Middleware for Cors {
+    fn request_fields(&self) -> Option<Vec<HeaderName>> {
+        Some(vec![header::ORIGIN, header::ACCESS_CONTROL_REQUEST_METHOD, header::ACCESS_CONTROL_REQUEST_HEADERS])
+    }
+
     /// Its Access-Control fields are inserted, over any the upstream sent; Vary is appended.
     fn response_fields(&self) -> ResponseFields {
         let touched = vec![

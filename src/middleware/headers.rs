@@ -75,6 +75,12 @@ impl HeaderRules {
 }
 
 impl Middleware for HeaderRules {
+    /// The request rules' names (templates read the chain's context, never a field).
+    fn request_fields(&self) -> Option<Vec<HeaderName>> {
+        let r = &self.request;
+        Some(r.remove.iter().chain(r.set.iter().chain(&r.append).map(|(n, _)| n)).cloned().collect())
+    }
+
     fn request<'a>(&'a self, cx: &'a mut Cx, req: &'a mut Req<'_>) -> Step<'a> {
         self.request.apply(cx, req.headers);
         Step::Next
@@ -107,6 +113,10 @@ impl SecurityHeaders {
 }
 
 impl Middleware for SecurityHeaders {
+    fn request_fields(&self) -> Option<Vec<HeaderName>> {
+        Some(Vec::new())
+    }
+
     fn request<'a>(&'a self, _cx: &'a mut Cx, _req: &'a mut Req<'_>) -> Step<'a> {
         Step::Next
     }

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 use ipnet::IpNet;
 
 use super::{Answer, Cx, Middleware, MiddlewareMetrics, Outcome, Req, ResponseFields, Step};
@@ -31,6 +31,11 @@ impl IpFilter {
 impl Middleware for IpFilter {
     fn response_fields(&self) -> ResponseFields {
         ResponseFields::Appends
+    }
+
+    /// The client address comes from the chain's context (read before the proxy's hop).
+    fn request_fields(&self) -> Option<Vec<HeaderName>> {
+        Some(Vec::new())
     }
 
     fn request<'a>(&'a self, cx: &'a mut Cx, _req: &'a mut Req<'_>) -> Step<'a> {

@@ -222,6 +222,17 @@ impl Middleware for Jwt {
         ResponseFields::Appends
     }
 
+    /// Where the token comes from, and the headers claims are forwarded in.
+    fn request_fields(&self) -> Option<Vec<HeaderName>> {
+        let source = match &self.source {
+            TokenSource::Authorization => Some(header::AUTHORIZATION),
+            TokenSource::Header(h) => Some(h.clone()),
+            TokenSource::Cookie(_) => Some(header::COOKIE),
+            TokenSource::Query(_) => None,
+        };
+        Some(source.into_iter().chain(self.forward.iter().map(|(h, _)| h.clone())).collect())
+    }
+
     fn request<'a>(&'a self, cx: &'a mut Cx, req: &'a mut Req<'_>) -> Step<'a> {
         // Copies a client sent of the headers this middleware sets are never believed: removed
         // here when the request goes on without a verified token, replaced by `admit` when it

@@ -155,6 +155,15 @@ pub trait Middleware: Send + Sync {
         ResponseFields::Any
     }
 
+    /// The request fields this middleware reads or changes, when it can name them all;
+    /// `None` (any field) unless a middleware says otherwise, so one that forgets to costs
+    /// speed, never fields. A chain whose middleware name none of the fields the proxy adds on
+    /// the way up (`proxy::headers::FORWARDING_FIELDS`) lets the proxy send those as lines
+    /// after the request's map rather than insert them before the hooks run.
+    fn request_fields(&self) -> Option<Vec<HeaderName>> {
+        None
+    }
+
     /// Whether this middleware answers CORS preflights itself (auth before it lets them by).
     fn answers_preflights(&self) -> bool {
         false
@@ -179,12 +188,20 @@ pub struct Chain {
     cors_at: Option<usize>,
     /// The fields the chain's response hooks use, when they name them.
     fields: Option<FieldPolicy>,
+    /// Whether a request hook may read or change a field the proxy adds on the way up.
+    forwarding: bool,
 }
 
 impl Chain {
     /// The fields the chain's response hooks read or change, or `None` when any.
     pub fn response_fields(&self) -> Option<&FieldPolicy> {
         self.fields.as_ref()
+    }
+
+    /// Whether a request hook may read or change one of the fields the proxy adds on the way
+    /// up, which then go into the request's map before the hooks run.
+    pub fn uses_forwarding_fields(&self) -> bool {
+        self.forwarding
     }
 
     pub fn new_cx(
@@ -463,7 +480,12 @@ impl Compiled {
             names.iter().filter_map(|n| self.by_name.get(&n.value).cloned()).collect();
         let cors_at = items.iter().position(|m| m.answers_preflights());
         let fields = field_policy(&items);
-        Some(Arc::new(Chain { items, cors_at, fields }))
+        let forwarding = items.iter().any(|m| {
+            m.request_fields().is_none_or(|names| {
+                names.iter().any(|n| crate::proxy::headers::FORWARDING_FIELDS.contains(&n.as_str()))
+            })
+        });
+        Some(Arc::new(Chain { items, cors_at, fields, forwarding }))
     }
 }
 

@@ -6,6 +6,8 @@
 
 use std::sync::Arc;
 
+use http::HeaderName;
+
 use super::{Answer, Cx, Middleware, MiddlewareMetrics, Outcome, Req, ResponseFields, Step};
 use crate::config::PathFilterDef;
 use crate::proxy::error::ErrorKind;
@@ -24,6 +26,10 @@ impl PathFilter {
 impl Middleware for PathFilter {
     fn response_fields(&self) -> ResponseFields {
         ResponseFields::Appends
+    }
+
+    fn request_fields(&self) -> Option<Vec<HeaderName>> {
+        Some(Vec::new())
     }
 
     fn request<'a>(&'a self, _cx: &'a mut Cx, req: &'a mut Req<'_>) -> Step<'a> {

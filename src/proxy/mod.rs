@@ -300,11 +300,11 @@ async fn route_and_forward(
     if te_trailers {
         parts.headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
-    // The proxy's own fields go up as lines when nothing reads them from the map: no hooks,
-    // none of them from the client to append to or replace, the own HTTP/1.1 client, and no
-    // hashing on one of them.
+    // The proxy's own fields go up as lines when nothing reads them from the map: no hook
+    // that may use one, none of them from the client to append to or replace, the own
+    // HTTP/1.1 client, and no hashing on one of them.
     let mut lines = Vec::new();
-    let traceparent = if route.chain.is_none()
+    let traceparent = if route.chain.as_ref().is_none_or(|c| !c.uses_forwarding_fields())
         && !scan.forwarding
         && upstream.client.takes_lines()
         && !upstream.hashes_on(headers::FORWARDING_FIELDS)

@@ -156,6 +156,14 @@ impl RateLimit {
 }
 
 impl Middleware for RateLimit {
+    /// A header key's field; the other keys come from the chain's context.
+    fn request_fields(&self) -> Option<Vec<HeaderName>> {
+        Some(match &self.key {
+            LimitKey::Header(h) => vec![h.clone()],
+            _ => Vec::new(),
+        })
+    }
+
     fn request<'a>(&'a self, cx: &'a mut Cx, req: &'a mut Req<'_>) -> Step<'a> {
         match &self.store {
             Store::Local(store) => {
