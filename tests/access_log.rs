@@ -22,9 +22,12 @@ async fn each_request_writes_one_json_line_with_its_facts() {
     assert_eq!(ok.status, StatusCode::OK);
     let miss = get(&gw.url("/nope")).await;
     assert_eq!(miss.status, StatusCode::NOT_FOUND);
+    // None of the forwarding fields from the client: the proxy's go up as lines.
+    assert_eq!(get(&gw.url("/users/2")).await.status, StatusCode::OK);
+    let sent = backend.last().headers["traceparent"].to_str().expect("ascii").to_owned();
 
-    // Lines are written by a background thread: wait until both are there.
-    let lines = wait_for_lines(&log, 2).await;
+    // Lines are written by a background thread: wait until all three are there.
+    let lines = wait_for_lines(&log, 3).await;
     let first: serde_json::Value = serde_json::from_str(&lines[0]).expect("JSON line");
     assert_eq!(first["request_id"], "log-me");
     assert_eq!(first["method"], "POST");
@@ -42,6 +45,8 @@ async fn each_request_writes_one_json_line_with_its_facts() {
     assert_eq!(second["status"], 404);
     assert_eq!(second["error"], "no_route");
     assert_eq!(second["request_id"], miss.header("x-request-id").expect("id"));
+    let third: serde_json::Value = serde_json::from_str(&lines[2]).expect("JSON line");
+    assert_eq!(third["trace_id"], sent[3..35], "the trace id sent upstream as a line is logged");
 }
 
 async fn wait_for_lines(path: &std::path::Path, n: usize) -> Vec<String> {

@@ -311,17 +311,20 @@ async fn route_and_forward(
     {
         lines.reserve(LINES_ROOM);
         headers::forwarding_lines(&mut lines, ctx.peer, host_value.as_ref(), client_version);
-        let traceparent = ctx.trace.traceparent();
         crate::http1::put_field(&mut lines, &X_REQUEST_ID, ctx.request_id);
-        crate::http1::put_field(&mut lines, &trace::TRACEPARENT, &traceparent);
-        traceparent
+        // Written as text; a value is made only for the access log.
+        let traceparent = ctx.trace.traceparent_text();
+        lines.extend_from_slice(b"traceparent: ");
+        lines.extend_from_slice(&traceparent);
+        lines.extend_from_slice(b"\r\n");
+        ctx.entry.is_some().then(|| headers::hex_value(&traceparent))
     } else {
         headers::add_forwarding(&mut parts.headers, ctx.peer, host_value.as_ref(), client_version);
         parts.headers.insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
-        trace::propagate(&mut parts.headers, ctx.trace)
+        Some(trace::propagate(&mut parts.headers, ctx.trace))
     };
     if let Some(e) = ctx.entry.as_deref_mut() {
-        e.traceparent = Some(traceparent);
+        e.traceparent = traceparent;
     }
     match &route.host_header {
         // A Host field the request has is already the one to send; one taken from the target's

@@ -42,12 +42,17 @@ impl TraceIds {
 
     /// The `traceparent` naming the gateway's span as the parent of the upstream's.
     pub fn traceparent(&self) -> HeaderValue {
+        super::headers::hex_value(&self.traceparent_text())
+    }
+
+    /// [`traceparent`](Self::traceparent) as text.
+    pub fn traceparent_text(&self) -> [u8; 55] {
         // Filled in by hand: `format!` with padded hex cost about a thousand instructions.
         let mut text = *b"00-00000000000000000000000000000000-0000000000000000-00";
         hex_into(&mut text[3..35], &self.trace.to_be_bytes());
         hex_into(&mut text[36..52], &self.span.to_be_bytes());
         hex_into(&mut text[53..55], &[self.flags]);
-        super::headers::hex_value(&text)
+        text
     }
 }
 
