@@ -123,3 +123,28 @@ async fn a_listener_added_by_a_reload_is_served_by_every_worker() {
         assert!(c.await.expect("client").iter().all(|a| a.starts_with("HTTP/1.1 200 OK\r\n")));
     }
 }
+
+/// Each worker has its own socket of the listener's address; a second gateway on the same
+/// address is still refused it, as with one worker.
+#[tokio::test]
+async fn a_second_gateway_on_the_same_address_is_refused() {
+    let backend = Backend::text("ok").await;
+    let first = GatewayProcess::start(&config(backend.addr));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("second.yaml");
+    let yaml = config(backend.addr).replace("127.0.0.1:0", &first.addr.to_string());
+    std::fs::write(&path, yaml).expect("write");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ferroway"))
+            .args(["run", "--config"])
+            .arg(&path)
+            .output()
+            .expect("run")
+    })
+    .await
+    .expect("join");
+    assert!(!out.status.success(), "the second gateway started");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot bind"), "{stderr}");
+    assert_eq!(requests_on_one_connection(first.addr, 1).await.len(), 1, "the first one still serves");
+}
