@@ -4,12 +4,12 @@
 //! kernel spreads new connections), and a connection stays on the worker that accepted it: its task, its timers and the upstream connections it opens are that worker's alone, as
 //! with NGINX's worker processes (here in one process, sharing the snapshot, metrics, rate
 //! limits and health state through atomics and `ArcSwap`). A multi-thread (work-stealing)
-//! runtime was measured against this: with two workers it cost 10% more CPU per small
-//! request than one worker did (cross-thread wake-ups, the stealing, an upstream connection's
-//! readiness arriving on another thread), where one runtime per worker costs what one worker
-//! costs (bench/RESULTS.md, session 20). What a worker gives up is stealing: a busy worker's
-//! connections wait for it while another idles, which on a proxy's many short requests
-//! evens out.
+//! runtime was measured against this: with two workers it cost a third more CPU per small
+//! request (18.3 against 13.8 µs: cross-thread wake-ups, the stealing, an upstream
+//! connection's readiness arriving on another thread) and served less, where two runtimes
+//! cost no more per request than one (bench/RESULTS.md, session 20). What a worker gives up is
+//! stealing: a busy worker's connections wait for it while another idles, which on a proxy's
+//! many short requests evens out.
 //!
 //! Worker 0 is the thread that started the gateway: it also runs the control tasks (signals,
 //! reloads, the file watch, the admin listener, health checks). Code that runs outside any
