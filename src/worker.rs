@@ -1,7 +1,8 @@
 //! Workers: one thread per worker, each running its own current-thread tokio runtime.
 //!
 //! Every worker accepts on every listener (its own socket of an `SO_REUSEPORT` group, so the
-//! kernel spreads new connections), and a connection stays on the worker that accepted it: its task, its timers and the upstream connections it opens are that worker's alone, as
+//! kernel spreads new connections), and a connection stays on the worker that accepted it:
+//! its task, its timers and the upstream connections it opens are that worker's alone, as
 //! with NGINX's worker processes (here in one process, sharing the snapshot, metrics, rate
 //! limits and health state through atomics and `ArcSwap`). A multi-thread (work-stealing)
 //! runtime was measured against this: with two workers it cost a third more CPU per small

@@ -82,18 +82,7 @@ async fn forwarding_headers_describe_the_client() {
 fn forwarding_seen(h: &http::HeaderMap) -> Vec<(String, String)> {
     let mut seen: Vec<(String, String)> = h
         .iter()
-        .filter(|(n, _)| {
-            [
-                "x-forwarded-for",
-                "x-forwarded-proto",
-                "x-forwarded-host",
-                "forwarded",
-                "via",
-                "x-request-id",
-                "traceparent",
-            ]
-            .contains(&n.as_str())
-        })
+        .filter(|(n, _)| FORWARDING.iter().any(|(name, _)| n.as_str() == *name))
         .map(|(n, v)| {
             let v = v.to_str().expect("ascii");
             let shown = match n.as_str() {
@@ -107,6 +96,18 @@ fn forwarding_seen(h: &http::HeaderMap) -> Vec<(String, String)> {
     seen.sort();
     seen
 }
+
+/// The fields the proxy adds on the way up for a request to `api.example.com` from 127.0.0.1
+/// without any of its own, as `forwarding_seen` shows them.
+const FORWARDING: [(&str, &str); 7] = [
+    ("forwarded", "for=127.0.0.1;proto=http;host=\"api.example.com\""),
+    ("traceparent", "55 bytes"),
+    ("via", "1.1 ferroway"),
+    ("x-forwarded-for", "127.0.0.1"),
+    ("x-forwarded-host", "api.example.com"),
+    ("x-forwarded-proto", "http"),
+    ("x-request-id", "32 hex digits"),
+];
 
 /// A request with none of the forwarding fields gets each once, with the same values, whether
 /// the proxy wrote them as lines (no hook that names one of them, the own HTTP/1.1 client) or
@@ -129,18 +130,7 @@ async fn forwarding_fields_are_the_same_on_every_path() {
         send(Request::get(gw.url(path)).header("host", "api.example.com").body(full("")).expect("request")).await;
         seen.push(forwarding_seen(&backend.last().headers));
     }
-    let expected: Vec<(String, String)> = [
-        ("forwarded", "for=127.0.0.1;proto=http;host=\"api.example.com\""),
-        ("traceparent", "55 bytes"),
-        ("via", "1.1 ferroway"),
-        ("x-forwarded-for", "127.0.0.1"),
-        ("x-forwarded-host", "api.example.com"),
-        ("x-forwarded-proto", "http"),
-        ("x-request-id", "32 hex digits"),
-    ]
-    .iter()
-    .map(|(n, v)| (n.to_string(), v.to_string()))
-    .collect();
+    let expected: Vec<(String, String)> = FORWARDING.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
     assert_eq!(seen[0], expected, "a route without middleware");
     assert_eq!(seen[1], expected, "a request hook that names other fields");
     assert_eq!(seen[2], expected, "a hook that may read any field (cache)");

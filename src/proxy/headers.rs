@@ -38,7 +38,10 @@ pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// The request fields the proxy sets or appends to on the way up (see `Scan::forwarding`).
+/// The request fields the proxy sets or appends to on the way up: a hook or a balancer that
+/// names one needs them in the request's map. `Scan::forwarding` looks for all but Via from
+/// the client (a client's Via is kept and the proxy's follows it as a line of its own, as the
+/// map would send it).
 pub const FORWARDING_FIELDS: &[&str] = &[
     "x-forwarded-for",
     "x-forwarded-proto",
@@ -284,7 +287,7 @@ pub fn add_forwarding(headers: &mut HeaderMap, peer: &Peer, host: Option<&Header
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(peer.proto));
     // One allocation: the connection's fixed part, then this request's host.
-    let mut forwarded = Vec::with_capacity(forwarded_len(peer, host));
+    let mut forwarded = Vec::with_capacity(peer.forwarded_for.len() + host.map_or(0, |h| h.len() + 8));
     forwarded_element(&mut forwarded, peer, host);
     match host {
         Some(h) => _ = headers.insert(X_FORWARDED_HOST.clone(), h.clone()),
@@ -316,10 +319,6 @@ pub fn forwarding_lines(lines: &mut Vec<u8>, peer: &Peer, host: Option<&HeaderVa
     lines.extend_from_slice(b"\r\nvia: ");
     lines.extend_from_slice(via_value(version).as_bytes());
     lines.extend_from_slice(b"\r\n");
-}
-
-fn forwarded_len(peer: &Peer, host: Option<&HeaderValue>) -> usize {
-    peer.forwarded_for.len() + host.map_or(0, |h| h.len() + 8)
 }
 
 /// This hop's `Forwarded` element (RFC 7239): the connection's fixed part (`for=…;proto=…`),
@@ -399,6 +398,21 @@ mod tests {
             let mut one = HeaderMap::new();
             one.insert(HeaderName::from_static(name), HeaderValue::from_static("x"));
             assert!(Scan::of(&one).hop_by_hop, "{name}");
+        }
+    }
+
+    /// The scan and the list of the proxy's fields agree: a client's copy of any of them but Via
+    /// sends the proxy's into the map.
+    #[test]
+    fn a_scan_notes_each_forwarding_field_but_via() {
+        let mut plain = HeaderMap::new();
+        plain.insert(header::HOST, HeaderValue::from_static("a.example"));
+        plain.insert("x-other", HeaderValue::from_static("1"));
+        assert!(!Scan::of(&plain).forwarding);
+        for name in FORWARDING_FIELDS {
+            let mut h = plain.clone();
+            h.insert(HeaderName::from_static(name), HeaderValue::from_static("x"));
+            assert_eq!(Scan::of(&h).forwarding, *name != "via", "{name}");
         }
     }
 

@@ -217,11 +217,10 @@ fn answer_response(
 
 /// How the proxy itself uses an upstream response's fields (in `handle`): it appends Via and
 /// sets the request id over any the upstream sent (one that echoes the id it was sent, or has
-/// its own), and reads Upgrade only from a 101, which always goes into a map. Room for those
-/// two and a field or two per hook (CORS adds up to four).
+/// its own), and reads Upgrade only from a 101, which always goes into a map. The map of a
+/// response kept as lines holds only what hooks add (the proxy writes its own two into the
+/// lines): room for a field or two per hook.
 pub fn response_fields(hooks: usize) -> FieldPolicy {
-    // The map of a response kept as lines holds only what hooks add: the proxy writes its
-    // own fields (Via, X-Request-Id) into the lines.
     let mut policy = FieldPolicy::new(2 * hooks);
     policy.add(&[], std::slice::from_ref(&X_REQUEST_ID));
     policy

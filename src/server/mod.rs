@@ -363,11 +363,12 @@ impl Control {
         }
         let (stop, stop_rx) = watch::channel(false);
         let runtimes = std::iter::once(tokio::runtime::Handle::current()).chain(self.workers.iter().cloned());
+        let shared_name = Arc::<str>::from(name.as_str());
         let tasks = listeners
             .into_iter()
             .zip(runtimes)
             .map(|(listener, runtime)| {
-                let (name, control, stop_rx) = (Arc::<str>::from(name.as_str()), self.clone(), stop_rx.clone());
+                let (name, control, stop_rx) = (shared_name.clone(), self.clone(), stop_rx.clone());
                 // Registered with the reactor of the worker that runs the loop, so it is made there.
                 runtime.spawn(async move {
                     match TcpListener::from_std(listener) {

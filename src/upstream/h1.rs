@@ -264,10 +264,10 @@ enum Sending {
     Chunked,
 }
 
-/// The request head, and how its body is sent. RFC 9112 §6: the framing is the gateway's own
-/// (from the body's known length, else chunked); the client's framing fields were for its hop.
-/// The request head: the request line, the map's fields, then `lines` (fields the caller
-/// wrote as lines already), then the framing.
+/// The request head, and how its body is sent: the request line, the map's fields, then
+/// `lines` (fields the caller wrote as lines already), then the framing. RFC 9112 §6: the
+/// framing is the gateway's own (from the body's known length, else chunked); the client's
+/// framing fields were for its hop.
 fn encode_head(parts: &http::request::Parts, lines: &[u8], body: &RequestBody, target: &Target) -> (Vec<u8>, Sending) {
     let target_form = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     let fields: usize = parts.headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
@@ -801,14 +801,14 @@ impl Body {
         }
     }
 
-    /// The response's fields as lines, when the client asked for them so and the response was
-    /// plain; its head's `HeaderMap` then holds none of them.
     /// The lines of [`take_raw_fields`](Self::take_raw_fields), to add to before they are
     /// taken (the proxy's own fields).
     pub fn raw_lines_mut(&mut self) -> Option<&mut Vec<u8>> {
         self.raw.as_mut()
     }
 
+    /// The response's fields as lines, when the client asked for them so and the response was
+    /// plain; its head's `HeaderMap` then holds none of them.
     pub fn take_raw_fields(&mut self) -> Option<RawFields> {
         self.raw.take().map(|lines| RawFields { lines, has_date: self.raw_date })
     }
