@@ -177,3 +177,43 @@ async fn connections_per_target_are_capped_and_excess_waiters_get_503_at_once() 
     assert_eq!((ok, refused), (3, 2), "2 in flight + 1 waiting are served; the rest are refused");
     assert_eq!(peak.load(Ordering::SeqCst), 2, "the upstream never saw more than 2 at once");
 }
+
+/// Hashing on X-Forwarded-For: the field the proxy appends the client to. Its value is the
+/// client's address (no client copy here), so clients spread over the targets and each stays
+/// on one; the field is in the request's map when the target is chosen, not only in the lines
+/// the proxy writes after it.
+#[tokio::test]
+async fn hashing_on_x_forwarded_for_keeps_each_client_on_one_target() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (a, b, c) = (named("a").await, named("b").await, named("c").await);
+    let gw = gateway(&upstream_yaml(
+        &[(&a, 1), (&b, 1), (&c, 1)],
+        "balance: consistent_hash, hash_on: header:x-forwarded-for",
+    ))
+    .await;
+    // One request from 127.0.0.`n`; the target's name.
+    let from = |n: u8| {
+        let addr = gw.addr;
+        async move {
+            let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+            socket.bind(std::net::SocketAddr::from(([127, 0, 0, n], 0))).expect("bind a loopback address");
+            let mut s = socket.connect(addr).await.expect("connect");
+            s.write_all(b"GET / HTTP/1.1\r\nHost: hash.test\r\nConnection: close\r\n\r\n").await.expect("write");
+            // `Connection: close`: the answer ends where the connection does.
+            let mut answer = String::new();
+            tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut answer))
+                .await
+                .expect("answered in time")
+                .expect("read");
+            assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+            answer.rsplit("\r\n\r\n").next().unwrap_or_default().to_owned()
+        }
+    };
+    let mut targets = std::collections::HashSet::new();
+    for n in 1..=30 {
+        let first = from(n).await;
+        assert_eq!(from(n).await, first, "client 127.0.0.{n} stays on one target");
+        targets.insert(first);
+    }
+    assert!(targets.len() >= 2, "thirty clients all on {targets:?}");
+}
