@@ -390,9 +390,7 @@ def main():
     print(f"| memory per idle keep-alive client connection ({args.idle_conns} open) | " + " | ".join(row) + " |")
     dm, dlo, dhi = per("1m", "direct", 1e6)
     print(f"\nBackend alone (sendfile) per MiB: {dm:.0f} µs ({dlo:.0f}–{dhi:.0f}).")
-    bad = {k: sum(m["non2xx"] for m in v) for k, v in results.items() if any(m["non2xx"] or m["sock"] for m in v)}
-    if bad:
-        print(f"\nErrors seen (non-2xx counts): {bad}")
+    report_errors(results)
 
 
 def h2_main(args, d, procs):
@@ -531,19 +529,14 @@ http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 300s;
 """)
         procs[name] = subprocess.Popen(["nginx", "-c", conf, "-p", d], **quiet)
     names = [n for n in WORKER_PORTS if n in procs]
-    results = {}
     try:
         for name in names:
             wait_port(WORKER_PORTS[name])
-        for name in names:
-            wrk(WORKER_PORTS[name], "/small", 128, 1, cpus="0,1", threads=2)
-        for r in range(args.rounds):
-            for name in names:
-                m = measure(procs[name], WORKER_PORTS[name], "/small", 128, args.duration, cpus="0,1", threads=2)
-                results.setdefault(name, []).append(m)
-                print(f"round {r + 1} {name:24} reqs={m['reqs']:>8} cpu={m['cpu']:.2f}s p50={m['p50']:.0f}us p99={m['p99']:.0f}us non2xx={m['non2xx']} {m['sock']}", file=sys.stderr)
-    finally:
+    except BaseException:
         stop_all(procs, d)
+        raise
+    cases = [(name, "/small", (), name, WORKER_PORTS[name]) for name in names]
+    results = interleaved(args, d, procs, cases, 128, cpus="0,1", threads=2)
     print(f"# Workers, {datetime.date.today()} ({args.rounds} interleaved rounds of {args.duration}s; small response, 128 conns, wrk -t2 and the proxy unpinned; medians)\n")
     print("| case | requests per second | CPU per request | p50 / p99 |")
     print("|---|---|---|---|")
@@ -554,26 +547,39 @@ http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 300s;
         p99 = med([m["p99"] for m in results[name]])
         rps = f"{rps:,.0f}".replace(",", " ")
         print(f"| {name} | {rps} | {cpu:.1f} µs | {p50:.0f} / {p99:.0f} µs |")
+    report_errors(results)
+
+
+def report_errors(results):
+    """Lists the cases where a round saw non-2xx answers or socket errors."""
     bad = {k: sum(m["non2xx"] for m in v) for k, v in results.items() if any(m["non2xx"] or m["sock"] for m in v)}
     if bad:
         print(f"\nErrors seen (non-2xx counts): {bad}")
 
 
+def interleaved(args, d, procs, cases, conns, **load):
+    """Each (label, path, headers, process, port) case over `conns` keep-alive connections:
+    a second's warm-up each, then `args.rounds` interleaved rounds; the measurements by label.
+    Stops every server at the end."""
+    results = {}
+    try:
+        for _, path, headers, _, port in cases:
+            wrk(port, path, conns, 1, headers=headers, **load)
+        for r in range(args.rounds):
+            for label, path, headers, name, port in cases:
+                m = measure(procs[name], port, path, conns, args.duration, headers=headers, **load)
+                results.setdefault(label, []).append(m)
+                print(f"round {r + 1} {label:24} reqs={m['reqs']:>8} cpu={m['cpu']:.2f}s p50={m['p50']:.0f}us p99={m['p99']:.0f}us non2xx={m['non2xx']} {m['sock']}", file=sys.stderr)
+    finally:
+        stop_all(procs, d)
+    return results
+
+
 def ferroway_ab(args, d, procs, title, cases):
     """Ferroway alone: each (label, path, headers[, process, port]) case over 64 keep-alive
     connections, rounds interleaved; CPU per request against the first case."""
-    results = {}
     cases = [c if len(c) == 5 else (*c, "ferroway", FERRO) for c in cases]
-    try:
-        for _, path, headers, _, port in cases:
-            wrk(port, path, 64, 1, headers=headers)
-        for r in range(args.rounds):
-            for label, path, headers, name, port in cases:
-                m = measure(procs[name], port, path, 64, args.duration, headers=headers)
-                results.setdefault(label, []).append(m)
-                print(f"round {r + 1} {label:10} reqs={m['reqs']:>8} cpu={m['cpu']:.2f}s p50={m['p50']:.0f}us p99={m['p99']:.0f}us non2xx={m['non2xx']} {m['sock']}", file=sys.stderr)
-    finally:
-        stop_all(procs, d)
+    results = interleaved(args, d, procs, cases, 64)
     cpu = {n: med([m["cpu"] / m["reqs"] * 1e6 for m in v]) for n, v in results.items()}
     base = cases[0][0]
     print(f"# {title}, {datetime.date.today()} ({args.rounds} interleaved rounds of {args.duration}s; small response, 64 conns; medians)\n")
@@ -583,26 +589,15 @@ def ferroway_ab(args, d, procs, title, cases):
         p50 = med([m["p50"] for m in results[label]])
         p99 = med([m["p99"] for m in results[label]])
         print(f"| {label} | {cpu[label]:.1f} µs | {cpu[label] / cpu[base]:.2f}× | {cpu[base] / cpu[label] * 100:.0f}% | {p50:.0f} / {p99:.0f} µs |")
-    bad = {k: sum(m["non2xx"] for m in v) for k, v in results.items() if any(m["non2xx"] or m["sock"] for m in v)}
-    if bad:
-        print(f"\nErrors seen (non-2xx counts): {bad}")
+    report_errors(results)
 
 
 def compress_main(args, d, procs):
     """1 MiB JSON responses over 8 keep-alive connections, compressed per algorithm."""
-    cases = [("identity (no compression)", "ferroway", FERRO, "identity"), ("gzip", "ferroway", FERRO, "gzip"),
-             ("zstd", "ferroway", FERRO, "zstd"), ("br", "ferroway", FERRO, "br"), ("gzip (NGINX, level 5)", "nginx", NGINX, "gzip")]
-    results = {}
-    try:
-        for _, name, port, enc in cases:
-            wrk(port, "/z/1m.json", 8, 1, headers=(f"accept-encoding: {enc}",))
-        for r in range(args.rounds):
-            for label, name, port, enc in cases:
-                m = measure(procs[name], port, "/z/1m.json", 8, args.duration, headers=(f"accept-encoding: {enc}",))
-                results.setdefault(label, []).append(m)
-                print(f"round {r + 1} {label:28} reqs={m['reqs']:>6} cpu={m['cpu']:.2f}s non2xx={m['non2xx']} {m['sock']}", file=sys.stderr)
-    finally:
-        stop_all(procs, d)
+    codings = [("identity (no compression)", "ferroway", FERRO, "identity"), ("gzip", "ferroway", FERRO, "gzip"),
+               ("zstd", "ferroway", FERRO, "zstd"), ("br", "ferroway", FERRO, "br"), ("gzip (NGINX, level 5)", "nginx", NGINX, "gzip")]
+    cases = [(label, "/z/1m.json", (f"accept-encoding: {enc}",), name, port) for label, name, port, enc in codings]
+    results = interleaved(args, d, procs, cases, 8)
     print(f"# Ferroway compression bench, {datetime.date.today()} ({args.rounds} interleaved rounds of {args.duration}s; 1 MiB JSON, 8 conns; medians, min–max)\n")
     print("| coding | proxy CPU per MiB of plain body |")
     print("|---|---|")
