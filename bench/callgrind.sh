@@ -3,7 +3,7 @@
 # in front of the same NGINX backend. Unlike CPU time on a shared machine, an instruction count
 # repeats within about 2% run to run (±1k instructions), so it shows changes that timing hides.
 #
-# Usage: bench/callgrind.sh [--ferroway BIN] [--connections N] [--middleware]
+# Usage: bench/callgrind.sh [--ferroway BIN] [--connections N] [--middleware] [--keep DIR]
 #
 # --middleware measures, instead, Ferroway's route behind rate limit + JWT (RS256, one claim
 # forwarded) + CORS + header rules, the chain of `bench/run.py --middleware`, with a bearer
@@ -11,19 +11,22 @@
 #
 # Each proxy serves 2 000 and then 12 000 requests (h2load, HTTP/1.1, N connections, default
 # 16) in two runs under valgrind; the difference over 10 000 requests leaves out start-up and
-# shutdown. `memcpy` is shown apart: valgrind counts `rep movsb` once per byte, so its share of
+# shutdown. --keep DIR copies callgrind's output files there (NAME-2000.out, NAME-12000.out) to
+# compare functions with callgrind_annotate. `memcpy` is shown apart: valgrind counts `rep movsb` once per byte, so its share of
 # the instructions is far above its share of the time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ferroway=target/release/ferroway
 conns=16
 middleware=0
+keep=
 while [ $# -gt 0 ]; do
   case "$1" in
     --ferroway) ferroway=$2; shift 2 ;;
     --connections) conns=$2; shift 2 ;;
     --middleware) middleware=1; shift ;;
-    *) echo "usage: bench/callgrind.sh [--ferroway BIN] [--connections N] [--middleware]" >&2; exit 2 ;;
+    --keep) keep=$2; shift 2 ;;
+    *) echo "usage: bench/callgrind.sh [--ferroway BIN] [--connections N] [--middleware] [--keep DIR]" >&2; exit 2 ;;
   esac
 done
 missing=()
@@ -143,5 +146,6 @@ for name in "${names[@]}"; do
   fi
   read -r a am < <(total $name $port 2000 -- "${cmd[@]}")
   read -r b bm < <(total $name $port 12000 -- "${cmd[@]}")
+  [ -n "$keep" ] && mkdir -p "$keep" && cp "$d/$name-2000.out" "$d/$name-12000.out" "$keep/"
   python3 -c "n=10000; t=($b-$a)/n; m=($bm-$am)/n; print(f'| $name | {t:.0f} | {m:.0f} | {t-m:.0f} |')"
 done

@@ -156,6 +156,26 @@ async fn a_header_rule_replaces_a_forwarding_field() {
     assert_eq!(h["x-forwarded-for"], "127.0.0.1");
 }
 
+/// The response side: a header rule that removes the proxy's Via and sets X-Request-Id wins
+/// over the proxy's own fields, on a response kept as lines (HTTP/1.1 both ways) and on one
+/// in a map (an HTTP/2 client). Broke when the proxy wrote its two fields as lines.
+#[tokio::test]
+async fn a_response_header_rule_replaces_the_proxys_fields() {
+    let backend = Backend::echo().await;
+    let gw = gateway(&format!(
+        "middleware: {{ rules: {{ headers: {{ response: {{ remove: [via], set: {{ x-request-id: fixed }} }} }} }} }}\n{}",
+        single_route(backend.addr, "", &format!("{ALL}, middleware: [rules]"))
+    ))
+    .await;
+    for client in [client(), h2_client()] {
+        let got = send_with(&client, Request::get(gw.url("/")).body(full("")).expect("request")).await;
+        assert_eq!(got.status, 200);
+        assert!(!got.headers.contains_key("via"), "{:?}: {:?}", got.version, got.headers);
+        let ids: Vec<_> = got.headers.get_all("x-request-id").iter().collect();
+        assert_eq!(ids, ["fixed"], "{:?}", got.version);
+    }
+}
+
 #[tokio::test]
 async fn host_header_follows_the_route_setting() {
     let backend = Backend::echo().await;

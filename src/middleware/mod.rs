@@ -190,6 +190,9 @@ pub struct Chain {
     fields: Option<FieldPolicy>,
     /// Whether a request hook may read or change a field the proxy adds on the way up.
     forwarding: bool,
+    /// Whether a response hook may read or change a field the proxy adds on the way back
+    /// (Via, X-Request-Id), which then go into the response's map before the hooks run.
+    proxy_response_fields: bool,
 }
 
 impl Chain {
@@ -202,6 +205,12 @@ impl Chain {
     /// up, which then go into the request's map before the hooks run.
     pub fn uses_forwarding_fields(&self) -> bool {
         self.forwarding
+    }
+
+    /// Whether a response hook may read or change the proxy's own response fields (Via,
+    /// X-Request-Id): they then go into the response's map, where the hook sees them.
+    pub fn uses_proxy_response_fields(&self) -> bool {
+        self.proxy_response_fields
     }
 
     pub fn new_cx(
@@ -485,7 +494,15 @@ impl Compiled {
                 names.iter().any(|n| crate::proxy::headers::FORWARDING_FIELDS.contains(&n.as_str()))
             })
         });
-        Some(Arc::new(Chain { items, cors_at, fields, forwarding }))
+        let proxy_response_fields = items.iter().any(|m| match m.response_fields() {
+            ResponseFields::Appends => false,
+            ResponseFields::Names { touched, replaced } => touched
+                .iter()
+                .chain(&replaced)
+                .any(|n| *n == http::header::VIA || *n == crate::proxy::headers::X_REQUEST_ID),
+            ResponseFields::Any => true,
+        });
+        Some(Arc::new(Chain { items, cors_at, fields, forwarding, proxy_response_fields }))
     }
 }
 

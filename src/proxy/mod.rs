@@ -113,10 +113,15 @@ pub async fn handle(req: Request<ClientBody>, peer: &Peer, gw: &Gateway) -> Resp
                 resp.headers_mut().insert(header::UPGRADE, p);
             }
             let via = headers::via_value(resp.version());
-            match resp.body_mut().own().and_then(|b| b.raw_lines_mut()) {
-                // Fields kept as lines (the upstream's X-Request-Id left out of them, see
-                // `response_fields`): the proxy's two are lines too, and the map stays empty
-                // unless a hook adds to it (a map for two fields: 0.9k instructions).
+            // Fields kept as lines (the upstream's X-Request-Id left out of them, see
+            // `response_fields`): the proxy's two are lines too, and the map stays empty unless
+            // a hook adds to it (a map for two fields: 0.9k instructions). Not when a hook
+            // names one of them: it must find them in the map to replace or remove them.
+            let lines = match chained.as_ref() {
+                Some(c) if c.chain.uses_proxy_response_fields() => None,
+                _ => resp.body_mut().own().and_then(|b| b.raw_lines_mut()),
+            };
+            match lines {
                 Some(lines) => {
                     crate::http1::put_field(lines, &header::VIA, &via);
                     crate::http1::put_field(lines, &X_REQUEST_ID, &request_id);
