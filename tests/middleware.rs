@@ -65,6 +65,35 @@ async fn an_early_answer_stops_the_chain_and_the_upstream_sees_nothing() {
     assert!(ok.headers.get_all("vary").iter().any(|v| v == "Origin"));
 }
 
+/// A response hook sees what the hooks that ran before it added, and what the upstream sent
+/// under a name it replaces is gone, whether the response goes back as lines (HTTP/1.1 both
+/// ways, where the hooks' fields become lines) or in a map (an HTTP/2 client). Header rules
+/// run last here: they remove CORS's Vary and the rate limit's RateLimit, and replace CORS's
+/// Allow-Origin; the RateLimit-Policy no hook names stays.
+#[tokio::test]
+async fn a_later_response_hook_sees_and_replaces_what_an_earlier_one_added() {
+    let backend = Backend::recording(|_| {
+        let mut r = Response::new(full("ok"));
+        r.headers_mut().insert("vary", "Accept-Encoding".parse().expect("value"));
+        r
+    })
+    .await;
+    let middleware = "  rules: { headers: { response: { remove: [vary, ratelimit], set: { access-control-allow-origin: \"https://override.example\" } } } }\n  web-cors: { cors: { allow_origins: [\"https://app.example.com\"] } }\n  limit: { rate_limit: { rate: 1000/s, burst: 1000 } }";
+    let gw = gateway(&config(&backend, middleware, "rules, web-cors, limit")).await;
+    for client in [client(), h2_client()] {
+        let req = request(Method::GET, &gw.url("/x"), &[("origin", "https://app.example.com")]);
+        let got = send_with(&client, req).await;
+        assert_eq!(got.status, StatusCode::OK);
+        let all = |name: &str| {
+            got.headers.get_all(name).iter().map(|v| v.to_str().unwrap_or("?").to_owned()).collect::<Vec<_>>()
+        };
+        assert_eq!(all("vary"), Vec::<String>::new(), "{:?}: {:?}", got.version, got.headers);
+        assert_eq!(all("ratelimit"), Vec::<String>::new(), "{:?}", got.version);
+        assert_eq!(all("access-control-allow-origin"), ["https://override.example"], "{:?}", got.version);
+        assert_eq!(all("ratelimit-policy").len(), 1, "{:?}", got.version);
+    }
+}
+
 #[tokio::test]
 async fn preflight_is_answered_without_touching_upstream_even_behind_auth() {
     let backend = Backend::recording(|_| Response::new(full("ok"))).await;

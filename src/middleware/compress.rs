@@ -25,7 +25,7 @@ use compression_codecs::core::util::{PartialBuffer, WriteBuffer};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
 
-use super::{Cx, Middleware, Req, Step};
+use super::{Cx, Fields, Middleware, Req, Step};
 use crate::config::{Coding, CompressDef};
 use crate::proxy::headers::list_items;
 
@@ -91,7 +91,9 @@ impl Middleware for Compress {
         Step::Next
     }
 
-    fn response(&self, cx: &Cx, status: StatusCode, headers: &mut HeaderMap) {
+    fn response(&self, cx: &Cx, status: StatusCode, fields: &mut Fields<'_>) {
+        // Reads any field (`ResponseFields::Any`), so the response is all in the map.
+        let headers = fields.map();
         // One encoding per response: a second `compress` in the chain sees it encoded already.
         if cx.encode.get().is_some() || !self.eligible(status, headers) {
             return;

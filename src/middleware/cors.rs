@@ -6,7 +6,7 @@
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
 
-use super::{Answer, Cx, Middleware, Req, ResponseFields, Step};
+use super::{Answer, Cx, Fields, Middleware, Req, ResponseFields, Step};
 use crate::config::{CorsDef, OriginPattern};
 
 pub struct Cors {
@@ -123,7 +123,7 @@ impl Middleware for Cors {
         true
     }
 
-    fn response(&self, cx: &Cx, _status: StatusCode, h: &mut HeaderMap) {
+    fn response(&self, cx: &Cx, _status: StatusCode, h: &mut Fields<'_>) {
         // The answer depends on Origin unless it is a plain `*`.
         if !self.any || self.credentials {
             h.append(header::VARY, HeaderValue::from_static("Origin"));

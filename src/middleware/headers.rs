@@ -5,9 +5,9 @@
 
 use std::fmt::Write as _;
 
-use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use http::{HeaderName, HeaderValue, StatusCode};
 
-use super::{Cx, Middleware, Req, ResponseFields, Step};
+use super::{Cx, Fields, Middleware, Req, ResponseFields, Step};
 use crate::config::{self, HeaderRulesDef, SecurityHeadersDef, Template, TemplatePart};
 
 struct Rules {
@@ -22,7 +22,7 @@ impl Rules {
     }
 
     /// Removals first, so `remove: [x]` with `set: {x: …}` leaves the set value.
-    fn apply(&self, cx: &Cx, h: &mut HeaderMap) {
+    fn apply(&self, cx: &Cx, h: &mut Fields<'_>) {
         for name in &self.remove {
             h.remove(name);
         }
@@ -82,11 +82,11 @@ impl Middleware for HeaderRules {
     }
 
     fn request<'a>(&'a self, cx: &'a mut Cx, req: &'a mut Req<'_>) -> Step<'a> {
-        self.request.apply(cx, req.headers);
+        self.request.apply(cx, &mut Fields::new(req.headers));
         Step::Next
     }
 
-    fn response(&self, cx: &Cx, _status: StatusCode, headers: &mut HeaderMap) {
+    fn response(&self, cx: &Cx, _status: StatusCode, headers: &mut Fields<'_>) {
         self.response.apply(cx, headers);
     }
 
@@ -122,7 +122,7 @@ impl Middleware for SecurityHeaders {
     }
 
     /// Added where the upstream set none: an application's own policy wins.
-    fn response(&self, _cx: &Cx, _status: StatusCode, h: &mut HeaderMap) {
+    fn response(&self, _cx: &Cx, _status: StatusCode, h: &mut Fields<'_>) {
         for (name, value) in &self.headers {
             if !h.contains_key(name) {
                 h.insert(name.clone(), value.clone());

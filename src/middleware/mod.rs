@@ -144,7 +144,7 @@ pub struct Req<'r> {
 pub trait Middleware: Send + Sync {
     fn request<'a>(&'a self, cx: &'a mut Cx, req: &'a mut Req<'_>) -> Step<'a>;
 
-    fn response(&self, _cx: &Cx, _status: StatusCode, _headers: &mut HeaderMap) {}
+    fn response(&self, _cx: &Cx, _status: StatusCode, _fields: &mut Fields<'_>) {}
 
     /// Which of an upstream response's fields this middleware reads or changes (in its
     /// response hook, or as a cache). A chain that names them lets a response to an HTTP/1.1
@@ -167,6 +167,70 @@ pub trait Middleware: Send + Sync {
     /// Whether this middleware answers CORS preflights itself (auth before it lets them by).
     fn answers_preflights(&self) -> bool {
         false
+    }
+}
+
+/// A response's fields as a response hook sees them: the response's map and, on a response
+/// kept as lines (`upstream::h1::RawFields`), those lines. The lines hold only fields no hook
+/// names, so every field a hook may read or remove is in the map (`map`, `get`,
+/// `contains_key`). What a hook adds (`append`, `insert`) becomes a line when nothing after it
+/// could need to see it: the response is kept as lines, no hook that runs later names the
+/// field (`Chain::later`), the map holds none of that name, and it is not a field the HTTP/1.1
+/// writer reads (framing, Date).
+pub struct Fields<'a> {
+    map: &'a mut HeaderMap,
+    lines: Option<&'a mut Vec<u8>>,
+    later: &'a [HeaderName],
+}
+
+impl<'a> Fields<'a> {
+    /// Fields that live in a map only (an HTTP/2 response, the proxy's own answer).
+    pub fn new(map: &'a mut HeaderMap) -> Self {
+        Fields { map, lines: None, later: &[] }
+    }
+
+    /// All of the map, for a hook that reads or changes any field (it keeps the response out
+    /// of lines by saying so: `ResponseFields::Any`).
+    pub fn map(&mut self) -> &mut HeaderMap {
+        self.map
+    }
+
+    pub fn get(&self, name: &HeaderName) -> Option<&HeaderValue> {
+        self.map.get(name)
+    }
+
+    pub fn contains_key(&self, name: &HeaderName) -> bool {
+        self.map.contains_key(name)
+    }
+
+    pub fn remove(&mut self, name: &HeaderName) {
+        self.map.remove(name);
+    }
+
+    /// Adds a field after any of its name.
+    pub fn append(&mut self, name: HeaderName, value: HeaderValue) {
+        match self.line_for(&name) {
+            Some(lines) => crate::http1::put_field(lines, &name, &value),
+            None => {
+                self.map.append(name, value);
+            }
+        }
+    }
+
+    /// Sets a field in place of any of its name.
+    pub fn insert(&mut self, name: HeaderName, value: HeaderValue) {
+        match self.line_for(&name) {
+            Some(lines) => crate::http1::put_field(lines, &name, &value),
+            None => {
+                self.map.insert(name, value);
+            }
+        }
+    }
+
+    fn line_for(&mut self, name: &HeaderName) -> Option<&mut Vec<u8>> {
+        let lines = self.lines.as_deref_mut()?;
+        let writer_reads = crate::http1::is_framing_field(name) || *name == http::header::DATE;
+        (!writer_reads && !self.later.contains(name) && !self.map.contains_key(name)).then_some(lines)
     }
 }
 
@@ -193,6 +257,9 @@ pub struct Chain {
     /// Whether a response hook may read or change a field the proxy adds on the way back
     /// (Via, X-Request-Id), which then go into the response's map before the hooks run.
     proxy_response_fields: bool,
+    /// For each position, the names that the response hooks before it (which run after it)
+    /// read or change: what its hook adds under those names goes into the map.
+    later: Vec<Box<[HeaderName]>>,
 }
 
 impl Chain {
@@ -254,11 +321,13 @@ impl Chain {
         Ok(())
     }
 
-    /// Response hooks of the middleware that ran, last first.
-    pub fn response(&self, cx: &mut Cx, status: StatusCode, headers: &mut HeaderMap) {
+    /// Response hooks of the middleware that ran, last first. `lines`: those of a response
+    /// kept as lines, to which the hooks may add (see [`Fields`]).
+    pub fn response(&self, cx: &mut Cx, status: StatusCode, map: &mut HeaderMap, mut lines: Option<&mut Vec<u8>>) {
         for i in (0..cx.ran).rev() {
             cx.position = i;
-            self.items[i].response(cx, status, headers);
+            let mut fields = Fields { map: &mut *map, lines: lines.as_deref_mut(), later: &self.later[i] };
+            self.items[i].response(cx, status, &mut fields);
         }
     }
 }
@@ -494,15 +563,18 @@ impl Compiled {
                 names.iter().any(|n| crate::proxy::headers::FORWARDING_FIELDS.contains(&n.as_str()))
             })
         });
-        let proxy_response_fields = items.iter().any(|m| match m.response_fields() {
-            ResponseFields::Appends => false,
-            ResponseFields::Names { touched, replaced } => touched
-                .iter()
-                .chain(&replaced)
-                .any(|n| *n == http::header::VIA || *n == crate::proxy::headers::X_REQUEST_ID),
-            ResponseFields::Any => true,
-        });
-        Some(Arc::new(Chain { items, cors_at, fields, forwarding, proxy_response_fields }))
+        let named: Vec<Vec<HeaderName>> = items
+            .iter()
+            .map(|m| match m.response_fields() {
+                ResponseFields::Names { touched, replaced } => touched.into_iter().chain(replaced).collect(),
+                // Any keeps the response out of lines, so what it names does not matter here.
+                ResponseFields::Appends | ResponseFields::Any => Vec::new(),
+            })
+            .collect();
+        let proxy_response_fields = fields.is_none()
+            || named.iter().flatten().any(|n| *n == http::header::VIA || *n == crate::proxy::headers::X_REQUEST_ID);
+        let later = (0..items.len()).map(|i| named[..i].concat().into_boxed_slice()).collect();
+        Some(Arc::new(Chain { items, cors_at, fields, forwarding, proxy_response_fields, later }))
     }
 }
 
@@ -518,4 +590,37 @@ fn field_policy(items: &[Arc<dyn Middleware>]) -> Option<FieldPolicy> {
         }
     }
     Some(policy)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::header;
+
+    /// Where each field a hook adds goes on a response kept as lines.
+    #[test]
+    fn a_hooks_fields_become_lines_unless_something_after_it_needs_them_in_the_map() {
+        let (mut map, mut lines) = (HeaderMap::new(), b"server: up\r\n".to_vec());
+        let later = [header::VARY];
+        let mut f = Fields { map: &mut map, lines: Some(&mut lines), later: &later };
+        let v = HeaderValue::from_static;
+        f.append(header::ACCESS_CONTROL_ALLOW_ORIGIN, v("*"));
+        f.insert(header::VARY, v("Origin"));
+        f.insert(header::DATE, v("Thu, 01 Jan 2026 00:00:00 GMT"));
+        f.insert(header::CONTENT_LENGTH, v("2"));
+        f.append(header::CONNECTION, v("close"));
+        // The map now holds a Vary, so the next one follows it there.
+        f.remove(&header::VARY);
+        f.map().insert(header::WARNING, v("1"));
+        f.append(header::WARNING, v("2"));
+        assert_eq!(lines, b"server: up\r\naccess-control-allow-origin: *\r\n");
+        let mut in_map: Vec<_> = map.keys().map(|k| k.as_str()).collect();
+        in_map.sort_unstable();
+        assert_eq!(in_map, ["connection", "content-length", "date", "warning"]);
+        assert_eq!(map.get_all(header::WARNING).iter().count(), 2);
+
+        let mut map = HeaderMap::new();
+        Fields::new(&mut map).append(header::VARY, v("Origin"));
+        assert_eq!(map.len(), 1, "without lines, the map");
+    }
 }

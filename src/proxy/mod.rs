@@ -104,37 +104,40 @@ pub async fn handle(req: Request<ClientBody>, peer: &Peer, gw: &Gateway) -> Resp
         e.decision = c.cx.auth_failure.map(|o| format!("auth_failed:{}", o.label()));
     }
     match result {
-        Ok((mut resp, in_flight, idle)) => {
-            let switched = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
-            let protocol = if switched { resp.headers().get(header::UPGRADE).cloned() } else { None };
-            headers::strip_hop_by_hop(resp.headers_mut());
+        Ok((resp, in_flight, idle)) => {
+            let (mut parts, mut body) = resp.into_parts();
+            let switched = parts.status == http::StatusCode::SWITCHING_PROTOCOLS;
+            let protocol = if switched { parts.headers.get(header::UPGRADE).cloned() } else { None };
+            headers::strip_hop_by_hop(&mut parts.headers);
             if let Some(p) = protocol {
-                resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-                resp.headers_mut().insert(header::UPGRADE, p);
+                parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                parts.headers.insert(header::UPGRADE, p);
             }
-            let via = headers::via_value(resp.version());
+            let via = headers::via_value(parts.version);
             // Fields kept as lines (the upstream's X-Request-Id left out of them, see
-            // `response_fields`): the proxy's two are lines too, and the map stays empty unless
-            // a hook adds to it (a map for two fields: 0.9k instructions). Not when a hook
-            // names one of them: it must find them in the map to replace or remove them.
-            let lines = match chained.as_ref() {
+            // `response_fields`): the proxy's two are lines too, and the hooks add to them
+            // (`middleware::Fields`), so the map stays empty unless a hook needs it (a map for
+            // two fields: 0.9k instructions). Not when a hook names one of the proxy's: it
+            // must find them in the map to replace or remove them.
+            let mut lines = match chained.as_ref() {
                 Some(c) if c.chain.uses_proxy_response_fields() => None,
-                _ => resp.body_mut().own().and_then(|b| b.raw_lines_mut()),
+                _ => body.own().and_then(|b| b.raw_lines_mut()),
             };
-            match lines {
+            match lines.as_deref_mut() {
                 Some(lines) => {
                     crate::http1::put_field(lines, &header::VIA, &via);
                     crate::http1::put_field(lines, &X_REQUEST_ID, &request_id);
                 }
                 None => {
-                    resp.headers_mut().append(header::VIA, via);
-                    resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
+                    parts.headers.append(header::VIA, via);
+                    parts.headers.insert(X_REQUEST_ID.clone(), request_id);
                 }
             }
-            *resp.version_mut() = version;
+            parts.version = version;
             if let Some(c) = chained.as_mut() {
-                c.chain.response(&mut c.cx, resp.status(), resp.headers_mut());
+                c.chain.response(&mut c.cx, parts.status, &mut parts.headers, lines);
             }
+            let mut resp = Response::from_parts(parts, body);
             let cached = chained.as_ref().and_then(|c| c.cx.cache.as_deref()).and_then(|state| {
                 let mut status = resp.status();
                 let finishing = crate::middleware::cache::finish(state, &mut status, resp.headers());
@@ -161,7 +164,8 @@ pub async fn handle(req: Request<ClientBody>, peer: &Peer, gw: &Gateway) -> Resp
             let done = Done { metrics, method, status: answer.status.as_u16(), start, span };
             let mut resp = answer_response(answer, &request_id, entry, done, grpc);
             if let Some(c) = chained.as_mut() {
-                c.chain.response(&mut c.cx, resp.status(), resp.headers_mut());
+                let status = resp.status();
+                c.chain.response(&mut c.cx, status, resp.headers_mut(), None);
                 if let Some(coding) = c.cx.encode.get().copied() {
                     resp.body_mut().encode(coding);
                 }
@@ -222,11 +226,10 @@ fn answer_response(
 
 /// How the proxy itself uses an upstream response's fields (in `handle`): it appends Via and
 /// sets the request id over any the upstream sent (one that echoes the id it was sent, or has
-/// its own), and reads Upgrade only from a 101, which always goes into a map. The map of a
-/// response kept as lines holds only what hooks add (the proxy writes its own two into the
-/// lines): room for a field or two per hook.
+/// its own), and reads Upgrade only from a 101, which always goes into a map. Room in the
+/// lines for two fields a hook, such as CORS's origin and credentials or a rate limit's two.
 pub fn response_fields(hooks: usize) -> FieldPolicy {
-    let mut policy = FieldPolicy::new(2 * hooks);
+    let mut policy = FieldPolicy::new(96 * hooks);
     policy.add(&[], std::slice::from_ref(&X_REQUEST_ID));
     policy
 }

@@ -399,9 +399,9 @@ pub struct FieldPolicy {
     /// standard name is a table lookup each time.
     touched: Vec<Box<[u8]>>,
     replaced: Vec<Box<[u8]>>,
-    /// How many fields the hooks may add to the (then empty) map: its first capacity, so
-    /// that it is allocated once rather than grown while the hooks run (none without hooks:
-    /// the proxy's own fields go into the lines).
+    /// How many bytes of lines the hooks may add (`middleware::Fields`): reserved with the
+    /// lines, so that they are allocated once rather than grown while the hooks run (the
+    /// map, which a hook rarely needs, starts empty and unallocated).
     pub room: usize,
 }
 
@@ -626,7 +626,7 @@ fn parse_head(buf: &mut BytesMut, head_request: bool, raw: Option<&FieldPolicy>)
         let mut parts = Response::new(()).into_parts().0;
         parts.status = status;
         parts.version = version;
-        parts.headers = HeaderMap::with_capacity(policy.room);
+        parts.headers = HeaderMap::new();
         let (fields, length) = fields;
         return Ok(Some(Head { parts, framing: Framing::Length(length), keep_alive: persistent, raw: Some(fields) }));
     }
@@ -675,9 +675,9 @@ fn raw_fields(fields: &[httparse::Header<'_>], status: StatusCode, policy: &Fiel
         return None;
     }
     let size: usize = fields.iter().map(|h| h.name.len() + h.value.len() + 4).sum();
-    // And room for the proxy's own lines (Via, a 32-digit X-Request-Id: 67 bytes), which
-    // would otherwise grow the vector.
-    let mut lines = Vec::with_capacity(size + 96);
+    // And room for the proxy's own lines (Via, a 32-digit X-Request-Id: 67 bytes) and the
+    // hooks', which would otherwise grow the vector.
+    let mut lines = Vec::with_capacity(size + 96 + policy.room);
     let mut length = None;
     let mut has_date = false;
     for h in fields {

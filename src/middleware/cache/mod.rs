@@ -35,7 +35,7 @@ use http::{Method, StatusCode};
 use tokio::sync::watch;
 
 use self::policy::{Freshness, RequestFacts};
-use super::{Answer, Cx, Middleware, MiddlewareMetrics, Outcome, Req, Step};
+use super::{Answer, Cx, Fields, Middleware, MiddlewareMetrics, Outcome, Req, Step};
 use crate::config::{CacheDef, CacheKeyPart};
 
 /// How long a miss waits for another request already fetching the same key.
@@ -344,7 +344,9 @@ impl Middleware for Cache {
         }
     }
 
-    fn response(&self, cx: &Cx, status: StatusCode, headers: &mut HeaderMap) {
+    fn response(&self, cx: &Cx, status: StatusCode, fields: &mut Fields<'_>) {
+        // Reads any field (`ResponseFields::Any`), so the response is all in the map.
+        let headers = fields.map();
         let Some(state) = cx.cache.as_deref() else { return };
         if state.facts.method != Method::GET && state.facts.method != Method::HEAD {
             if !status.is_client_error() && !status.is_server_error() {

@@ -19,7 +19,7 @@ use self::gcra::{Decision, Gcra};
 pub use self::local::LocalStore;
 use self::local::Tracked;
 pub use self::redis::RedisStore;
-use super::{Answer, Cx, Middleware, MiddlewareMetrics, Outcome, Req, ResponseFields, Step};
+use super::{Answer, Cx, Fields, Middleware, MiddlewareMetrics, Outcome, Req, ResponseFields, Step};
 use crate::config::{LimitKey, RateLimitDef};
 use crate::proxy::error::ErrorKind;
 
@@ -205,7 +205,7 @@ impl Middleware for RateLimit {
         }
     }
 
-    fn response(&self, cx: &Cx, _status: StatusCode, h: &mut HeaderMap) {
+    fn response(&self, cx: &Cx, _status: StatusCode, h: &mut Fields<'_>) {
         if let Some((_, policy, value)) = cx.rate_limits.iter().find(|(p, _, _)| *p == cx.position()) {
             h.append(RATELIMIT_POLICY, policy.clone());
             h.append(RATELIMIT, value.clone());
