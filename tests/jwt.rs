@@ -180,6 +180,14 @@ async fn bad_tokens_are_refused(verify_cache: bool) {
         let www = got.header("www-authenticate").unwrap_or_default();
         assert!(www.starts_with("Bearer error=\"invalid_token\""), "{what}: {www}");
     }
+    // A token that is not even text (obs-text in the field) is malformed too.
+    let raw = raw_exchange(
+        gw.addr,
+        b"GET /me HTTP/1.1\r\nhost: x\r\nauthorization: Bearer \xff\xfe.\xfd\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(raw.starts_with("HTTP/1.1 401"), "{raw}");
+    assert!(raw.contains("www-authenticate: Bearer error=\"invalid_token\""), "{raw}");
     // Leeway: expired 3 s ago with 5 s allowed still passes.
     assert_eq!(bearer(&gw, &with(json!({ "exp": now() - 3 }))).await.status, StatusCode::OK);
 

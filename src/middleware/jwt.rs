@@ -82,16 +82,19 @@ impl Jwt {
         }
     }
 
-    fn token<'r>(&self, req: &'r Req<'_>) -> Option<&'r str> {
+    /// The token as bytes: a cached one is found without testing them as text (`from_utf8`
+    /// of a 500-byte token was 260 instructions), which `verify` does before decoding one.
+    fn token<'r>(&self, req: &'r Req<'_>) -> Option<&'r [u8]> {
         match &self.source {
             TokenSource::Authorization => {
-                let v = text(req.headers.get(header::AUTHORIZATION)?)?;
-                let (scheme, token) = v.split_once(' ')?;
-                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+                let v = req.headers.get(header::AUTHORIZATION)?.as_bytes();
+                let space = v.iter().position(|b| *b == b' ')?;
+                let (scheme, token) = (&v[..space], &v[space + 1..]);
+                scheme.eq_ignore_ascii_case(b"bearer").then(|| token.trim_ascii())
             }
             TokenSource::Header(h) => {
-                let v = text(req.headers.get(h)?)?.trim();
-                Some(v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")).unwrap_or(v))
+                let v = req.headers.get(h)?.as_bytes().trim_ascii();
+                Some(v.strip_prefix(b"Bearer ").or_else(|| v.strip_prefix(b"bearer ")).unwrap_or(v))
             }
             TokenSource::Cookie(name) => req
                 .headers
@@ -101,10 +104,14 @@ impl Jwt {
                 .flat_map(|v| v.split(';'))
                 .filter_map(|c| c.trim().split_once('='))
                 .find(|(k, _)| k == name)
-                .map(|(_, v)| v.trim_matches('"')),
-            TokenSource::Query(name) => {
-                req.uri.query()?.split('&').filter_map(|kv| kv.split_once('=')).find(|(k, _)| k == name).map(|(_, v)| v)
-            }
+                .map(|(_, v)| v.trim_matches('"').as_bytes()),
+            TokenSource::Query(name) => req
+                .uri
+                .query()?
+                .split('&')
+                .filter_map(|kv| kv.split_once('='))
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_bytes()),
         }
         .filter(|t| !t.is_empty())
     }
@@ -125,10 +132,12 @@ impl Jwt {
     }
 
     /// Verifies with the key the token names; `Err(None)` when that key is not (yet) known.
-    fn verify(&self, token: &str, generation: u64) -> Result<Arc<Verified>, Option<Outcome>> {
+    fn verify(&self, token: &[u8], generation: u64) -> Result<Arc<Verified>, Option<Outcome>> {
         if let Some(verified) = self.cache.as_ref().and_then(|c| c.get(token, generation)) {
             return Ok(verified);
         }
+        // A token is base64url and dots: one that is not even text is malformed.
+        let token = std::str::from_utf8(token).map_err(|_| Some(Outcome::Malformed))?;
         let header = jsonwebtoken::decode_header(token).map_err(|e| Some(reason(&e)))?;
         let verified = match &self.keys {
             Keys::Static(key) => jsonwebtoken::decode::<Claims>(token, key, &self.validation),
@@ -191,13 +200,6 @@ impl Jwt {
             Keys::Jwks(j) => j.keys.load().generation,
         }
     }
-}
-
-/// A field holding a token, as text. `from_utf8` tests a word at a time where
-/// `HeaderValue::to_str` tests each byte (a 500-byte token: 320 instructions); a token that is
-/// text but not ASCII is refused as malformed when it is decoded.
-fn text(v: &HeaderValue) -> Option<&str> {
-    std::str::from_utf8(v.as_bytes()).ok()
 }
 
 fn reason(e: &jsonwebtoken::errors::Error) -> Outcome {
@@ -324,16 +326,17 @@ impl TokenCache {
     /// the whole token, so a hash of part of it is enough to find the entry, and hashing all
     /// of a 400-byte token was a fifth of this middleware's cost. A token that copies another's
     /// signature finds that one's entry, differs from it, and is verified (and refused) in full.
-    fn hash(&self, token: &str) -> u64 {
-        let b = token.as_bytes();
+    fn hash(&self, token: &[u8]) -> u64 {
+        let b = token;
         xxhash_rust::xxh3::xxh3_64_with_seed(&b[b.len().saturating_sub(64)..], self.seed ^ b.len() as u64)
     }
 
-    fn get(&self, token: &str, generation: u64) -> Option<Arc<Verified>> {
+    fn get(&self, token: &[u8], generation: u64) -> Option<Arc<Verified>> {
         let h = self.hash(token);
         let shard = self.shard(h).lock().unwrap_or_else(|e| e.into_inner());
         let c = shard.get(&h)?;
-        (*c.token == *token && c.generation == generation && unix_now() < c.until).then(|| c.verified.clone())
+        (*c.token.as_bytes() == *token && c.generation == generation && unix_now() < c.until)
+            .then(|| c.verified.clone())
     }
 
     fn put(&self, token: &str, verified: &Arc<Verified>, generation: u64) {
@@ -345,7 +348,7 @@ impl TokenCache {
         if until <= now {
             return;
         }
-        let h = self.hash(token);
+        let h = self.hash(token.as_bytes());
         let mut shard = self.shard(h).lock().unwrap_or_else(|e| e.into_inner());
         if shard.len() >= CACHE_PER_SHARD {
             shard.clear();
@@ -552,14 +555,14 @@ mod tests {
         let verified = Arc::new(Verified { claims: Arc::new(claims), forward: Box::new([]) });
         let (a, b) = ("header.payload-a.signature", "header.payload-b.signature");
         cache.put(a, &verified, 1);
-        assert!(cache.get(a, 1).is_some_and(|v| Arc::ptr_eq(&v, &verified)));
-        assert!(cache.get(b, 1).is_none(), "another token, though with the same signature and length");
-        assert!(cache.get(a, 2).is_none(), "another key generation");
+        assert!(cache.get(a.as_bytes(), 1).is_some_and(|v| Arc::ptr_eq(&v, &verified)));
+        assert!(cache.get(b.as_bytes(), 1).is_none(), "another token, though with the same signature and length");
+        assert!(cache.get(a.as_bytes(), 2).is_none(), "another key generation");
         // Many tokens spread over the shards and stay findable.
         for i in 0..1000 {
             cache.put(&format!("t{i}"), &verified, 1);
         }
-        assert!((0..1000).all(|i| cache.get(&format!("t{i}"), 1).is_some()));
+        assert!((0..1000).all(|i| cache.get(format!("t{i}").as_bytes(), 1).is_some()));
         assert!(cache.shards.iter().all(|s| !s.lock().unwrap_or_else(|e| e.into_inner()).is_empty()));
     }
 }

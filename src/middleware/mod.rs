@@ -55,8 +55,10 @@ pub struct Cx {
     pub claims: Option<Arc<Claims>>,
     /// Id of the key an `api_key` middleware matched.
     pub api_key_id: Option<Arc<str>>,
-    /// `RateLimit-Policy` and `RateLimit` values by the position of the middleware that set them.
-    pub rate_limits: Vec<(usize, HeaderValue, HeaderValue)>,
+    /// What each rate limit decided, by the position of the middleware: the requests left and
+    /// the seconds until the limit resets (its `RateLimit` field). Inline for one, so a chain
+    /// with one limit allocates nothing for it.
+    pub rate_limits: smallvec::SmallVec<[(usize, u64, u64); 1]>,
     /// The coding a `compress` middleware negotiated from `Accept-Encoding`.
     pub accept_coding: Option<crate::config::Coding>,
     /// The coding a `compress` middleware applied to this response (its body is encoded).
@@ -217,6 +219,30 @@ impl<'a> Fields<'a> {
         }
     }
 
+    /// Adds a field whose value `write` puts into the buffer it is given: straight into the
+    /// lines when it may be a line, so the value is never a `HeaderValue` of its own. The value
+    /// must be valid field content (visible ASCII, spaces, tabs), made so by the caller: the
+    /// lines are written as they are (a debug build checks).
+    pub fn append_written(&mut self, name: HeaderName, write: impl FnOnce(&mut Vec<u8>)) {
+        match self.line_for(&name) {
+            Some(lines) => {
+                lines.extend_from_slice(name.as_str().as_bytes());
+                lines.extend_from_slice(b": ");
+                let start = lines.len();
+                write(lines);
+                debug_assert!(HeaderValue::from_bytes(&lines[start..]).is_ok(), "not a field value");
+                lines.extend_from_slice(b"\r\n");
+            }
+            None => {
+                let mut value = Vec::new();
+                write(&mut value);
+                if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
+                    self.map.append(name, v);
+                }
+            }
+        }
+    }
+
     /// Sets a field in place of any of its name.
     pub fn insert(&mut self, name: HeaderName, value: HeaderValue) {
         match self.line_for(&name) {
@@ -297,7 +323,7 @@ impl Chain {
             origin: None,
             claims: None,
             api_key_id: None,
-            rate_limits: Vec::new(),
+            rate_limits: smallvec::SmallVec::new(),
             accept_coding: None,
             encode: std::sync::OnceLock::new(),
             cache: None,
