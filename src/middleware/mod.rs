@@ -256,7 +256,8 @@ impl<'a> Fields<'a> {
     fn line_for(&mut self, name: &HeaderName) -> Option<&mut Vec<u8>> {
         let lines = self.lines.as_deref_mut()?;
         let writer_reads = crate::http1::is_framing_field(name) || *name == http::header::DATE;
-        (!writer_reads && !self.later.contains(name) && !self.map.contains_key(name)).then_some(lines)
+        let in_map = !self.map.is_empty() && self.map.contains_key(name);
+        (!writer_reads && !self.later.contains(name) && !in_map).then_some(lines)
     }
 }
 
