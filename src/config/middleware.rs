@@ -131,8 +131,47 @@ fn header_name(s: &Located<String>, p: &mut Problems) -> Option<HeaderName> {
     }
 }
 
+/// Fields the gateway sets itself from the message and the connection: a header rule or a
+/// forwarded claim that changed one would break framing (a `Content-Length` or
+/// `Transfer-Encoding` that disagrees with the body desynchronises the connection) or
+/// connection handling. Host follows the route's `host_header`.
+const MANAGED_FIELDS: &[&str] = &[
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "host",
+];
+
+/// A header name that a middleware may set, append or remove (not one of [`MANAGED_FIELDS`]).
+fn changeable_header_name(s: &Located<String>, p: &mut Problems) -> Option<HeaderName> {
+    let name = header_name(s, p)?;
+    if MANAGED_FIELDS.contains(&name.as_str()) {
+        let why = if name == http::header::HOST {
+            "the route's `host_header` sets it"
+        } else {
+            "the gateway sets it from the message and the connection"
+        };
+        p.add(s.pos, &s.path, format!("header {:?} cannot be changed by middleware: {why}", s.value));
+        return None;
+    }
+    Some(name)
+}
+
 fn header_names(f: &Fields, key: &str, p: &mut Problems) -> Vec<HeaderName> {
     f.opt::<Vec<Located<String>>>(key, p).unwrap_or_default().iter().filter_map(|s| header_name(s, p)).collect()
+}
+
+fn changeable_header_names(f: &Fields, key: &str, p: &mut Problems) -> Vec<HeaderName> {
+    f.opt::<Vec<Located<String>>>(key, p)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|s| changeable_header_name(s, p))
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -429,7 +468,7 @@ impl Decode for JwtDef {
             .opt::<Vec<(Located<String>, String)>>("forward_claims", p)
             .unwrap_or_default()
             .into_iter()
-            .filter_map(|(h, claim)| header_name(&h, p).map(|h| (h, claim)))
+            .filter_map(|(h, claim)| changeable_header_name(&h, p).map(|h| (h, claim)))
             .collect();
         Some(JwtDef {
             algorithms,
@@ -964,10 +1003,14 @@ impl Decode for HeaderRules {
             f.opt::<Vec<(Located<String>, Template)>>(key, p)
                 .unwrap_or_default()
                 .into_iter()
-                .filter_map(|(name, t)| header_name(&name, p).map(|n| (n, t)))
+                .filter_map(|(name, t)| changeable_header_name(&name, p).map(|n| (n, t)))
                 .collect()
         };
-        Some(HeaderRules { set: pairs("set", p), append: pairs("append", p), remove: header_names(&f, "remove", p) })
+        Some(HeaderRules {
+            set: pairs("set", p),
+            append: pairs("append", p),
+            remove: changeable_header_names(&f, "remove", p),
+        })
     }
 }
 

@@ -509,3 +509,31 @@ routes: [{ name: r, match: { path_prefix: / }, upstream: u }]
 ";
     has_problem(&problems(yaml), "2:43: access_log.template:", "unknown field {staus}; did you mean {status}?");
 }
+
+/// A header rule or a forwarded claim that changed a framing or connection field would break
+/// the message it is in (a response with the upstream's length and a rule's
+/// `Transfer-Encoding: chunked` went out with both before this check).
+#[test]
+fn middleware_cannot_change_the_fields_the_gateway_frames_messages_with() {
+    let yaml = "\
+listeners: [{ name: p, address: 127.0.0.1:8080 }]
+middleware:
+  rules:
+    headers:
+      request: { set: { content-length: \"0\" }, remove: [host] }
+      response: { append: { transfer-encoding: chunked }, remove: [server] }
+  auth: { jwt: { algorithms: [HS256], secret: \"0123456789abcdef0123456789abcdef\", forward_claims: { connection: sub } } }
+upstreams: { u: { targets: [{ address: 127.0.0.1:9000 }] } }
+routes: [{ name: r, match: { path_prefix: / }, upstream: u, middleware: [rules, auth] }]
+";
+    let p = problems(yaml);
+    let has = |prefix: &str, needle: &str| has_problem(&p, prefix, needle);
+    has(
+        "5:25: middleware.rules.headers.request.set.content-length:",
+        "\"content-length\" cannot be changed by middleware",
+    );
+    has("5:57: middleware.rules.headers.request.remove[0]:", "the route's `host_header` sets it");
+    has("6:29: middleware.rules.headers.response.append.transfer-encoding:", "cannot be changed by middleware");
+    has("7:101: middleware.auth.jwt.forward_claims.connection:", "cannot be changed by middleware");
+    assert_eq!(p.len(), 4, "{p:#?}");
+}
