@@ -131,26 +131,16 @@ fn header_name(s: &Located<String>, p: &mut Problems) -> Option<HeaderName> {
     }
 }
 
-/// Fields the gateway sets itself from the message and the connection: a header rule or a
-/// forwarded claim that changed one would break framing (a `Content-Length` or
-/// `Transfer-Encoding` that disagrees with the body desynchronises the connection) or
-/// connection handling. Host follows the route's `host_header`.
-const MANAGED_FIELDS: &[&str] = &[
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "upgrade",
-    "host",
-];
-
-/// A header name that a middleware may set, append or remove (not one of [`MANAGED_FIELDS`]).
+/// A header name that a middleware may set, append or remove: not one the gateway sets itself
+/// from the message and the connection. A header rule or a forwarded claim that changed one
+/// would break framing (a `Content-Length` or `Transfer-Encoding` that disagrees with the body
+/// desynchronises the connection) or connection handling; Host follows the route's
+/// `host_header`. The framing fields, and the hop-by-hop ones that run the connection.
 fn changeable_header_name(s: &Located<String>, p: &mut Problems) -> Option<HeaderName> {
     let name = header_name(s, p)?;
-    if MANAGED_FIELDS.contains(&name.as_str()) {
+    let managed = crate::http1::is_framing_field(&name)
+        || matches!(name.as_str(), "keep-alive" | "proxy-connection" | "te" | "upgrade");
+    if managed {
         let why = if name == http::header::HOST {
             "the route's `host_header` sets it"
         } else {
@@ -162,16 +152,14 @@ fn changeable_header_name(s: &Located<String>, p: &mut Problems) -> Option<Heade
     Some(name)
 }
 
-fn header_names(f: &Fields, key: &str, p: &mut Problems) -> Vec<HeaderName> {
-    f.opt::<Vec<Located<String>>>(key, p).unwrap_or_default().iter().filter_map(|s| header_name(s, p)).collect()
-}
-
-fn changeable_header_names(f: &Fields, key: &str, p: &mut Problems) -> Vec<HeaderName> {
-    f.opt::<Vec<Located<String>>>(key, p)
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|s| changeable_header_name(s, p))
-        .collect()
+/// The list at `key`, each name decoded by `one` (`header_name` or `changeable_header_name`).
+fn header_names(
+    f: &Fields,
+    key: &str,
+    p: &mut Problems,
+    one: fn(&Located<String>, &mut Problems) -> Option<HeaderName>,
+) -> Vec<HeaderName> {
+    f.opt::<Vec<Located<String>>>(key, p).unwrap_or_default().iter().filter_map(|s| one(s, p)).collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -214,8 +202,8 @@ impl Decode for CorsDef {
         Some(CorsDef {
             allow_origins,
             allow_methods,
-            allow_headers: header_names(&f, "allow_headers", p),
-            expose_headers: header_names(&f, "expose_headers", p),
+            allow_headers: header_names(&f, "allow_headers", p, header_name),
+            expose_headers: header_names(&f, "expose_headers", p, header_name),
             allow_credentials: f.opt("allow_credentials", p).unwrap_or(false),
             max_age: f.opt::<Dur>("max_age", p).map(|d| d.0),
         })
@@ -1009,7 +997,7 @@ impl Decode for HeaderRules {
         Some(HeaderRules {
             set: pairs("set", p),
             append: pairs("append", p),
-            remove: changeable_header_names(&f, "remove", p),
+            remove: header_names(&f, "remove", p, changeable_header_name),
         })
     }
 }

@@ -211,12 +211,7 @@ impl<'a> Fields<'a> {
 
     /// Adds a field after any of its name.
     pub fn append(&mut self, name: HeaderName, value: HeaderValue) {
-        match self.line_for(&name) {
-            Some(lines) => crate::http1::put_field(lines, &name, &value),
-            None => {
-                self.map.append(name, value);
-            }
-        }
+        self.add(name, value, false);
     }
 
     /// Adds a field whose value `write` puts into the buffer it is given: straight into the
@@ -245,11 +240,16 @@ impl<'a> Fields<'a> {
 
     /// Sets a field in place of any of its name.
     pub fn insert(&mut self, name: HeaderName, value: HeaderValue) {
+        self.add(name, value, true);
+    }
+
+    /// A line, or into the map (in place of the name's fields when `replace`). As a line, an
+    /// insert is an append: `line_for` made sure there is none of that name to replace.
+    fn add(&mut self, name: HeaderName, value: HeaderValue, replace: bool) {
         match self.line_for(&name) {
             Some(lines) => crate::http1::put_field(lines, &name, &value),
-            None => {
-                self.map.insert(name, value);
-            }
+            None if replace => _ = self.map.insert(name, value),
+            None => _ = self.map.append(name, value),
         }
     }
 
