@@ -327,8 +327,7 @@ impl TokenCache {
     /// of a 400-byte token was a fifth of this middleware's cost. A token that copies another's
     /// signature finds that one's entry, differs from it, and is verified (and refused) in full.
     fn hash(&self, token: &[u8]) -> u64 {
-        let b = token;
-        xxhash_rust::xxh3::xxh3_64_with_seed(&b[b.len().saturating_sub(64)..], self.seed ^ b.len() as u64)
+        xxhash_rust::xxh3::xxh3_64_with_seed(&token[token.len().saturating_sub(64)..], self.seed ^ token.len() as u64)
     }
 
     fn get(&self, token: &[u8], generation: u64) -> Option<Arc<Verified>> {
