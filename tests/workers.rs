@@ -5,7 +5,7 @@
 mod support;
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use hyper::Response;
@@ -70,6 +70,55 @@ async fn every_worker_accepts_and_pools_its_own_upstream_connections() {
         assert!(answers.iter().all(|a| a.starts_with("HTTP/1.1 200 OK\r\n")), "{answers:?}");
     }
     assert_eq!(backend.requests().len(), 60 + 24 * 5);
+}
+
+#[tokio::test]
+async fn max_idle_per_target_is_shared_among_the_workers() {
+    // Nine requests held at the backend until all nine have arrived, each on its own client
+    // connection (spread over the workers by the kernel), so the gateway opens nine upstream
+    // connections. `max_idle_per_target: 3` over three workers keeps one per worker: at most
+    // three stay idle, whichever workers the clients reached, and the rest close.
+    const BURST: usize = 9;
+    let opened = Arc::new(AtomicUsize::new(0));
+    let closed = Arc::new(AtomicUsize::new(0));
+    let arrived = Arc::new(AtomicUsize::new(0));
+    let all_arrived = Arc::new(tokio::sync::Notify::new());
+    let (o, c) = (opened.clone(), closed.clone());
+    let backend = raw_backend(move |mut s| {
+        let (opened, closed, arrived, all_arrived) = (o.clone(), c.clone(), arrived.clone(), all_arrived.clone());
+        async move {
+            opened.fetch_add(1, Ordering::SeqCst);
+            while read_head(&mut s).await {
+                let waiting = all_arrived.notified();
+                let n = arrived.fetch_add(1, Ordering::SeqCst) + 1;
+                if n == BURST {
+                    all_arrived.notify_waiters();
+                } else if n < BURST {
+                    waiting.await;
+                }
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+            }
+            closed.fetch_add(1, Ordering::SeqCst);
+        }
+    })
+    .await;
+    let config = format!(
+        "workers: {WORKERS}\nlisteners: [{{ name: public, address: 127.0.0.1:0 }}]\naccess_log: {{ output: off }}\n{}",
+        single_route(backend, ", max_idle_per_target: 3", ALL)
+    );
+    let gw = GatewayProcess::start(&config);
+    let clients: Vec<_> = (0..BURST).map(|_| tokio::spawn(requests_on_one_connection(gw.addr, 1))).collect();
+    for c in clients {
+        let answer = c.await.expect("client");
+        assert!(answer[0].starts_with("HTTP/1.1 200 OK\r\n"), "{}", answer[0]);
+    }
+    assert_eq!(opened.load(Ordering::SeqCst), BURST);
+    let start = std::time::Instant::now();
+    while closed.load(Ordering::SeqCst) < BURST - 3 {
+        let kept = BURST - closed.load(Ordering::SeqCst);
+        assert!(start.elapsed() < Duration::from_secs(10), "{kept} idle upstream connections kept, want at most 3");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]
