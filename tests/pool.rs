@@ -86,45 +86,19 @@ async fn max_idle_per_target_bounds_the_connections_kept_after_a_burst() {
     // five upstream connections; with `max_idle_per_target: 2`, three of them close once their
     // answers are done and two stay for reuse.
     const BURST: usize = 5;
-    let opened = Arc::new(AtomicUsize::new(0));
-    let closed = Arc::new(AtomicUsize::new(0));
-    let arrived = Arc::new(AtomicUsize::new(0));
-    let all_arrived = Arc::new(tokio::sync::Notify::new());
-    let (o, c) = (opened.clone(), closed.clone());
-    let addr = raw_backend(move |mut s| {
-        let (opened, closed, arrived, all_arrived) = (o.clone(), c.clone(), arrived.clone(), all_arrived.clone());
-        async move {
-            opened.fetch_add(1, Ordering::SeqCst);
-            while read_head(&mut s).await {
-                let waiting = all_arrived.notified();
-                let n = arrived.fetch_add(1, Ordering::SeqCst) + 1;
-                if n == BURST {
-                    all_arrived.notify_waiters();
-                } else if n < BURST {
-                    waiting.await;
-                }
-                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
-            }
-            closed.fetch_add(1, Ordering::SeqCst);
-        }
-    })
-    .await;
-    let gw = gateway(&single_route(addr, ", max_idle_per_target: 2", ALL)).await;
+    let backend = HeldBurst::start(BURST).await;
+    let gw = gateway(&single_route(backend.addr, ", max_idle_per_target: 2", ALL)).await;
     let c = client();
     let burst = (0..BURST).map(|_| send_with(&c, http::Request::get(gw.url("/")).body(full("")).expect("req")));
     for got in futures_util::future::join_all(burst).await {
         assert_eq!(got.status, StatusCode::OK, "{}", got.text());
     }
-    assert_eq!(opened.load(Ordering::SeqCst), BURST);
-    let start = Instant::now();
-    while closed.load(Ordering::SeqCst) < BURST - 2 {
-        assert!(start.elapsed() < Duration::from_secs(10), "the surplus idle connections were never closed");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert_eq!(backend.opened(), BURST);
+    assert!(backend.wait_closed(BURST - 2).await, "the surplus idle connections were never closed");
     // The two kept connections serve the next requests: nothing new is opened.
     for _ in 0..2 {
         assert_eq!(get(&gw.url("/")).await.status, StatusCode::OK);
     }
-    assert_eq!(opened.load(Ordering::SeqCst), BURST);
-    assert_eq!(closed.load(Ordering::SeqCst), BURST - 2);
+    assert_eq!(backend.opened(), BURST);
+    assert_eq!(backend.closed(), BURST - 2);
 }

@@ -5,7 +5,7 @@
 mod support;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use hyper::Response;
@@ -15,10 +15,11 @@ use tokio::net::TcpStream;
 
 const WORKERS: usize = 3;
 
-fn config(backend: std::net::SocketAddr) -> String {
+/// `upstream`: more keys of the one upstream, as `single_route` takes them.
+fn config(backend: std::net::SocketAddr, upstream: &str) -> String {
     format!(
         "workers: {WORKERS}\nlisteners: [{{ name: public, address: 127.0.0.1:0 }}]\naccess_log: {{ output: off }}\n{}",
-        single_route(backend, "", ALL)
+        single_route(backend, upstream, ALL)
     )
 }
 
@@ -47,7 +48,7 @@ async fn requests_on_one_connection(addr: std::net::SocketAddr, count: usize) ->
 #[tokio::test]
 async fn every_worker_accepts_and_pools_its_own_upstream_connections() {
     let backend = Backend::text("ok").await;
-    let gw = GatewayProcess::start(&config(backend.addr));
+    let gw = GatewayProcess::start(&config(backend.addr, ""));
     let names = thread_names(gw.child.id());
     for i in 1..WORKERS {
         assert!(names.contains(&format!("ferroway-w{i}")), "worker {i} runs: {names:?}");
@@ -79,46 +80,16 @@ async fn max_idle_per_target_is_shared_among_the_workers() {
     // connections. `max_idle_per_target: 3` over three workers keeps one per worker: at most
     // three stay idle, whichever workers the clients reached, and the rest close.
     const BURST: usize = 9;
-    let opened = Arc::new(AtomicUsize::new(0));
-    let closed = Arc::new(AtomicUsize::new(0));
-    let arrived = Arc::new(AtomicUsize::new(0));
-    let all_arrived = Arc::new(tokio::sync::Notify::new());
-    let (o, c) = (opened.clone(), closed.clone());
-    let backend = raw_backend(move |mut s| {
-        let (opened, closed, arrived, all_arrived) = (o.clone(), c.clone(), arrived.clone(), all_arrived.clone());
-        async move {
-            opened.fetch_add(1, Ordering::SeqCst);
-            while read_head(&mut s).await {
-                let waiting = all_arrived.notified();
-                let n = arrived.fetch_add(1, Ordering::SeqCst) + 1;
-                if n == BURST {
-                    all_arrived.notify_waiters();
-                } else if n < BURST {
-                    waiting.await;
-                }
-                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
-            }
-            closed.fetch_add(1, Ordering::SeqCst);
-        }
-    })
-    .await;
-    let config = format!(
-        "workers: {WORKERS}\nlisteners: [{{ name: public, address: 127.0.0.1:0 }}]\naccess_log: {{ output: off }}\n{}",
-        single_route(backend, ", max_idle_per_target: 3", ALL)
-    );
-    let gw = GatewayProcess::start(&config);
+    let backend = HeldBurst::start(BURST).await;
+    let gw = GatewayProcess::start(&config(backend.addr, ", max_idle_per_target: 3"));
     let clients: Vec<_> = (0..BURST).map(|_| tokio::spawn(requests_on_one_connection(gw.addr, 1))).collect();
     for c in clients {
         let answer = c.await.expect("client");
         assert!(answer[0].starts_with("HTTP/1.1 200 OK\r\n"), "{}", answer[0]);
     }
-    assert_eq!(opened.load(Ordering::SeqCst), BURST);
-    let start = std::time::Instant::now();
-    while closed.load(Ordering::SeqCst) < BURST - 3 {
-        let kept = BURST - closed.load(Ordering::SeqCst);
-        assert!(start.elapsed() < Duration::from_secs(10), "{kept} idle upstream connections kept, want at most 3");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert_eq!(backend.opened(), BURST);
+    let closed = backend.wait_closed(BURST - 3).await;
+    assert!(closed, "{} idle upstream connections kept, want at most 3", BURST - backend.closed());
 }
 
 #[tokio::test]
@@ -136,7 +107,7 @@ async fn sigterm_drains_the_requests_in_flight_on_every_worker() {
         }
     })
     .await;
-    let gw = GatewayProcess::start(&config(backend.addr));
+    let gw = GatewayProcess::start(&config(backend.addr, ""));
     let clients: Vec<_> = (0..12).map(|_| tokio::spawn(requests_on_one_connection(gw.addr, 1))).collect();
     let mut count = held.subscribe();
     let reached = tokio::time::timeout(Duration::from_secs(10), count.wait_for(|n| *n == 12)).await;
@@ -156,11 +127,11 @@ async fn sigterm_drains_the_requests_in_flight_on_every_worker() {
 #[tokio::test]
 async fn a_listener_added_by_a_reload_is_served_by_every_worker() {
     let backend = Backend::text("ok").await;
-    let gw = GatewayProcess::start(&config(backend.addr));
+    let gw = GatewayProcess::start(&config(backend.addr, ""));
     let free = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
     let second = free.local_addr().expect("addr");
     drop(free);
-    let yaml = config(backend.addr).replace(
+    let yaml = config(backend.addr, "").replace(
         "listeners: [{ name: public, address: 127.0.0.1:0 }]",
         &format!("listeners: [{{ name: public, address: 127.0.0.1:0 }}, {{ name: second, address: {second} }}]"),
     );
@@ -178,10 +149,10 @@ async fn a_listener_added_by_a_reload_is_served_by_every_worker() {
 #[tokio::test]
 async fn a_second_gateway_on_the_same_address_is_refused() {
     let backend = Backend::text("ok").await;
-    let first = GatewayProcess::start(&config(backend.addr));
+    let first = GatewayProcess::start(&config(backend.addr, ""));
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("second.yaml");
-    let yaml = config(backend.addr).replace("127.0.0.1:0", &first.addr.to_string());
+    let yaml = config(backend.addr, "").replace("127.0.0.1:0", &first.addr.to_string());
     std::fs::write(&path, yaml).expect("write");
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new(env!("CARGO_BIN_EXE_ferroway"))

@@ -202,6 +202,59 @@ where
     addr
 }
 
+/// A keep-alive HTTP/1.1 upstream that holds its first `burst` requests until all of them have
+/// arrived (so a gateway must open `burst` connections to it at once), then answers every
+/// request `200 ok`; it counts the connections opened and those the gateway closed.
+pub struct HeldBurst {
+    pub addr: SocketAddr,
+    opened: Arc<AtomicUsize>,
+    closed: tokio::sync::watch::Sender<usize>,
+}
+
+impl HeldBurst {
+    pub async fn start(burst: usize) -> HeldBurst {
+        use tokio::io::AsyncWriteExt;
+        let opened = Arc::new(AtomicUsize::new(0));
+        let closed = tokio::sync::watch::Sender::new(0usize);
+        let arrived = Arc::new(AtomicUsize::new(0));
+        let all_arrived = Arc::new(tokio::sync::Notify::new());
+        let (o, c) = (opened.clone(), closed.clone());
+        let addr = raw_backend(move |mut s| {
+            let (opened, closed, arrived, all_arrived) = (o.clone(), c.clone(), arrived.clone(), all_arrived.clone());
+            async move {
+                opened.fetch_add(1, Ordering::SeqCst);
+                while read_head(&mut s).await {
+                    let waiting = all_arrived.notified();
+                    let n = arrived.fetch_add(1, Ordering::SeqCst) + 1;
+                    if n == burst {
+                        all_arrived.notify_waiters();
+                    } else if n < burst {
+                        waiting.await;
+                    }
+                    let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+                }
+                closed.send_modify(|n| *n += 1);
+            }
+        })
+        .await;
+        HeldBurst { addr, opened, closed }
+    }
+
+    pub fn opened(&self) -> usize {
+        self.opened.load(Ordering::SeqCst)
+    }
+
+    pub fn closed(&self) -> usize {
+        *self.closed.borrow()
+    }
+
+    /// Waits (up to 10 s) until the gateway has closed `n` of the connections; false if not.
+    pub async fn wait_closed(&self, n: usize) -> bool {
+        let mut closed = self.closed.subscribe();
+        tokio::time::timeout(Duration::from_secs(10), closed.wait_for(|c| *c >= n)).await.is_ok()
+    }
+}
+
 /// A keep-alive HTTP/1.1 server writing, for each request head it reads (bodies are not
 /// read), the bytes `answer` picks for it: responses exactly as a test spells them.
 pub async fn scripted_backend(answer: fn(&[u8]) -> &'static [u8]) -> SocketAddr {
