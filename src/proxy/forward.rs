@@ -10,16 +10,16 @@
 use std::error::Error as StdError;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{HeaderMap, HeaderValue};
 use http::uri::PathAndQuery;
-use http::{Method, Request, Response, Uri, Version};
+use http::{Method, Response};
 
 use super::body::{RequestBody, RequestBodyError};
 use super::error::ErrorKind;
 use crate::config::RetryOn;
 use crate::observe::access_log::Entry;
 use crate::upstream::balance::InFlight;
-use crate::upstream::client::{SendError, UpstreamBody};
+use crate::upstream::client::{HostField, OutHead, SendError, UpstreamBody};
 use crate::upstream::h1::FieldPolicy;
 use crate::upstream::retry::{self, Cause};
 use crate::upstream::{PickInput, Upstream};
@@ -48,9 +48,11 @@ pub struct Outgoing<'a> {
     pub lines: Vec<u8>,
 }
 
+/// `out` is lent: moved in, it was copied into this future's state and again into the
+/// caller's (344 bytes each).
 pub async fn forward(
     upstream: &Upstream,
-    mut out: Outgoing<'_>,
+    out: &mut Outgoing<'_>,
     client_ip: std::net::IpAddr,
     path: &str,
     mut entry: Option<&mut Entry>,
@@ -74,35 +76,32 @@ pub async fn forward(
         };
         let slot = upstream.acquire_slot(target).await.map_err(|_| ErrorKind::UpstreamSaturated)?;
 
-        let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(upstream.client.scheme());
-        uri.authority = Some(target.authority.clone());
-        uri.path_and_query = Some(out.path_and_query.clone());
-        // The last possible try takes the headers; earlier ones send a copy.
-        let mut headers = if last { std::mem::take(&mut out.headers) } else { out.headers.clone() };
-        if upstream.h2_only() {
-            // RFC 9113 §8.3.1: a Host differing from :authority (the target, which keys the
-            // pool) must not be sent; the client's host travels in X-Forwarded-Host.
-            headers.remove(header::HOST);
-        } else if out.host_from_target {
-            headers.insert(header::HOST, target.host_value.clone());
-        }
         let body = match &mut out.body {
             Payload::Stream(b) => std::mem::replace(b, RequestBody::empty()),
             Payload::Replay(bytes) => RequestBody::bytes(bytes.clone()),
         };
-        let mut req = Request::new(body);
-        *req.method_mut() = out.method.clone();
-        *req.uri_mut() = Uri::from_parts(uri).map_err(|_| ErrorKind::BadRequest)?;
-        *req.version_mut() = Version::HTTP_11;
-        *req.headers_mut() = headers;
+        let host = if upstream.h2_only() {
+            HostField::Omit
+        } else if out.host_from_target {
+            HostField::Target
+        } else {
+            HostField::Fields
+        };
+        // The last possible try may give the fields away; earlier ones lend a copy.
+        let head = OutHead {
+            method: &out.method,
+            path_and_query: &out.path_and_query,
+            headers: &mut out.headers,
+            take: last,
+            host,
+        };
 
         // One clock reading for the start and the deadline, one for the end.
         let sent = tokio::time::Instant::now();
         let timeout = upstream.timeouts().response_header;
         let outcome = match tokio::time::timeout_at(
             sent + timeout,
-            upstream.client.request(target, req, out.raw_response, &out.lines),
+            upstream.client.request(target, head, body, out.raw_response, &out.lines),
         )
         .await
         {

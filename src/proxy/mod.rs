@@ -366,7 +366,7 @@ async fn route_and_forward(
     } else {
         Payload::Stream(client_body)
     };
-    let out = Outgoing {
+    let mut out = Outgoing {
         path_and_query: upstream_path(&parts.uri, &path, route.strip_prefix)?,
         method: parts.method,
         headers: parts.headers,
@@ -380,7 +380,7 @@ async fn route_and_forward(
         lines,
     };
     let (mut resp, in_flight) =
-        forward::forward(upstream, out, ctx.peer.addr.ip(), &path, ctx.entry, ctx.request_id).await?;
+        forward::forward(upstream, &mut out, ctx.peer.addr.ip(), &path, ctx.entry, ctx.request_id).await?;
     if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
         // A 101 the client did not ask for would leave it speaking HTTP to a switched peer.
         let Some(upgrade) = upgrade else { return Err(ErrorKind::UpstreamBadResponse.into()) };

@@ -11,8 +11,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::uri::Scheme;
-use http::{Request, Response};
+use http::uri::{PathAndQuery, Scheme};
+use http::{HeaderMap, Method, Request, Response};
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_rustls::{DefaultServerNameResolver, FixedServerNameResolver, HttpsConnector, ResolveServerName};
@@ -94,31 +94,36 @@ impl UpstreamClient {
         matches!(self, UpstreamClient::H1(_))
     }
 
-    /// Sends `req` to `target` (whose authority the request's URI also carries) and waits for
-    /// the response head. With a `raw` policy, the own HTTP/1.1 client may keep a plain
-    /// response's fields as lines in its body ([`super::h1::RawFields`]) for the caller to
-    /// write out. `lines` are more request fields, already `name: value` CRLF lines, sent
-    /// after the map's (empty unless [`takes_lines`](Self::takes_lines)).
+    /// Sends the request `head` with `body` to `target` and waits for the response head. With
+    /// a `raw` policy, the own HTTP/1.1 client may keep a plain response's fields as lines in
+    /// its body ([`super::h1::RawFields`]) for the caller to write out. `lines` are more request
+    /// fields, already `name: value` CRLF lines, sent after the map's (empty unless
+    /// [`takes_lines`](Self::takes_lines)).
+    ///
+    /// The head is lent, not a `Request`: the own client encodes it where it lies, and only
+    /// hyper's gets a `Request` built (a `Request` moved down the awaits of a try was copied
+    /// six times, 368 bytes each).
     pub async fn request(
         &self,
         target: &Target,
-        req: Request<RequestBody>,
+        head: OutHead<'_>,
+        body: RequestBody,
         raw: Option<&super::h1::FieldPolicy>,
         lines: &[u8],
     ) -> Result<Response<UpstreamBody>, SendError> {
         debug_assert!(lines.is_empty() || self.takes_lines(), "lines for a client that does not send them");
-        let hyper = match self {
+        let sent = match self {
             UpstreamClient::H1(c) => {
                 return c
-                    .send(target, req, raw, lines)
+                    .send(target, &head, body, raw, lines)
                     .await
-                    .map(|r| r.map(UpstreamBody::H1))
+                    .map(|r| r.map(|b| UpstreamBody::H1(Box::new(b))))
                     .map_err(SendError::Gateway);
             }
-            UpstreamClient::Plain(c) => c.request(req),
-            UpstreamClient::Tls(c) => c.request(req),
+            UpstreamClient::Plain(c) => c.request(head.into_request(target, Scheme::HTTP, body)?),
+            UpstreamClient::Tls(c) => c.request(head.into_request(target, Scheme::HTTPS, body)?),
         };
-        hyper.await.map(|r| r.map(UpstreamBody::Hyper)).map_err(SendError::Hyper)
+        sent.await.map(|r| r.map(UpstreamBody::Hyper)).map_err(SendError::Hyper)
     }
 
     /// The scheme of request URIs: `https` makes the connector use TLS.
@@ -127,6 +132,61 @@ impl UpstreamClient {
             UpstreamClient::H1(_) | UpstreamClient::Plain(_) => Scheme::HTTP,
             UpstreamClient::Tls(_) => Scheme::HTTPS,
         }
+    }
+}
+
+/// A request head on its way to a target, lent by the caller for one try.
+pub struct OutHead<'a> {
+    pub method: &'a Method,
+    pub path_and_query: &'a PathAndQuery,
+    /// The fields; hyper's client takes them (`take`: this is the last try) or a copy.
+    pub headers: &'a mut HeaderMap,
+    pub take: bool,
+    pub host: HostField,
+}
+
+/// Which Host goes up.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum HostField {
+    /// The one in the fields (the target's when there is none).
+    Fields,
+    /// The target's, whatever the fields hold (`host_header: upstream`).
+    Target,
+    /// None: over HTTP/2 a Host differing from `:authority` (the target, which keys the
+    /// pool) must not be sent (RFC 9113 §8.3.1); the client's host travels in
+    /// X-Forwarded-Host.
+    Omit,
+}
+
+impl OutHead<'_> {
+    /// The `Request` hyper's client sends: the target's authority in the URI, and Host by
+    /// the upstream's protocol.
+    fn into_request(
+        self,
+        target: &Target,
+        scheme: Scheme,
+        body: RequestBody,
+    ) -> Result<Request<RequestBody>, SendError> {
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(scheme);
+        uri.authority = Some(target.authority.clone());
+        uri.path_and_query = Some(self.path_and_query.clone());
+        let mut headers = if self.take { std::mem::take(self.headers) } else { self.headers.clone() };
+        match self.host {
+            HostField::Fields => {}
+            HostField::Target => {
+                headers.insert(http::header::HOST, target.host_value.clone());
+            }
+            HostField::Omit => {
+                headers.remove(http::header::HOST);
+            }
+        }
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = http::Uri::from_parts(uri).map_err(|_| SendError::Gateway(ErrorKind::BadRequest))?;
+        *req.version_mut() = http::Version::HTTP_11;
+        *req.headers_mut() = headers;
+        Ok(req)
     }
 }
 
@@ -140,7 +200,9 @@ pub enum SendError {
 /// An upstream's response body, from whichever client read it.
 pub enum UpstreamBody {
     Hyper(Incoming),
-    H1(super::h1::Body),
+    /// Boxed: a response is moved several times on its way out, and the own client's body
+    /// (its connection and read buffer with it) is 200 bytes inline.
+    H1(Box<super::h1::Body>),
 }
 
 impl http_body::Body for UpstreamBody {
@@ -150,7 +212,7 @@ impl http_body::Body for UpstreamBody {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.get_mut() {
             UpstreamBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-            UpstreamBody::H1(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            UpstreamBody::H1(b) => Pin::new(&mut **b).poll_frame(cx).map_err(Into::into),
         }
     }
 
@@ -174,7 +236,7 @@ impl UpstreamBody {
     #[cfg(target_os = "linux")]
     pub fn own(&mut self) -> Option<&mut super::h1::Body> {
         match self {
-            UpstreamBody::H1(b) => Some(b),
+            UpstreamBody::H1(b) => Some(&mut **b),
             UpstreamBody::Hyper(_) => None,
         }
     }

@@ -20,11 +20,12 @@ use std::time::{Duration, Instant};
 use bytes::buf::Chain;
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName};
-use http::{Method, Request, Response, StatusCode, Version};
+use http::{Method, Response, StatusCode, Version};
 use http_body::{Body as _, Frame, SizeHint};
 use tokio::net::TcpStream;
 
 use super::Target;
+use super::client::{HostField, OutHead};
 use crate::http1::{BodyError, ConnectionTokens, Decode, Framing, Seen, parsed_value, put_field};
 use crate::proxy::body::{RequestBody, RequestBodyError};
 use crate::proxy::error::ErrorKind;
@@ -174,14 +175,14 @@ impl Client {
     pub async fn send(
         &self,
         target: &Target,
-        req: Request<RequestBody>,
+        req: &OutHead<'_>,
+        body: RequestBody,
         raw: Option<&FieldPolicy>,
         lines: &[u8],
     ) -> Result<Response<Body>, ErrorKind> {
-        let (parts, body) = req.into_parts();
-        let head_request = parts.method == Method::HEAD;
-        let (mut head, framing) = encode_head(&parts, lines, &body, target);
-        let mut again = if super::retry::is_idempotent(&parts.method) { body.replay() } else { None };
+        let head_request = *req.method == Method::HEAD;
+        let (mut head, framing) = encode_head(req, lines, &body, target);
+        let mut again = if super::retry::is_idempotent(req.method) { body.replay() } else { None };
         let mut body = Some(body);
         loop {
             let (conn, reused) = match target.idle.take() {
@@ -196,7 +197,7 @@ impl Client {
                     // The second try: the same head again (encoded anew: the first try's is
                     // spent, and keeping a copy would cost every request an allocation).
                     let Some(b) = again.take() else { return Err(ErrorKind::UpstreamReset) };
-                    head = encode_head(&parts, lines, &b, target).0;
+                    head = encode_head(req, lines, &b, target).0;
                     b
                 }
             };
@@ -268,30 +269,31 @@ enum Sending {
 /// `lines` (fields the caller wrote as lines already), then the framing. RFC 9112 §6: the
 /// framing is the gateway's own (from the body's known length, else chunked); the client's
 /// framing fields were for its hop.
-fn encode_head(parts: &http::request::Parts, lines: &[u8], body: &RequestBody, target: &Target) -> (Vec<u8>, Sending) {
-    let target_form = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let fields: usize = parts.headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+fn encode_head(req: &OutHead<'_>, lines: &[u8], body: &RequestBody, target: &Target) -> (Vec<u8>, Sending) {
+    let target_form = req.path_and_query.as_str();
+    let fields: usize = req.headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
     let mut buf = Vec::with_capacity(64 + target_form.len() + fields + lines.len());
-    buf.extend_from_slice(parts.method.as_str().as_bytes());
+    buf.extend_from_slice(req.method.as_str().as_bytes());
     buf.push(b' ');
-    buf.extend_from_slice(target_form.as_bytes());
+    buf.extend_from_slice(if target_form.is_empty() { "/" } else { target_form }.as_bytes());
     buf.extend_from_slice(b" HTTP/1.1\r\n");
-    // RFC 9112 §3.2: every HTTP/1.1 request has a Host.
-    if !parts.headers.contains_key(header::HOST) {
+    // RFC 9112 §3.2: every HTTP/1.1 request has a Host: the fields' own, or else the target's.
+    let host_from_fields = req.host == HostField::Fields && req.headers.contains_key(header::HOST);
+    if !host_from_fields {
         put_field(&mut buf, &header::HOST, &target.host_value);
     }
     let mut had_length = false;
-    for (name, value) in &parts.headers {
+    for (name, value) in req.headers.iter() {
         if name == header::CONTENT_LENGTH {
             had_length = true;
-        } else if name != header::TRANSFER_ENCODING {
+        } else if name != header::TRANSFER_ENCODING && (host_from_fields || name != header::HOST) {
             put_field(&mut buf, name, value);
         }
     }
     buf.extend_from_slice(lines);
     let sending = match body.size_hint().exact() {
         Some(n) => {
-            let usual = matches!(parts.method, Method::POST | Method::PUT | Method::PATCH);
+            let usual = matches!(*req.method, Method::POST | Method::PUT | Method::PATCH);
             if n > 0 || had_length || usual {
                 let _ = write!(buf, "content-length: {n}\r\n");
             }

@@ -10,10 +10,11 @@ use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use http::{Request, header};
+use http::header;
 
 use super::Upstream;
 use super::balance::random_u64;
+use super::client::{HostField, OutHead};
 use crate::config::{HealthCheckDef, PassiveHealthDef};
 use crate::proxy::body::RequestBody;
 
@@ -177,17 +178,18 @@ async fn probe_once(weak: &Weak<Upstream>, index: usize, def: &HealthCheckDef) -
 
 /// One health-check request: true when it answers within the timeout with an expected status.
 async fn probe(upstream: &Upstream, target: &super::Target, def: &HealthCheckDef) -> bool {
-    let uri = http::Uri::builder()
-        .scheme(upstream.client.scheme())
-        .authority(target.authority.clone())
-        .path_and_query(def.path.clone());
-    let Ok(uri) = uri.build() else { return false };
-    let req = Request::get(uri)
-        .header(header::HOST, target.host_value.clone())
-        .header(header::USER_AGENT, "ferroway-health-check")
-        .body(RequestBody::empty());
-    let Ok(req) = req else { return false };
-    match tokio::time::timeout(def.timeout, upstream.client.request(target, req, None, &[])).await {
+    let mut headers = http::HeaderMap::with_capacity(2);
+    headers.insert(header::HOST, target.host_value.clone());
+    headers.insert(header::USER_AGENT, http::HeaderValue::from_static("ferroway-health-check"));
+    let head = OutHead {
+        method: &http::Method::GET,
+        path_and_query: &def.path,
+        headers: &mut headers,
+        take: true,
+        host: HostField::Fields,
+    };
+    let sent = upstream.client.request(target, head, RequestBody::empty(), None, &[]);
+    match tokio::time::timeout(def.timeout, sent).await {
         Ok(Ok(resp)) => (def.expect_status.0..=def.expect_status.1).contains(&resp.status().as_u16()),
         _ => false,
     }
