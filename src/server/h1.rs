@@ -303,7 +303,17 @@ async fn one_request(
     drain: &watch::Receiver<bool>,
     settings: Settings,
 ) -> Option<(Reader, WriteSide)> {
-    let head = match tokio::time::timeout(settings.header_timeout, read_head(&mut reader, settings.max_head)).await {
+    let read = {
+        let mut read = std::pin::pin!(read_head(&mut reader, settings.max_head));
+        // The head is nearly always whole already (its first bytes ended the idle wait), so
+        // the timeout is armed only when it is not: armed at once, it cost every request a
+        // clock reading and a timer made and dropped.
+        match poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await {
+            Poll::Ready(read) => Ok(read),
+            Poll::Pending => tokio::time::timeout(settings.header_timeout, read).await,
+        }
+    };
+    let head = match read {
         Ok(Ok(head)) => head,
         Ok(Err(HeadError::Closed)) | Err(_) => return None,
         Ok(Err(HeadError::Io(e))) => {
