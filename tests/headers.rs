@@ -190,6 +190,23 @@ async fn host_header_follows_the_route_setting() {
     }
 }
 
+/// To an HTTP/2 upstream (hyper's client) the target is the `:authority` and no Host goes up,
+/// whatever `host_header` says (RFC 9113 §8.3.1); the client's host is in X-Forwarded-Host.
+#[tokio::test]
+async fn an_http2_upstream_gets_the_target_as_authority_and_no_host() {
+    let backend = Backend::echo().await;
+    for setting in ["preserve", "upstream", "internal.svc"] {
+        let gw =
+            gateway(&single_route(backend.addr, ", protocol: h2c", &format!("{ALL}, host_header: {setting}"))).await;
+        send(Request::get(gw.url("/x?y=1")).header("host", "client.example").body(full("")).expect("request")).await;
+        let seen = backend.last();
+        assert_eq!(seen.version, http::Version::HTTP_2, "host_header: {setting}");
+        assert_eq!(seen.uri, format!("http://{}/x?y=1", backend.address()), "host_header: {setting}");
+        assert!(seen.headers.get("host").is_none(), "host_header: {setting}: {:?}", seen.headers.get("host"));
+        assert_eq!(seen.headers["x-forwarded-host"], "client.example", "host_header: {setting}");
+    }
+}
+
 #[tokio::test]
 async fn a_valid_request_id_is_kept_end_to_end() {
     let backend = Backend::echo().await;

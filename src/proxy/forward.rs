@@ -65,6 +65,13 @@ pub async fn forward(
     if max_attempts > 1 {
         upstream.retry_budget.on_request();
     }
+    let host = if upstream.h2_only() {
+        HostField::Omit
+    } else if out.host_from_target {
+        HostField::Target
+    } else {
+        HostField::Fields
+    };
     let mut tried: Vec<usize> = Vec::new();
     let mut attempt = 0;
     loop {
@@ -79,13 +86,6 @@ pub async fn forward(
         let body = match &mut out.body {
             Payload::Stream(b) => std::mem::replace(b, RequestBody::empty()),
             Payload::Replay(bytes) => RequestBody::bytes(bytes.clone()),
-        };
-        let host = if upstream.h2_only() {
-            HostField::Omit
-        } else if out.host_from_target {
-            HostField::Target
-        } else {
-            HostField::Fields
         };
         // The last possible try may give the fields away; earlier ones lend a copy.
         let head = OutHead {

@@ -120,8 +120,8 @@ impl UpstreamClient {
                     .map(|r| r.map(|b| UpstreamBody::H1(Box::new(b))))
                     .map_err(SendError::Gateway);
             }
-            UpstreamClient::Plain(c) => c.request(head.into_request(target, Scheme::HTTP, body)?),
-            UpstreamClient::Tls(c) => c.request(head.into_request(target, Scheme::HTTPS, body)?),
+            UpstreamClient::Plain(c) => c.request(head.into_request(target, self.scheme(), body)?),
+            UpstreamClient::Tls(c) => c.request(head.into_request(target, self.scheme(), body)?),
         };
         sent.await.map(|r| r.map(UpstreamBody::Hyper)).map_err(SendError::Hyper)
     }

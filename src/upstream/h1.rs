@@ -270,12 +270,13 @@ enum Sending {
 /// framing is the gateway's own (from the body's known length, else chunked); the client's
 /// framing fields were for its hop.
 fn encode_head(req: &OutHead<'_>, lines: &[u8], body: &RequestBody, target: &Target) -> (Vec<u8>, Sending) {
+    // `as_str` is "/" for an empty path.
     let target_form = req.path_and_query.as_str();
     let fields: usize = req.headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
     let mut buf = Vec::with_capacity(64 + target_form.len() + fields + lines.len());
     buf.extend_from_slice(req.method.as_str().as_bytes());
     buf.push(b' ');
-    buf.extend_from_slice(if target_form.is_empty() { "/" } else { target_form }.as_bytes());
+    buf.extend_from_slice(target_form.as_bytes());
     buf.extend_from_slice(b" HTTP/1.1\r\n");
     // RFC 9112 §3.2: every HTTP/1.1 request has a Host: the fields' own, or else the target's.
     let host_from_fields = req.host == HostField::Fields && req.headers.contains_key(header::HOST);

@@ -179,14 +179,13 @@ async fn probe_once(weak: &Weak<Upstream>, index: usize, def: &HealthCheckDef) -
 /// One health-check request: true when it answers within the timeout with an expected status.
 async fn probe(upstream: &Upstream, target: &super::Target, def: &HealthCheckDef) -> bool {
     let mut headers = http::HeaderMap::with_capacity(2);
-    headers.insert(header::HOST, target.host_value.clone());
     headers.insert(header::USER_AGENT, http::HeaderValue::from_static("ferroway-health-check"));
     let head = OutHead {
         method: &http::Method::GET,
         path_and_query: &def.path,
         headers: &mut headers,
         take: true,
-        host: HostField::Fields,
+        host: HostField::Target,
     };
     let sent = upstream.client.request(target, head, RequestBody::empty(), None, &[]);
     match tokio::time::timeout(def.timeout, sent).await {
