@@ -168,3 +168,49 @@ async fn a_second_gateway_on_the_same_address_is_refused() {
     assert!(stderr.contains("cannot bind"), "{stderr}");
     assert_eq!(requests_on_one_connection(first.addr, 1).await.len(), 1, "the first one still serves");
 }
+
+#[tokio::test]
+async fn idle_connections_are_parked_and_woken_on_every_worker() {
+    const CONNS: usize = 12;
+    let backend = Backend::text("ok").await;
+    let yaml = format!(
+        "{}admin: {{ address: 127.0.0.1:0 }}\nlimits: {{ keepalive_park_after: 50ms }}\n",
+        config(backend.addr, "")
+    );
+    let gw = GatewayProcess::start(&yaml);
+    gw.wait_for_log("\"listener\":\"admin\"", 1);
+    let admin: std::net::SocketAddr = gw
+        .log_lines()
+        .iter()
+        .filter(|l| l.contains("\"listener\":\"admin\""))
+        .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["address"].as_str()?.parse().ok())
+        .expect("the admin listener's address");
+    let parked = || async move {
+        let text = get(&format!("http://{admin}/metrics")).await.text();
+        text.lines()
+            .find_map(|l| l.strip_prefix("ferroway_client_connections_parked ")?.parse::<usize>().ok())
+            .expect("the parked gauge")
+    };
+
+    // The kernel spreads the connections over the workers; each parks its own.
+    let mut conns = Vec::new();
+    for _ in 0..CONNS {
+        let mut s = TcpStream::connect(gw.addr).await.expect("connect");
+        s.write_all(b"GET / HTTP/1.1\r\nHost: workers.test\r\n\r\n").await.expect("write");
+        let mut seen = Vec::new();
+        assert!(read_until(&mut s, &mut seen, b"\r\n\r\nok").await);
+        conns.push(s);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while parked().await != CONNS {
+        assert!(tokio::time::Instant::now() < deadline, "{} of {CONNS} parked", parked().await);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Each comes back on its own worker's event loop and is answered.
+    for s in &mut conns {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: workers.test\r\n\r\n").await.expect("write");
+        let mut seen = Vec::new();
+        assert!(read_until(s, &mut seen, b"\r\n\r\nok").await, "{}", String::from_utf8_lossy(&seen));
+    }
+    assert_eq!(backend.requests().len(), 2 * CONNS);
+}

@@ -196,6 +196,7 @@ fn stats(control: &Control) -> Response<Full<Bytes>> {
             "upstreams": upstreams,
             "reloads": reloads,
             "connections": control.open_connections(),
+            "parked_connections": control.parked_connections(),
         }),
     )
 }
@@ -211,6 +212,7 @@ fn metrics(control: &Control) -> Response<Full<Bytes>> {
             .flat_map(|u| u.targets.iter().map(move |t| (u.name.clone(), t.address.clone(), &t.stats.latency)))
             .collect(),
         active_connections: control.open_connections(),
+        parked_connections: control.parked_connections(),
         middleware: control.gateway.registries.middleware.metrics(),
         acme: snapshot.acme.iter().map(|a| a.status()).collect(),
         caches: control

@@ -19,6 +19,7 @@ pub const DEFAULT_MAX_HEADER_BYTES: u64 = 32 << 10;
 pub const DEFAULT_CLIENT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_CLIENT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(75);
+pub const DEFAULT_KEEPALIVE_PARK_AFTER: Option<Duration> = Some(Duration::from_secs(1));
 
 #[derive(Debug)]
 pub struct Config {
@@ -77,6 +78,9 @@ pub struct Limits {
     pub client_header_timeout: Duration,
     /// Longest an HTTP/1.1 client connection may stay open with no request.
     pub keepalive_timeout: Duration,
+    /// How long a plain HTTP/1.1 client connection waits idle before it is parked (its task
+    /// and buffers freed, `server::park`); `None` (`off`) never parks.
+    pub keepalive_park_after: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -200,6 +204,7 @@ pub fn decode_config(node: &Node, p: &mut Problems) -> Config {
             client_body_timeout: DEFAULT_CLIENT_BODY_TIMEOUT,
             client_header_timeout: DEFAULT_CLIENT_HEADER_TIMEOUT,
             keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
+            keepalive_park_after: DEFAULT_KEEPALIVE_PARK_AFTER,
         },
         access_log: AccessLogDef { output: LogOutput::Stdout, format: LogFormat::Json },
         shutdown_timeout: Duration::from_secs(30),
@@ -336,6 +341,7 @@ impl Decode for Limits {
             "client_body_timeout",
             "client_header_timeout",
             "keepalive_timeout",
+            "keepalive_park_after",
         ];
         let f = Fields::new(node, path, KEYS, p)?;
         let max_header_bytes = f.opt::<Located<ByteSize>>("max_header_bytes", p).and_then(|b| {
@@ -354,6 +360,25 @@ impl Decode for Limits {
                 .opt::<Dur>("client_header_timeout", p)
                 .map_or(DEFAULT_CLIENT_HEADER_TIMEOUT, |d| d.0),
             keepalive_timeout: f.opt::<Dur>("keepalive_timeout", p).map_or(DEFAULT_KEEPALIVE_TIMEOUT, |d| d.0),
+            keepalive_park_after: f
+                .opt::<ParkAfter>("keepalive_park_after", p)
+                .map_or(DEFAULT_KEEPALIVE_PARK_AFTER, |a| a.0),
+        })
+    }
+}
+
+/// `keepalive_park_after`: `off`, or a duration above zero.
+struct ParkAfter(Option<Duration>);
+
+impl Decode for ParkAfter {
+    fn decode(node: &Node, path: &str, p: &mut Problems) -> Option<Self> {
+        parse_str(node, path, p, "a duration above zero such as 1s or 500ms, or off", |s| match s {
+            "off" => Ok(ParkAfter(None)),
+            _ => match humantime::parse_duration(s) {
+                Ok(d) if d.is_zero() => Err("0s would park a connection at every pause; use off to never park".into()),
+                Ok(d) => Ok(ParkAfter(Some(d))),
+                Err(e) => Err(format!("invalid duration {s:?} ({e})")),
+            },
         })
     }
 }

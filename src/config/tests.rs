@@ -1,4 +1,5 @@
 use std::path::Path;
+use std::time::Duration;
 
 use super::*;
 
@@ -536,4 +537,23 @@ routes: [{ name: r, match: { path_prefix: / }, upstream: u, middleware: [rules, 
     has("6:29: middleware.rules.headers.response.append.transfer-encoding:", "cannot be changed by middleware");
     has("7:101: middleware.auth.jwt.forward_claims.connection:", "cannot be changed by middleware");
     assert_eq!(p.len(), 4, "{p:#?}");
+}
+
+#[test]
+fn keepalive_park_after_is_a_duration_above_zero_or_off() {
+    let base = "listeners: [{ name: l, address: 127.0.0.1:8080 }]\n\
+                upstreams: { u: { targets: [{ address: 127.0.0.1:9000 }] } }\n\
+                routes: [{ name: r, match: { path_prefix: / }, upstream: u }]\n";
+    let limits = |v: &str| check(&format!("{base}limits: {{ keepalive_park_after: {v} }}\n")).map(|c| c.limits);
+    assert_eq!(check(base).map(|c| c.limits.keepalive_park_after).ok(), Some(Some(Duration::from_secs(1))));
+    assert_eq!(limits("250ms").ok().map(|l| l.keepalive_park_after), Some(Some(Duration::from_millis(250))));
+    assert_eq!(limits("off").ok().map(|l| l.keepalive_park_after), Some(None));
+    let p = problems(&format!("{base}limits: {{ keepalive_park_after: 0s }}\n"));
+    assert_eq!(
+        p,
+        ["4:33: limits.keepalive_park_after: 0s would park a connection at every pause; use off to never park; \
+          expected a duration above zero such as 1s or 500ms, or off"]
+    );
+    let p = problems(&format!("{base}limits: {{ keepalive_park_after: never }}\n"));
+    has_problem(&p, "4:33: limits.keepalive_park_after:", "invalid duration \"never\"");
 }

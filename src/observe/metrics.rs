@@ -141,6 +141,8 @@ pub struct Scrape<'a> {
     pub upstreams: Vec<crate::upstream::UpstreamView>,
     pub target_latency: Vec<(Arc<str>, Arc<str>, &'a Histogram)>,
     pub active_connections: usize,
+    /// Of them, idle ones parked without a task (`keepalive_park_after`).
+    pub parked_connections: usize,
     /// Counters by middleware (`kind/name`), from the middleware registry.
     pub middleware: Vec<(String, Arc<crate::middleware::MiddlewareMetrics>)>,
     /// ACME certificates of the running config, by first domain.
@@ -273,6 +275,13 @@ pub fn render(s: &Scrape<'_>) -> String {
     render_middleware(&mut out, &s.middleware);
     header(&mut out, "ferroway_client_connections", "gauge", "Client connections open.");
     let _ = writeln!(out, "ferroway_client_connections {}", s.active_connections);
+    header(
+        &mut out,
+        "ferroway_client_connections_parked",
+        "gauge",
+        "Idle client connections parked (counted in ferroway_client_connections too): no task or buffer held until the client sends again.",
+    );
+    let _ = writeln!(out, "ferroway_client_connections_parked {}", s.parked_connections);
     header(&mut out, "ferroway_reloads_total", "counter", "Config reloads by outcome.");
     let _ = writeln!(out, "ferroway_reloads_total{{outcome=\"ok\"}} {}", s.metrics.reloads_ok.load(Ordering::Relaxed));
     let _ = writeln!(

@@ -34,6 +34,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{oneshot, watch};
 use tokio_rustls::server::TlsStream;
 
+use super::Parking;
 use crate::http1::{
     BodyError, ConnectionTokens, Decode, Framing, Seen, is_framing_field, parsed_value, put_field, request_framing,
 };
@@ -63,6 +64,9 @@ pub struct Settings {
     pub header_timeout: Duration,
     pub keepalive_timeout: Duration,
     pub body_timeout: Duration,
+    /// Idle this long, a plain TCP connection is handed back to be parked (`server::park`);
+    /// `None` when parking is off or would come no sooner than the keep-alive timeout.
+    pub park_after: Option<Duration>,
 }
 
 /// The read side of a client connection.
@@ -227,6 +231,8 @@ impl PendingUpgrade {
 
 /// Serves HTTP/1.1 requests on one connection until it closes, the client is idle for
 /// `keepalive_timeout`, or the gateway drains. `reader` may already hold the first bytes.
+/// With `parking`, a plain TCP connection idle for `settings.park_after` is parked instead
+/// (`server::park`): this task ends, and the connection gets a new one when the client sends.
 ///
 /// A plain function returning an `async move` block, not an `async fn`: an `async fn` keeps
 /// its arguments twice in its state (as arguments and as locals), and this state is what an
@@ -239,13 +245,17 @@ pub fn serve(
     gw: Arc<Gateway>,
     drain: watch::Receiver<bool>,
     settings: Settings,
+    parking: Option<Parking>,
 ) -> impl Future<Output = ()> {
     async move {
-        // One keep-alive timer for the connection, pushed back each time it goes idle: a later
-        // deadline only updates the registered one (no timer wheel work), where a new timer per
-        // request was registered and removed again each time (callgrind: 0.5k instructions of
-        // a small request). If it fires during a long request, that is one spurious wake-up and
-        // the next reset registers it anew.
+        // Over TLS the session's own buffers and state stay with the connection anyway.
+        let parks = parking.is_some() && settings.park_after.is_some() && matches!(writer, WriteSide::Tcp(_));
+        // One idle timer for the connection (the keep-alive timeout, or the wait before
+        // parking), pushed back each time it goes idle: a later deadline only updates the
+        // registered one (no timer wheel work), where a new timer per request was registered
+        // and removed again each time (callgrind: 0.5k instructions of a small request). If it
+        // fires during a long request, that is one spurious wake-up and the next reset
+        // registers it anew.
         let mut idle = std::pin::pin!(tokio::time::sleep(settings.keepalive_timeout));
         // The drain's wake-up, registered once for the connection: made anew each time the
         // connection went idle, it took a lock on the (process-wide) watch's waiter list to
@@ -257,19 +267,32 @@ pub fn serve(
             if reader.buf.is_empty() {
                 // Idle: no buffer while waiting (a pipelined request keeps its bytes).
                 reader.buf = BytesMut::new();
-                idle.as_mut().reset(tokio::time::Instant::now() + settings.keepalive_timeout);
-                let read = poll_fn(|cx| {
+                let wait = settings.park_after.filter(|_| parks).unwrap_or(settings.keepalive_timeout);
+                idle.as_mut().reset(tokio::time::Instant::now() + wait);
+                let woke = poll_fn(|cx| {
                     if drained.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(false);
+                        return Poll::Ready(Woke::Close);
                     }
                     if let Poll::Ready(read) = reader.poll_next_request(cx) {
-                        return Poll::Ready(matches!(read, Ok(n) if n > 0));
+                        return Poll::Ready(if matches!(read, Ok(n) if n > 0) { Woke::Request } else { Woke::Close });
                     }
-                    idle.as_mut().poll(cx).map(|()| false)
+                    idle.as_mut().poll(cx).map(|()| if parks { Woke::Park } else { Woke::Close })
                 })
                 .await;
-                if !read {
-                    return;
+                match woke {
+                    Woke::Request => {}
+                    Woke::Close => return,
+                    Woke::Park => {
+                        let (Some(parking), ReadSide::Tcp(r), WriteSide::Tcp(w)) = (parking, reader.io, writer) else {
+                            return;
+                        };
+                        let waited = settings.park_after.unwrap_or_default();
+                        let until = idle.deadline() + settings.keepalive_timeout.saturating_sub(waited);
+                        if let Ok(stream) = r.reunite(w) {
+                            parking.park(stream, until, &peer);
+                        }
+                        return;
+                    }
                 }
             }
             // Boxed so that an idle connection's task stays small: the request's state (about
@@ -280,6 +303,13 @@ pub fn serve(
             }
         }
     }
+}
+
+/// What ended an idle connection's wait.
+enum Woke {
+    Request,
+    Close,
+    Park,
 }
 
 /// `Box::pin(make())`, with the future built in its allocation. `Box::pin(f())` builds the

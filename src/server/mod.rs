@@ -10,6 +10,8 @@
 pub mod acme;
 mod file_watch;
 pub mod h1;
+#[cfg(unix)]
+mod park;
 pub mod tls;
 
 use std::convert::Infallible;
@@ -148,6 +150,9 @@ pub struct Control {
     /// The runtimes of workers 1.. (see `crate::worker`); worker 0's is the one the gateway
     /// was started on. Each accepts on every listener.
     workers: Vec<tokio::runtime::Handle>,
+    /// Idle HTTP/1.1 connections parked without a task (`keepalive_park_after`).
+    #[cfg(unix)]
+    lots: park::Lots,
 }
 
 /// One reload as the dashboard lists it.
@@ -247,9 +252,17 @@ impl Control {
         self.reload_history.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()
     }
 
-    /// Client connections open right now.
+    /// Client connections open right now (parked ones included).
     pub fn open_connections(&self) -> usize {
         self.connections.open.load(Ordering::Relaxed)
+    }
+
+    /// Idle client connections parked right now (see `keepalive_park_after`).
+    pub fn parked_connections(&self) -> usize {
+        #[cfg(unix)]
+        return self.lots.parked();
+        #[cfg(not(unix))]
+        0
     }
 
     /// Applies a new config as a whole or not at all: the snapshot is compiled and new
@@ -454,6 +467,8 @@ pub async fn start_on_workers(
         admin_address: Mutex::new(None),
         reload_history: Mutex::new(std::collections::VecDeque::with_capacity(RELOAD_HISTORY)),
         workers,
+        #[cfg(unix)]
+        lots: park::Lots::new(),
     });
     let handles: Vec<ListenerHandle> = bound
         .into_iter()
@@ -489,6 +504,8 @@ impl Protocols {
             header_timeout: limits.client_header_timeout,
             keepalive_timeout: limits.keepalive_timeout,
             body_timeout: limits.client_body_timeout,
+            // Parking is for connections that wait long; one that would time out first stays.
+            park_after: limits.keepalive_park_after.filter(|p| cfg!(unix) && *p < limits.keepalive_timeout),
         };
         let mut h2 = http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new())
@@ -526,15 +543,15 @@ async fn accept_loop(listener: TcpListener, name: Arc<str>, control: Arc<Control
         let control = control.clone();
         let redirect = runtime.redirect_https;
         let task = async move {
-            let _guard = guard;
             // The peer is made in each arm, not before the `match`: a local that lives across
             // an `.await` takes room in the task for as long as the connection is open.
             match &runtime.tls {
-                None => serve_plain(stream, Arc::new(peer_of(addr, false, redirect, &control)), control).await,
+                None => serve_plain(stream, Arc::new(peer_of(addr, false, redirect, &control)), control, guard).await,
                 // Boxed, like HTTP/2 below: a plain HTTP/1.1 connection's task then carries
                 // neither the handshake's state nor hyper's HTTP/2 connection.
                 Some(tls) => {
                     Box::pin(async move {
+                        let _guard = guard;
                         let mut peer = peer_of(addr, true, redirect, &control);
                         let tls_stream =
                             match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream)).await {
@@ -586,7 +603,12 @@ fn peer_of(addr: SocketAddr, tls: bool, redirect_https: Option<u16>, control: &C
 /// An `async move` block rather than an `async fn`, like `h1::serve`: its state is what an
 /// idle connection costs, and an `async fn` would keep its arguments in it twice.
 #[expect(clippy::manual_async_fn, reason = "an async fn would hold its arguments twice")]
-fn serve_plain(mut stream: TcpStream, peer: Arc<Peer>, control: Arc<Control>) -> impl Future<Output = ()> {
+fn serve_plain(
+    mut stream: TcpStream,
+    peer: Arc<Peer>,
+    control: Arc<Control>,
+    guard: ConnectionGuard,
+) -> impl Future<Output = ()> {
     async move {
         let protocols = control.protocols.load_full();
         let mut drain = control.drain.subscribe();
@@ -600,14 +622,70 @@ fn serve_plain(mut stream: TcpStream, peer: Arc<Peer>, control: Arc<Control>) ->
         }
         let Some(buf) = sniff(&stream, buf, protocols.h1.header_timeout).await else { return };
         if buf.starts_with(H2_PREFACE) {
+            let _guard = guard;
             let io = TokioIo::new(Rewind::new(buf.freeze(), stream, ()));
             Box::pin(serve_h2(io, peer, &control, &protocols.h2)).await;
         } else {
             let (read, write) = stream.into_split();
             let reader = h1::Reader::new(h1::ReadSide::Tcp(read), buf);
             let gw = control.gateway.clone();
-            h1::serve(reader, h1::WriteSide::Tcp(write), peer, gw, drain, protocols.h1).await;
+            let parking = Some(Parking { control, guard });
+            h1::serve(reader, h1::WriteSide::Tcp(write), peer, gw, drain, protocols.h1, parking).await;
         }
+    }
+}
+
+/// What parking an idle plain HTTP/1.1 connection takes (`server::park`): the gateway, to
+/// serve it again, and the connection's place in the open count, which it keeps while parked.
+pub struct Parking {
+    control: Arc<Control>,
+    guard: ConnectionGuard,
+}
+
+impl Parking {
+    /// Parks `stream` (idle, nothing buffered) until the client sends or closes, or `until`
+    /// (its keep-alive timeout). If it cannot be parked, a new task serves it on, unparked.
+    pub fn park(self, stream: TcpStream, until: tokio::time::Instant, peer: &Peer) {
+        let Parking { control, guard } = self;
+        let Ok(stream) = stream.into_std() else { return };
+        #[cfg(unix)]
+        let parked = park::Parked { stream, addr: peer.addr, redirect_https: peer.redirect_https, until, guard };
+        #[cfg(unix)]
+        let Err(park::Parked { stream, guard, .. }) = control.lots.park(&control, parked) else { return };
+        let _ = until;
+        let peer = Arc::new(peer_of(peer.addr, false, peer.redirect_https, &control));
+        tokio::spawn(async move {
+            let Ok(stream) = TcpStream::from_std(stream) else { return };
+            let (read, write) = stream.into_split();
+            let reader = h1::Reader::new(h1::ReadSide::Tcp(read), BytesMut::new());
+            let (drain, gw) = (control.drain.subscribe(), control.gateway.clone());
+            let settings = control.protocols.load().h1;
+            let _guard = guard;
+            h1::serve(reader, h1::WriteSide::Tcp(write), peer, gw, drain, settings, None).await;
+        });
+    }
+}
+
+/// A parked connection the client sent to (or closed) again: served as a new task, its
+/// `Peer` made anew (parked, it kept only the address).
+#[cfg(unix)]
+#[expect(clippy::manual_async_fn, reason = "an async fn would hold its arguments twice")]
+fn resume(p: park::Parked, control: Arc<Control>) -> impl Future<Output = ()> {
+    async move {
+        let park::Parked { stream, addr, redirect_https, guard, .. } = p;
+        let stream = match TcpStream::from_std(stream) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(client = %addr, error = %e, "a parked connection could not be served again");
+                return;
+            }
+        };
+        let (read, write) = stream.into_split();
+        let reader = h1::Reader::new(h1::ReadSide::Tcp(read), BytesMut::new());
+        let peer = Arc::new(peer_of(addr, false, redirect_https, &control));
+        let (drain, gw) = (control.drain.subscribe(), control.gateway.clone());
+        let settings = control.protocols.load().h1;
+        h1::serve(reader, h1::WriteSide::Tcp(write), peer, gw, drain, settings, Some(Parking { control, guard })).await;
     }
 }
 
@@ -648,7 +726,7 @@ async fn serve_tls(stream: tokio_rustls::server::TlsStream<TcpStream>, peer: Pee
         let (read, write) = tokio::io::split(stream);
         let reader = h1::Reader::new(h1::ReadSide::Tls(read), BytesMut::new());
         let gw = control.gateway.clone();
-        h1::serve(reader, h1::WriteSide::Tls(write), peer, gw, control.drain.subscribe(), protocols.h1).await;
+        h1::serve(reader, h1::WriteSide::Tls(write), peer, gw, control.drain.subscribe(), protocols.h1, None).await;
     }
 }
 
@@ -708,7 +786,8 @@ mod tests {
         let _client = TcpStream::connect(listener.local_addr().expect("addr")).await.expect("connect");
         let (stream, addr) = listener.accept().await.expect("accept");
         let control = running.control.clone();
-        let future = serve_plain(stream, Arc::new(peer_of(addr, false, None, &control)), control);
+        let guard = control.connections.guard();
+        let future = serve_plain(stream, Arc::new(peer_of(addr, false, None, &control)), control, guard);
         let size = std::mem::size_of_val(&future);
         assert!(size <= 768, "a plain connection's future is {size} bytes");
     }
