@@ -298,8 +298,20 @@ def idle_rss(proc, port, n):
     before = rss_bytes(proc.pid)
     loop = asyncio.new_event_loop()
     conns = loop.run_until_complete(hold_idle(port, n))
-    time.sleep(1.0)  # let the proxy settle; RSS is sampled, not a test assertion
-    after = rss_bytes(proc.pid)
+    # Let the proxy settle (RSS is sampled, not a test assertion): Ferroway parks connections
+    # idle for keepalive_park_after (1 s) and its allocator hands the freed pages back about a
+    # second later. Sampled every 0.5 s until it has not fallen for 2 s (10 s at most).
+    time.sleep(1.0)
+    after, steady = rss_bytes(proc.pid), 0
+    for _ in range(18):
+        time.sleep(0.5)
+        now = rss_bytes(proc.pid)
+        if now < after - (64 << 10):
+            after, steady = now, 0
+        else:
+            steady += 1
+        if steady >= 4:
+            break
     for w in conns:
         w.close()
     loop.close()
