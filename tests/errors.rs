@@ -233,3 +233,27 @@ async fn an_upstream_that_stalls_mid_body_does_not_hold_the_client_forever() {
     assert!(matches!(body, Ok(Err(_))), "the stalled body is aborted, not ended cleanly and not waited on forever");
     assert!(start.elapsed() >= Duration::from_millis(300));
 }
+
+#[tokio::test]
+async fn every_request_on_a_pooled_upstream_connection_gets_its_own_response_timeout() {
+    let backend = Backend::serve(|req| async move {
+        if req.uri().path() == "/slow" {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        }
+        http::Response::new(full("fast"))
+    })
+    .await;
+    let gw = gateway(&route_to(backend.address(), "connect: 1s, response_header: 300ms", "")).await;
+    let client = client();
+    let fetch = |path: &'static str| send_with(&client, Request::get(gw.url(path)).body(full("")).expect("request"));
+    assert_eq!(fetch("/fast").await.status, StatusCode::OK);
+    // The first request's deadline passes while its connection waits in the pool: the next
+    // request on it is timed from its own start, not failed by the old deadline.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(fetch("/fast").await.status, StatusCode::OK);
+    assert_eq!(backend.connections.load(std::sync::atomic::Ordering::SeqCst), 1, "one pooled connection");
+    let start = Instant::now();
+    assert_gateway_error(&fetch("/slow").await, StatusCode::GATEWAY_TIMEOUT, "upstream response timed out");
+    assert!(start.elapsed() < Duration::from_secs(10), "the timeout fired");
+    assert_eq!(fetch("/fast").await.status, StatusCode::OK);
+}

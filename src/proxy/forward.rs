@@ -96,19 +96,16 @@ pub async fn forward(
             host,
         };
 
-        // One clock reading for the start and the deadline, one for the end.
+        // One clock reading for the start and the deadline, one for the end. The client keeps
+        // the deadline (the own HTTP/1.1 client on a timer of the connection's, reset per
+        // request rather than made and registered anew).
         let sent = tokio::time::Instant::now();
         let timeout = upstream.timeouts().response_header;
-        let outcome = match tokio::time::timeout_at(
-            sent + timeout,
-            upstream.client.request(target, head, body, out.raw_response, &out.lines),
-        )
-        .await
-        {
-            Err(_elapsed) => Err(ErrorKind::UpstreamResponseTimeout),
-            Ok(Err(e)) => Err(classify(&e)),
-            Ok(Ok(resp)) => Ok(resp),
-        };
+        let outcome = upstream
+            .client
+            .request(target, head, body, out.raw_response, &out.lines, sent + timeout)
+            .await
+            .map_err(|e| classify(&e));
         let took = sent.elapsed();
         if let Some(e) = entry.as_deref_mut() {
             e.upstream_target = Some(target.address.clone());

@@ -22,6 +22,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::ClientConfig;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use tokio::time::Instant;
 
 use super::Target;
 use super::connector::CountingConnector;
@@ -110,12 +111,13 @@ impl UpstreamClient {
         body: RequestBody,
         raw: Option<&super::h1::FieldPolicy>,
         lines: &[u8],
+        deadline: Instant,
     ) -> Result<Response<UpstreamBody>, SendError> {
         debug_assert!(lines.is_empty() || self.takes_lines(), "lines for a client that does not send them");
         let sent = match self {
             UpstreamClient::H1(c) => {
                 return c
-                    .send(target, &head, body, raw, lines)
+                    .send(target, &head, body, raw, lines, deadline)
                     .await
                     .map(|r| r.map(|b| UpstreamBody::H1(Box::new(b))))
                     .map_err(SendError::Gateway);
@@ -123,7 +125,10 @@ impl UpstreamClient {
             UpstreamClient::Plain(c) => c.request(head.into_request(target, self.scheme(), body)?),
             UpstreamClient::Tls(c) => c.request(head.into_request(target, self.scheme(), body)?),
         };
-        sent.await.map(|r| r.map(UpstreamBody::Hyper)).map_err(SendError::Hyper)
+        match tokio::time::timeout_at(deadline, sent).await {
+            Ok(sent) => sent.map(|r| r.map(UpstreamBody::Hyper)).map_err(SendError::Hyper),
+            Err(_elapsed) => Err(SendError::Gateway(ErrorKind::UpstreamResponseTimeout)),
+        }
     }
 
     /// The scheme of request URIs: `https` makes the connector use TLS.

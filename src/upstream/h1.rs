@@ -127,6 +127,29 @@ struct Conn {
     io: TcpStream,
     since: Instant,
     _open: Open,
+    /// The response-header deadline of its exchanges: one timer for the connection, pushed back
+    /// for each request (a later deadline only updates the registered entry), where a timeout
+    /// made per request was registered in the timer wheel and removed again each time
+    /// (callgrind: ~0.4k instructions of a small request). Made at its first exchange.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Conn {
+    /// Arms the connection's timer for `deadline`.
+    fn arm(&mut self, deadline: tokio::time::Instant) {
+        match &mut self.deadline {
+            Some(timer) => timer.as_mut().reset(deadline),
+            None => self.deadline = Some(Box::pin(tokio::time::sleep_until(deadline))),
+        }
+    }
+
+    /// Ready once the armed deadline has passed.
+    fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        match &mut self.deadline {
+            Some(timer) => timer.as_mut().poll(cx),
+            None => Poll::Pending,
+        }
+    }
 }
 
 impl Conn {
@@ -179,6 +202,7 @@ impl Client {
         body: RequestBody,
         raw: Option<&FieldPolicy>,
         lines: &[u8],
+        deadline: tokio::time::Instant,
     ) -> Result<Response<Body>, ErrorKind> {
         let head_request = *req.method == Method::HEAD;
         let (mut head, framing) = encode_head(req, lines, &body, target);
@@ -189,7 +213,10 @@ impl Client {
                 Some(conn) => (conn, true),
                 // Boxed: connecting (name lookup, timer) is the rare path; its state should not
                 // be carried by every request that finds a pooled connection.
-                None => (Box::pin(self.connect(target)).await?, false),
+                None => match Box::pin(tokio::time::timeout_at(deadline, self.connect(target))).await {
+                    Ok(conn) => (conn?, false),
+                    Err(_elapsed) => return Err(ErrorKind::UpstreamResponseTimeout),
+                },
             };
             let b = match body.take() {
                 Some(b) => b,
@@ -202,7 +229,12 @@ impl Client {
                 }
             };
             let mut ex = Exchange::new(conn, std::mem::take(&mut head), b, framing);
-            let polled = poll_fn(|cx| ex.poll_head(cx, head_request, raw)).await;
+            ex.conn.arm(deadline);
+            let polled = poll_fn(|cx| match ex.poll_head(cx, head_request, raw) {
+                Poll::Pending => ex.conn.poll_deadline(cx).map(|()| Err(ErrorKind::UpstreamResponseTimeout)),
+                done => done,
+            })
+            .await;
             match polled {
                 Ok(resp) => return Ok(ex.into_response(resp, target)),
                 Err(ErrorKind::UpstreamReset) if reused && !ex.received && again.is_some() => {
@@ -227,7 +259,7 @@ impl Client {
         let _ = io.set_nodelay(true);
         target.idle.open.fetch_add(1, Ordering::Relaxed);
         self.start_sweeper();
-        Ok(Conn { io, since: Instant::now(), _open: Open(target.idle.open.clone()) })
+        Ok(Conn { io, since: Instant::now(), _open: Open(target.idle.open.clone()), deadline: None })
     }
 
     /// One task per upstream closes idle connections past the idle timeout or closed by their

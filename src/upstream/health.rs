@@ -187,10 +187,10 @@ async fn probe(upstream: &Upstream, target: &super::Target, def: &HealthCheckDef
         take: true,
         host: HostField::Target,
     };
-    let sent = upstream.client.request(target, head, RequestBody::empty(), None, &[]);
-    match tokio::time::timeout(def.timeout, sent).await {
-        Ok(Ok(resp)) => (def.expect_status.0..=def.expect_status.1).contains(&resp.status().as_u16()),
-        _ => false,
+    let deadline = tokio::time::Instant::now() + def.timeout;
+    match upstream.client.request(target, head, RequestBody::empty(), None, &[], deadline).await {
+        Ok(resp) => (def.expect_status.0..=def.expect_status.1).contains(&resp.status().as_u16()),
+        Err(_) => false,
     }
 }
 
