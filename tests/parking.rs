@@ -185,3 +185,25 @@ async fn with_parking_off_an_idle_connection_keeps_its_task() {
     assert_eq!(got.status, StatusCode::OK);
     assert!(exchange(&mut kept).await.starts_with("HTTP/1.1 200 OK\r\n"));
 }
+
+#[tokio::test]
+async fn shutdown_closes_unparked_idle_connections_at_once_after_any_number_of_requests() {
+    let backend = Backend::text("hello").await;
+    let gw = parking_gateway(&backend, "keepalive_park_after: off").await;
+    // One connection idle after its first request, one after its third: the drain's wake-up
+    // reaches both (the later idle waits check it without polling it again).
+    let mut once = connect(gw.addr).await;
+    exchange(&mut once).await;
+    let mut thrice = connect(gw.addr).await;
+    for _ in 0..3 {
+        exchange(&mut thrice).await;
+    }
+    let control = gw.running.control.clone();
+    let cut = tokio::time::timeout(Duration::from_secs(10), control.shutdown()).await;
+    assert_eq!(cut.ok(), Some(0), "shutdown ends at once, with nothing to cut");
+    for s in [&mut once, &mut thrice] {
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest)).await;
+        assert!(matches!(read, Ok(Ok(0))), "closed: {read:?}");
+    }
+}

@@ -260,9 +260,13 @@ pub fn serve(
         // The drain's wake-up, registered once for the connection: made anew each time the
         // connection went idle, it took a lock on the (process-wide) watch's waiter list to
         // register and again to leave, every request (callgrind: ~0.7k instructions of a
-        // small request). Polled only while idle; once it is ready the connection ends.
+        // small request). Polled only while idle; once it is ready the connection ends. Once
+        // registered it stays so (the task and its waker do not change), and is polled again
+        // only when the drain's value changed: each poll of a registered waiter locks the
+        // waiter list to compare wakers (callgrind: ~0.2k instructions of a small request).
         let mut drain_wait = drain.clone();
         let mut drained = std::pin::pin!(drain_wait.wait_for(|d| *d));
+        let mut drain_registered = false;
         loop {
             if reader.buf.is_empty() {
                 // Idle: no buffer while waiting (a pipelined request keeps its bytes).
@@ -270,8 +274,11 @@ pub fn serve(
                 let wait = settings.park_after.filter(|_| parks).unwrap_or(settings.keepalive_timeout);
                 idle.as_mut().reset(tokio::time::Instant::now() + wait);
                 let woke = poll_fn(|cx| {
-                    if drained.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(Woke::Close);
+                    if !drain_registered || !matches!(drain.has_changed(), Ok(false)) {
+                        if drained.as_mut().poll(cx).is_ready() {
+                            return Poll::Ready(Woke::Close);
+                        }
+                        drain_registered = true;
                     }
                     if let Poll::Ready(read) = reader.poll_next_request(cx) {
                         return Poll::Ready(if matches!(read, Ok(n) if n > 0) { Woke::Request } else { Woke::Close });
