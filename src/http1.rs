@@ -24,6 +24,15 @@ pub struct ConnectionTokens {
 impl ConnectionTokens {
     /// Adds one Connection field's tokens.
     pub fn read(&mut self, value: &[u8]) {
+        // Nearly every Connection field is one of these, whole: no splitting and trimming.
+        if value.eq_ignore_ascii_case(b"keep-alive") {
+            self.keep_alive = true;
+            return;
+        }
+        if value.eq_ignore_ascii_case(b"close") {
+            self.close = true;
+            return;
+        }
         for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii).filter(|t| !t.is_empty()) {
             if token.eq_ignore_ascii_case(b"close") {
                 self.close = true;
@@ -299,5 +308,11 @@ mod tests {
         let mut named = ConnectionTokens::default();
         named.read(b"x-secret");
         assert!(named.lists_names && !named.upgrade);
+        // A whole value of one usual token, as most fields are.
+        let mut whole = ConnectionTokens::default();
+        whole.read(b"keep-alive");
+        assert!(whole.keep_alive && !whole.close && !whole.lists_names);
+        whole.read(b"CLOSE");
+        assert!(whole.keep_alive && whole.close && !whole.lists_names);
     }
 }
