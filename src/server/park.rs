@@ -205,29 +205,26 @@ async fn run(lot: Arc<Lot>, mut poll: AsyncFd<mio::Poll>, control: Weak<Control>
     let mut next_sweep = Instant::now() + first;
     loop {
         let woke = tokio::select! {
-            ready = poll.readable_mut() => match ready {
-                Ok(mut ready) => {
-                    let mut woke = Vec::new();
-                    loop {
-                        if ready.get_inner_mut().poll(&mut events, Some(Duration::ZERO)).is_err() {
-                            break;
-                        }
-                        let mut slots = lot.lock();
-                        woke.extend(events.iter().filter_map(|e| lot.take(&mut slots, e.token())));
-                        drop(slots);
-                        if events.iter().count() < events.capacity() {
-                            break;
-                        }
+            ready = poll.readable_mut() => ready.and_then(|mut ready| {
+                let mut woke = Vec::new();
+                loop {
+                    match ready.get_inner_mut().poll(&mut events, Some(Duration::ZERO)) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        Err(e) => return Err(e),
                     }
-                    // Not cleared if the reactor saw a new event meanwhile (tokio compares its tick).
-                    ready.clear_ready();
-                    woke
+                    let mut slots = lot.lock();
+                    woke.extend(events.iter().filter_map(|e| lot.take(&mut slots, e.token())));
+                    drop(slots);
+                    if events.iter().count() < events.capacity() {
+                        break;
+                    }
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "the parked connections' epoll set failed; closing them");
-                    break;
-                }
-            },
+                // Every event is taken: now the readiness may be cleared (tokio keeps it if the
+                // reactor saw a new event meanwhile).
+                ready.clear_ready();
+                Ok(woke)
+            }),
             () = tokio::time::sleep_until(next_sweep) => {
                 drop(lot.expired(Instant::now()));
                 let Some(every) = interval(&control) else { break };
@@ -235,6 +232,13 @@ async fn run(lot: Arc<Lot>, mut poll: AsyncFd<mio::Poll>, control: Weak<Control>
                 continue;
             }
             _ = drain.wait_for(|d| *d) => break,
+        };
+        let woke = match woke {
+            Ok(woke) => woke,
+            Err(e) => {
+                tracing::warn!(error = %e, "the parked connections' epoll set failed; closing them");
+                break;
+            }
         };
         let Some(control) = control.upgrade() else { break };
         for p in woke {
