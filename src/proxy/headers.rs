@@ -263,8 +263,15 @@ impl Peer {
     }
 }
 
-/// Adds the forwarding headers for one request. `host` is the Host the client asked for.
-pub fn add_forwarding(headers: &mut HeaderMap, peer: &Peer, host: Option<&HeaderValue>, version: Version) {
+/// Adds the forwarding headers for one request. `host` is the Host the client asked for, and
+/// `host_text` the same as text, where it is visible ASCII (as routing read it).
+pub fn add_forwarding(
+    headers: &mut HeaderMap,
+    peer: &Peer,
+    host: Option<&HeaderValue>,
+    host_text: Option<&str>,
+    version: Version,
+) {
     // One hashed lookup for the usual case, a client that sent none.
     match headers.entry(&X_FORWARDED_FOR) {
         Entry::Vacant(e) => {
@@ -288,7 +295,7 @@ pub fn add_forwarding(headers: &mut HeaderMap, peer: &Peer, host: Option<&Header
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(peer.proto));
     // One allocation: the connection's fixed part, then this request's host.
     let mut forwarded = Vec::with_capacity(peer.forwarded_for.len() + host.map_or(0, |h| h.len() + 8));
-    forwarded_element(&mut forwarded, peer, host);
+    forwarded_element(&mut forwarded, peer, host_text);
     match host {
         Some(h) => _ = headers.insert(X_FORWARDED_HOST.clone(), h.clone()),
         None => _ = headers.remove(&X_FORWARDED_HOST),
@@ -303,7 +310,13 @@ pub fn add_forwarding(headers: &mut HeaderMap, peer: &Peer, host: Option<&Header
 /// after the request's fields, for a request that has none of these fields of its own
 /// (`Scan::forwarding`): X-Forwarded-For/-Proto/-Host, Forwarded, Via. Filling the map
 /// with them and encoding it again was 1.7k instructions of a small request.
-pub fn forwarding_lines(lines: &mut Vec<u8>, peer: &Peer, host: Option<&HeaderValue>, version: Version) {
+pub fn forwarding_lines(
+    lines: &mut Vec<u8>,
+    peer: &Peer,
+    host: Option<&HeaderValue>,
+    host_text: Option<&str>,
+    version: Version,
+) {
     // The names as literal text: through `HeaderName::as_str` and a closure per field, these
     // five lines took 700 instructions.
     lines.extend_from_slice(b"x-forwarded-for: ");
@@ -315,22 +328,21 @@ pub fn forwarding_lines(lines: &mut Vec<u8>, peer: &Peer, host: Option<&HeaderVa
         lines.extend_from_slice(h.as_bytes());
     }
     lines.extend_from_slice(b"\r\nforwarded: ");
-    forwarded_element(lines, peer, host);
+    forwarded_element(lines, peer, host_text);
     lines.extend_from_slice(b"\r\nvia: ");
     lines.extend_from_slice(via_value(version).as_bytes());
     lines.extend_from_slice(b"\r\n");
 }
 
 /// This hop's `Forwarded` element (RFC 7239): the connection's fixed part (`for=…;proto=…`),
-/// then the request's host, quoted, when it is text without quotes or backslashes. Visible
-/// ASCII only: the fixed part is an IP address, `for=`, `proto=`, quotes and brackets; the
-/// host part a value that passed `to_str`.
-fn forwarded_element(out: &mut Vec<u8>, peer: &Peer, host: Option<&HeaderValue>) {
+/// then the request's host, quoted, when it is text (`host`: a value that passed `to_str`)
+/// without quotes or backslashes. Visible ASCII only: the fixed part is an IP address, `for=`,
+/// `proto=`, quotes and brackets.
+fn forwarded_element(out: &mut Vec<u8>, peer: &Peer, host: Option<&str>) {
     let start = out.len();
     out.extend_from_slice(peer.forwarded_for.as_bytes());
-    // What `to_str` admits (visible ASCII and tab), but for quotes and backslashes.
-    let quotable = |h: &&[u8]| h.iter().all(|&b| ((0x20..0x7f).contains(&b) || b == b'\t') && b != b'"' && b != b'\\');
-    if let Some(h) = host.map(HeaderValue::as_bytes).filter(quotable) {
+    let quotable = |h: &&[u8]| !h.iter().any(|&b| b == b'"' || b == b'\\');
+    if let Some(h) = host.map(str::as_bytes).filter(quotable) {
         out.extend_from_slice(b";host=\"");
         out.extend_from_slice(h);
         out.push(b'"');
@@ -440,12 +452,28 @@ mod tests {
     }
 
     #[test]
+    fn the_forwarded_host_is_quoted_text_or_left_out() {
+        let peer = Peer::new("192.0.2.7:4000".parse().expect("addr"), true);
+        let element = |host: Option<&str>| {
+            let mut out = Vec::new();
+            forwarded_element(&mut out, &peer, host);
+            String::from_utf8(out).expect("text")
+        };
+        assert_eq!(element(Some("api.example.com:8443")), "for=192.0.2.7;proto=https;host=\"api.example.com:8443\"");
+        assert_eq!(element(Some("a\"b")), "for=192.0.2.7;proto=https");
+        assert_eq!(element(Some("a\\b")), "for=192.0.2.7;proto=https");
+        // A host that is not text (obs-text bytes): no `to_str`, so none.
+        assert_eq!(element(None), "for=192.0.2.7;proto=https");
+    }
+
+    #[test]
     fn forwarding_headers_append_and_set() {
         let mut h = HeaderMap::new();
         h.insert(X_FORWARDED_FOR.clone(), HeaderValue::from_static("203.0.113.9"));
         h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("https"));
         let peer = Peer::new("[2001:db8::1]:5000".parse().expect("addr"), false);
-        add_forwarding(&mut h, &peer, Some(&HeaderValue::from_static("api.example.com")), Version::HTTP_11);
+        let host = HeaderValue::from_static("api.example.com");
+        add_forwarding(&mut h, &peer, Some(&host), host.to_str().ok(), Version::HTTP_11);
         assert_eq!(h[&X_FORWARDED_FOR], "203.0.113.9, 2001:db8::1");
         assert_eq!(h[&X_FORWARDED_PROTO], "http");
         assert_eq!(h[&X_FORWARDED_HOST], "api.example.com");

@@ -269,7 +269,8 @@ async fn route_and_forward(
     let (mut parts, body) = req.into_parts();
     let path = normalize_path(parts.uri.path().as_bytes()).map_err(|_| ErrorKind::BadPath)?;
     let (host_value, host_field) = request_host(&parts, scan.host.clone(), scan.more_hosts)?;
-    let host = host_value.as_ref().and_then(|h| h.to_str().ok()).map(normalize_host).unwrap_or_default();
+    let host_text = host_value.as_ref().and_then(|h| h.to_str().ok());
+    let host = host_text.map(normalize_host).unwrap_or_default();
     let route: &Arc<Route> =
         snapshot.router.lookup(&host, &path, &parts.method, &parts.headers).ok_or(ErrorKind::NoRoute)?;
     *ctx.route = Some(route.clone());
@@ -317,7 +318,7 @@ async fn route_and_forward(
         && !upstream.hashes_on(headers::FORWARDING_FIELDS)
     {
         lines.reserve(LINES_ROOM);
-        headers::forwarding_lines(&mut lines, ctx.peer, host_value.as_ref(), client_version);
+        headers::forwarding_lines(&mut lines, ctx.peer, host_value.as_ref(), host_text, client_version);
         crate::http1::put_field(&mut lines, &X_REQUEST_ID, ctx.request_id);
         // Written as text; a value is made only for the access log.
         let traceparent = ctx.trace.traceparent_text();
@@ -326,7 +327,7 @@ async fn route_and_forward(
         lines.extend_from_slice(b"\r\n");
         ctx.entry.is_some().then(|| headers::hex_value(&traceparent))
     } else {
-        headers::add_forwarding(&mut parts.headers, ctx.peer, host_value.as_ref(), client_version);
+        headers::add_forwarding(&mut parts.headers, ctx.peer, host_value.as_ref(), host_text, client_version);
         parts.headers.insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
         Some(trace::propagate(&mut parts.headers, ctx.trace))
     };
