@@ -3,7 +3,7 @@
 # in front of the same NGINX backend. Unlike CPU time on a shared machine, an instruction count
 # repeats within about 2% run to run (±1k instructions), so it shows changes that timing hides.
 #
-# Usage: bench/callgrind.sh [--ferroway BIN] [--connections N] [--middleware] [--keep DIR]
+# Usage: bench/callgrind.sh [--ferroway BIN] [--connections N] [--middleware] [--new-connections] [--keep DIR]
 #
 # --middleware measures, instead, Ferroway's route behind rate limit + JWT (RS256, one claim
 # forwarded) + CORS + header rules, the chain of `bench/run.py --middleware`, with a bearer
@@ -11,7 +11,9 @@
 #
 # Each proxy serves 2 000 and then 12 000 requests (h2load, HTTP/1.1, N connections, default
 # 16) in two runs under valgrind; the difference over 10 000 requests leaves out start-up and
-# shutdown. --keep DIR copies callgrind's output files there (NAME-2000.out, NAME-12000.out) to
+# shutdown. --new-connections makes each request on a connection of its own instead (ApacheBench,
+# HTTP/1.0 without keep-alive, N at once), for what accepting and setting up a connection
+# costs. --keep DIR copies callgrind's output files there (NAME-2000.out, NAME-12000.out) to
 # compare functions with callgrind_annotate. `memcpy` is shown apart: valgrind counts `rep movsb` once per byte, so its share of
 # the instructions is far above its share of the time.
 set -euo pipefail
@@ -19,20 +21,23 @@ cd "$(dirname "$0")/.."
 ferroway=target/release/ferroway
 conns=16
 middleware=0
+close=0
 keep=
 while [ $# -gt 0 ]; do
   case "$1" in
     --ferroway) ferroway=$2; shift 2 ;;
     --connections) conns=$2; shift 2 ;;
     --middleware) middleware=1; shift ;;
+    --new-connections) close=1; shift ;;
     --keep) keep=$2; shift 2 ;;
-    *) echo "usage: bench/callgrind.sh [--ferroway BIN] [--connections N] [--middleware] [--keep DIR]" >&2; exit 2 ;;
+    *) echo "usage: bench/callgrind.sh [--ferroway BIN] [--connections N] [--middleware] [--new-connections] [--keep DIR]" >&2; exit 2 ;;
   esac
 done
 missing=()
 command -v nginx >/dev/null || missing+=(nginx-light)
 command -v valgrind >/dev/null || missing+=(valgrind)
 command -v h2load >/dev/null || missing+=(nghttp2-client)
+command -v ab >/dev/null || missing+=(apache2-utils)
 if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -q && apt-get install -y -q "${missing[@]}"
 fi
@@ -117,8 +122,13 @@ total() {
   valgrind --tool=callgrind --callgrind-out-file="$d/$name-$n.out" "$@" >/dev/null 2>&1 &
   local pid=$!
   wait_port "$port"
-  h2load --h1 -n "$n" -c "$conns" "${headers[@]}" "http://127.0.0.1:$port/small" | grep -q "$n succeeded" \
-    || { echo "$name: not every request succeeded" >&2; exit 1; }
+  if [ $close = 1 ]; then
+    ab -q -n "$n" -c "$conns" "${headers[@]}" "http://127.0.0.1:$port/small" | grep -qE "^(Failed requests|Non-2xx responses): +[1-9]" \
+      && { echo "$name: not every request succeeded" >&2; exit 1; }
+  else
+    h2load --h1 -n "$n" -c "$conns" "${headers[@]}" "http://127.0.0.1:$port/small" | grep -q "$n succeeded" \
+      || { echo "$name: not every request succeeded" >&2; exit 1; }
+  fi
   kill -TERM $pid
   wait $pid || true
   callgrind_annotate "$d/$name-$n.out" 2>/dev/null | python3 -c '

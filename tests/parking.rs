@@ -62,6 +62,24 @@ async fn connect(addr: SocketAddr) -> TcpStream {
     TcpStream::connect(addr).await.expect("connect")
 }
 
+/// A backend answering "hello", a gateway with `limits` in front of it, and a client
+/// connection that made one request and is now parked.
+async fn one_parked(limits: &str) -> (Backend, TestGateway, TcpStream) {
+    let backend = Backend::text("hello").await;
+    let gw = parking_gateway(&backend, limits).await;
+    let mut s = connect(gw.addr).await;
+    exchange(&mut s).await;
+    wait_gauge(&gw, PARKED, 1).await;
+    (backend, gw, s)
+}
+
+/// Reads until the gateway closes `s` (10 s at most); true if it closed with nothing more sent.
+async fn closed_by_gateway(s: &mut TcpStream) -> bool {
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest)).await;
+    matches!(read, Ok(Ok(0)))
+}
+
 #[tokio::test]
 async fn an_idle_connection_is_parked_and_served_again_each_time_its_client_sends() {
     let backend = Backend::text("hello").await;
@@ -88,11 +106,7 @@ async fn an_idle_connection_is_parked_and_served_again_each_time_its_client_send
 
 #[tokio::test]
 async fn a_request_head_split_across_the_wake_up_is_read_whole() {
-    let backend = Backend::text("hello").await;
-    let gw = parking_gateway(&backend, "keepalive_park_after: 50ms").await;
-    let mut s = connect(gw.addr).await;
-    exchange(&mut s).await;
-    wait_gauge(&gw, PARKED, 1).await;
+    let (_backend, gw, mut s) = one_parked("keepalive_park_after: 50ms").await;
     // The first bytes wake it; the rest of the head comes once it is served again.
     let (head, rest) = REQUEST.split_at(10);
     s.write_all(head).await.expect("write");
@@ -104,26 +118,16 @@ async fn a_request_head_split_across_the_wake_up_is_read_whole() {
 
 #[tokio::test]
 async fn a_parked_connection_is_closed_at_its_keepalive_timeout() {
-    let backend = Backend::text("hello").await;
-    let gw = parking_gateway(&backend, "keepalive_park_after: 50ms, keepalive_timeout: 400ms").await;
-    let mut s = connect(gw.addr).await;
-    exchange(&mut s).await;
-    wait_gauge(&gw, PARKED, 1).await;
+    let (_backend, gw, mut s) = one_parked("keepalive_park_after: 50ms, keepalive_timeout: 400ms").await;
     // The gateway closes it: the client reads the end of the stream, with nothing before it.
-    let mut rest = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest)).await;
-    assert!(matches!(read, Ok(Ok(0))), "closed by the gateway: {read:?}, {rest:?}");
+    assert!(closed_by_gateway(&mut s).await);
     wait_gauge(&gw, OPEN, 0).await;
     assert_eq!(gauge(&gw, PARKED).await, 0);
 }
 
 #[tokio::test]
 async fn a_parked_connection_its_client_closes_is_let_go() {
-    let backend = Backend::text("hello").await;
-    let gw = parking_gateway(&backend, "keepalive_park_after: 50ms").await;
-    let mut s = connect(gw.addr).await;
-    exchange(&mut s).await;
-    wait_gauge(&gw, PARKED, 1).await;
+    let (backend, gw, s) = one_parked("keepalive_park_after: 50ms").await;
     drop(s);
     wait_gauge(&gw, OPEN, 0).await;
     assert_eq!(gauge(&gw, PARKED).await, 0);
@@ -156,17 +160,11 @@ async fn many_parked_connections_each_wake_to_their_own_request() {
 
 #[tokio::test]
 async fn shutdown_closes_parked_connections_without_waiting_for_them() {
-    let backend = Backend::text("hello").await;
-    let gw = parking_gateway(&backend, "keepalive_park_after: 50ms").await;
-    let mut s = connect(gw.addr).await;
-    exchange(&mut s).await;
-    wait_gauge(&gw, PARKED, 1).await;
+    let (_backend, gw, mut s) = one_parked("keepalive_park_after: 50ms").await;
     let control = gw.running.control.clone();
     let cut = tokio::time::timeout(Duration::from_secs(10), control.shutdown()).await;
     assert_eq!(cut.ok(), Some(0), "shutdown ends at once, with nothing to cut");
-    let mut rest = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest)).await;
-    assert!(matches!(read, Ok(Ok(0))), "closed: {read:?}");
+    assert!(closed_by_gateway(&mut s).await);
 }
 
 #[tokio::test]
@@ -202,8 +200,6 @@ async fn shutdown_closes_unparked_idle_connections_at_once_after_any_number_of_r
     let cut = tokio::time::timeout(Duration::from_secs(10), control.shutdown()).await;
     assert_eq!(cut.ok(), Some(0), "shutdown ends at once, with nothing to cut");
     for s in [&mut once, &mut thrice] {
-        let mut rest = Vec::new();
-        let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest)).await;
-        assert!(matches!(read, Ok(Ok(0))), "closed: {read:?}");
+        assert!(closed_by_gateway(s).await);
     }
 }
