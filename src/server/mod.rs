@@ -653,30 +653,27 @@ impl Parking {
         #[cfg(unix)]
         let Err(park::Parked { stream, guard, .. }) = control.lots.park(&control, parked) else { return };
         let _ = until;
-        let peer = Arc::new(peer_of(peer.addr, false, peer.redirect_https, &control));
-        tokio::spawn(async move {
-            let Ok(stream) = TcpStream::from_std(stream) else { return };
-            let (read, write) = stream.into_split();
-            let reader = h1::Reader::new(h1::ReadSide::Tcp(read), BytesMut::new());
-            let (drain, gw) = (control.drain.subscribe(), control.gateway.clone());
-            let settings = control.protocols.load().h1;
-            let _guard = guard;
-            h1::serve(reader, h1::WriteSide::Tcp(write), peer, gw, drain, settings, None).await;
-        });
+        tokio::spawn(serve_idle(stream, peer.addr, peer.redirect_https, control, guard, false));
     }
 }
 
-/// A parked connection the client sent to (or closed) again: served as a new task, its
-/// `Peer` made anew (parked, it kept only the address).
-#[cfg(unix)]
+/// Serves, as a new task, a plain HTTP/1.1 connection that was idle with nothing buffered: a
+/// parked one the client sent to (or closed), or one that could not be parked (`park`: false,
+/// it is then not parked again). Its `Peer` is made anew; parked, it kept only the address.
 #[expect(clippy::manual_async_fn, reason = "an async fn would hold its arguments twice")]
-fn resume(p: park::Parked, control: Arc<Control>) -> impl Future<Output = ()> {
+fn serve_idle(
+    stream: std::net::TcpStream,
+    addr: SocketAddr,
+    redirect_https: Option<u16>,
+    control: Arc<Control>,
+    guard: ConnectionGuard,
+    park: bool,
+) -> impl Future<Output = ()> {
     async move {
-        let park::Parked { stream, addr, redirect_https, guard, .. } = p;
         let stream = match TcpStream::from_std(stream) {
             Ok(s) => s,
             Err(e) => {
-                tracing::debug!(client = %addr, error = %e, "a parked connection could not be served again");
+                tracing::debug!(client = %addr, error = %e, "an idle connection could not be served again");
                 return;
             }
         };
@@ -685,7 +682,8 @@ fn resume(p: park::Parked, control: Arc<Control>) -> impl Future<Output = ()> {
         let peer = Arc::new(peer_of(addr, false, redirect_https, &control));
         let (drain, gw) = (control.drain.subscribe(), control.gateway.clone());
         let settings = control.protocols.load().h1;
-        h1::serve(reader, h1::WriteSide::Tcp(write), peer, gw, drain, settings, Some(Parking { control, guard })).await;
+        let (parking, _guard) = if park { (Some(Parking { control, guard }), None) } else { (None, Some(guard)) };
+        h1::serve(reader, h1::WriteSide::Tcp(write), peer, gw, drain, settings, parking).await;
     }
 }
 

@@ -247,7 +247,7 @@ async fn run(lot: Arc<Lot>, mut poll: AsyncFd<mio::Poll>, control: Weak<Control>
             if lot.registry.deregister(&mut SourceFd(&fd)).is_err() {
                 continue;
             }
-            tokio::spawn(super::resume(p, control.clone()));
+            tokio::spawn(super::serve_idle(p.stream, p.addr, p.redirect_https, control.clone(), p.guard, true));
         }
     }
     drop(lot.close());
