@@ -455,6 +455,8 @@ SCALE_TARGETS, SCALE_ROUTES = 1000, 10000
 WIDE_BASE = 20000  # the wide backend's first port
 NGINX_SCALE = (18101, 18102)
 SCALE_PORTS = {(1, 1): FERRO, (SCALE_ROUTES, 1): 18098, (1, SCALE_TARGETS): 18099, (SCALE_ROUTES, SCALE_TARGETS): 18100}
+# With --baseline: the earlier build on the 1-route cases, in the same rounds.
+SCALE_BASE_PORTS = {(1, 1): 18108, (1, SCALE_TARGETS): 18109}
 
 
 def scale_main(args, d, procs):
@@ -487,6 +489,13 @@ routes:
 {routes}""")
         procs[name] = subprocess.Popen(["taskset", "-c", "0", FERROWAY, "run", "--config", config], **quiet)
         cases.append((name, f"/r{middle}/small", (), name, port))
+        if BASELINE and (nroutes, ntargets) in SCALE_BASE_PORTS:
+            base_port = SCALE_BASE_PORTS[(nroutes, ntargets)]
+            base_config = write(d, f"scale-base-{nroutes}-{ntargets}.yaml",
+                                open(config).read().replace(f"127.0.0.1:{port} }}]", f"127.0.0.1:{base_port} }}]", 1))
+            base_name = f"ferroway-base, {name}"
+            procs[base_name] = subprocess.Popen(["taskset", "-c", "0", BASELINE, "run", "--config", base_config], **quiet)
+            cases.append((base_name, f"/r{middle}/small", (), base_name, base_port))
     # NGINX as the proxy in front of the same 1 or 1 000 targets, for what the width itself
     # costs any proxy (NGINX's keepalive is per worker, not per server: room for all 1 000).
     for ntargets, port in ((1, NGINX_SCALE[0]), (SCALE_TARGETS, NGINX_SCALE[1])):
@@ -501,7 +510,8 @@ http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 300s;
 """)
         procs[name] = subprocess.Popen(["taskset", "-c", "0", "nginx", "-c", conf, "-p", d], **quiet)
         cases.append((name, "/small", (), name, port))
-    for port in (WIDE_BASE, WIDE_BASE + SCALE_TARGETS - 1, *SCALE_PORTS.values(), *NGINX_SCALE):
+    base_ports = SCALE_BASE_PORTS.values() if BASELINE else ()
+    for port in (WIDE_BASE, WIDE_BASE + SCALE_TARGETS - 1, *SCALE_PORTS.values(), *base_ports, *NGINX_SCALE):
         wait_port(port, timeout=60)
     # Memory per idle pooled upstream connection: one client connection's requests go round
     # robin over the 1 000 targets, so each target ends with one pooled connection; RSS grown
