@@ -12,7 +12,6 @@
 
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
@@ -48,9 +47,9 @@ impl Lots {
         Lots { lots: (0..crate::worker::count()).map(|_| OnceLock::new()).collect() }
     }
 
-    /// Connections parked now, over all workers.
+    /// Connections parked now, over all workers (for metrics: each lot's lock, briefly).
     pub fn parked(&self) -> usize {
-        self.lots.iter().filter_map(|l| l.get().and_then(Option::as_ref)).map(|l| l.count.load(Ordering::Relaxed)).sum()
+        self.lots.iter().filter_map(|l| l.get().and_then(Option::as_ref)).map(|l| l.lock().parked()).sum()
     }
 
     /// Parks `p` on the calling worker's lot; gives it back when it cannot be parked (the lot
@@ -68,7 +67,6 @@ struct Lot {
     /// Registers sockets with the lot's `Poll`, which its task owns.
     registry: mio::Registry,
     slots: Mutex<Slots>,
-    count: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -77,6 +75,30 @@ struct Slots {
     free: Vec<usize>,
     /// The lot's task has ended (the drain, or the gateway is gone): nothing parks any more.
     closed: bool,
+}
+
+impl Slots {
+    /// Every slot holds a connection but the free ones.
+    fn parked(&self) -> usize {
+        self.entries.len() - self.free.len()
+    }
+
+    /// Takes the connection out of slot `index`, which then goes to the next one parked with
+    /// a new generation.
+    fn take_at(&mut self, index: usize) -> Option<Parked> {
+        let slot = self.entries.get_mut(index)?;
+        let p = slot.parked.take()?;
+        slot.generation = (slot.generation + 1) & LOW;
+        self.free.push(index);
+        Some(p)
+    }
+
+    /// Takes the connection a token names out of its slot, if it is still there.
+    fn take(&mut self, token: Token) -> Option<Parked> {
+        let (index, generation) = slot_of(token);
+        self.entries.get(index).filter(|s| s.generation == generation)?;
+        self.take_at(index)
+    }
 }
 
 /// A generation per slot, in the token's upper half, so that a stale event cannot wake the
@@ -117,7 +139,7 @@ impl Lot {
                 return None;
             }
         };
-        let lot = Arc::new(Lot { registry, slots: Mutex::default(), count: AtomicUsize::new(0) });
+        let lot = Arc::new(Lot { registry, slots: Mutex::default() });
         tokio::spawn(run(lot.clone(), poll, Arc::downgrade(control), control.drain.subscribe()));
         Some(lot)
     }
@@ -150,40 +172,26 @@ impl Lot {
             return Err(p);
         }
         slot.parked = Some(p);
-        self.count.fetch_add(1, Ordering::Relaxed);
         Ok(())
-    }
-
-    /// Takes the connection a token names out of its slot, if it is still there.
-    fn take(&self, slots: &mut Slots, token: Token) -> Option<Parked> {
-        let (index, generation) = slot_of(token);
-        let slot = slots.entries.get_mut(index).filter(|s| s.generation == generation)?;
-        let p = slot.parked.take()?;
-        slot.generation = (slot.generation + 1) & LOW;
-        slots.free.push(index);
-        self.count.fetch_sub(1, Ordering::Relaxed);
-        Some(p)
     }
 
     /// Takes out the connections whose keep-alive timeout has ended (closed as they drop;
     /// closing a socket also takes it out of the epoll set).
     fn expired(&self, now: Instant) -> Vec<Parked> {
         let mut slots = self.lock();
-        let ended: Vec<Token> = slots
-            .entries
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| s.parked.as_ref().is_some_and(|p| p.until <= now))
-            .map(|(i, s)| token(i, s.generation))
-            .collect();
-        ended.into_iter().filter_map(|t| self.take(&mut slots, t)).collect()
+        let mut ended = Vec::new();
+        for i in 0..slots.entries.len() {
+            if slots.entries[i].parked.as_ref().is_some_and(|p| p.until <= now) {
+                ended.extend(slots.take_at(i));
+            }
+        }
+        ended
     }
 
     /// Closes the lot: every parked connection closes, and nothing parks any more.
     fn close(&self) -> Vec<Parked> {
         let mut slots = self.lock();
         slots.closed = true;
-        self.count.store(0, Ordering::Relaxed);
         slots.free.clear();
         slots.entries.drain(..).filter_map(|s| s.parked).collect()
     }
@@ -214,7 +222,7 @@ async fn run(lot: Arc<Lot>, mut poll: AsyncFd<mio::Poll>, control: Weak<Control>
                         Err(e) => return Err(e),
                     }
                     let mut slots = lot.lock();
-                    woke.extend(events.iter().filter_map(|e| lot.take(&mut slots, e.token())));
+                    woke.extend(events.iter().filter_map(|e| slots.take(e.token())));
                     drop(slots);
                     if events.iter().count() < events.capacity() {
                         break;
@@ -263,6 +271,33 @@ mod tests {
         assert_eq!(slot_of(token(LOW, LOW)), (LOW, LOW));
         // A generation wraps within its half instead of spilling over.
         assert_eq!(slot_of(token(1, LOW + 1)), (1, 0));
+    }
+
+    #[test]
+    fn a_stale_token_takes_nothing_and_the_count_is_what_the_slots_hold() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let connections = Arc::new(super::super::Connections::default());
+        let parked = || Parked {
+            stream: std::net::TcpStream::connect(addr).expect("connect"),
+            addr,
+            redirect_https: None,
+            until: Instant::now(),
+            guard: connections.guard(),
+        };
+        let mut slots = Slots::default();
+        slots.entries.push(Slot { generation: 0, parked: Some(parked()) });
+        assert_eq!(slots.parked(), 1);
+        assert!(slots.take(token(0, 0)).is_some());
+        assert_eq!((slots.parked(), slots.free.as_slice()), (0, &[0][..]));
+        // The slot's next connection, under a new generation: the old token no longer names it.
+        slots.free.pop();
+        slots.entries[0].parked = Some(parked());
+        assert!(slots.take(token(0, 0)).is_none(), "a stale event");
+        assert_eq!(slots.parked(), 1);
+        assert!(slots.take(token(0, 1)).is_some());
+        assert!(slots.take(token(0, 1)).is_none(), "taken once");
+        assert_eq!(slots.parked(), 0);
     }
 
     #[test]
