@@ -293,11 +293,16 @@ pub fn methods(list: &[Located<String>], problems: &mut Problems) -> Vec<http::M
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Dur(pub Duration);
 
+impl Dur {
+    /// Reads a duration, or says why it is not one.
+    pub fn parse(s: &str) -> Result<Duration, String> {
+        humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?} ({e})"))
+    }
+}
+
 impl Decode for Dur {
     fn decode(node: &Node, path: &str, problems: &mut Problems) -> Option<Self> {
-        parse_str(node, path, problems, "a duration such as 250ms, 5s or 2m", |s| {
-            humantime::parse_duration(s).map(Dur).map_err(|e| format!("invalid duration {s:?} ({e})"))
-        })
+        parse_str(node, path, problems, "a duration such as 250ms, 5s or 2m", |s| Dur::parse(s).map(Dur))
     }
 }
 

@@ -374,10 +374,9 @@ impl Decode for ParkAfter {
     fn decode(node: &Node, path: &str, p: &mut Problems) -> Option<Self> {
         parse_str(node, path, p, "a duration above zero such as 1s or 500ms, or off", |s| match s {
             "off" => Ok(ParkAfter(None)),
-            _ => match humantime::parse_duration(s) {
-                Ok(d) if d.is_zero() => Err("0s would park a connection at every pause; use off to never park".into()),
-                Ok(d) => Ok(ParkAfter(Some(d))),
-                Err(e) => Err(format!("invalid duration {s:?} ({e})")),
+            _ => match Dur::parse(s)? {
+                d if d.is_zero() => Err("0s would park a connection at every pause; use off to never park".into()),
+                d => Ok(ParkAfter(Some(d))),
             },
         })
     }

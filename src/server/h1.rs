@@ -248,8 +248,9 @@ pub fn serve(
     parking: Option<Parking>,
 ) -> impl Future<Output = ()> {
     async move {
-        // Over TLS the session's own buffers and state stay with the connection anyway.
-        let parks = parking.is_some() && settings.park_after.is_some() && matches!(writer, WriteSide::Tcp(_));
+        // Only plain TCP connections come with `parking` (over TLS the session's own buffers
+        // and state stay with the connection anyway).
+        let parks = parking.is_some() && settings.park_after.is_some();
         // One idle timer for the connection (the keep-alive timeout, or the wait before
         // parking), pushed back each time it goes idle: a later deadline only updates the
         // registered one (no timer wheel work), where a new timer per request was registered
