@@ -24,10 +24,7 @@ async fn parking_gateway(backend: &Backend, limits: &str) -> TestGateway {
 
 /// A gauge of `/metrics`.
 async fn gauge(gw: &TestGateway, name: &str) -> u64 {
-    let admin = gw.running.control.admin_address().expect("admin listener");
-    let text = get(&format!("http://{admin}/metrics")).await.text();
-    let line = text.lines().find(|l| l.split(' ').next() == Some(name)).unwrap_or_else(|| panic!("{name} in {text}"));
-    line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("a number in {line}"))
+    metric(gw.running.control.admin_address().expect("admin listener"), name).await
 }
 
 /// Waits (10 s at most) until the gauge reads `want`.
@@ -171,17 +168,39 @@ async fn shutdown_closes_parked_connections_without_waiting_for_them() {
 async fn with_parking_off_an_idle_connection_keeps_its_task() {
     let backend = Backend::text("hello").await;
     let gw = parking_gateway(&backend, "keepalive_park_after: off").await;
-    // A connection that would have parked long ago, next to one that parks: only the second.
-    let gw_parking = parking_gateway(&backend, "keepalive_park_after: 50ms").await;
+    // Beside it, a gateway that parks after the default second. The connection to the first
+    // is made first: when the second's parks, it has been idle longer than the default.
+    let gw_parking = parking_gateway(&backend, "keepalive_park_after: 1s").await;
     let mut kept = connect(gw.addr).await;
     exchange(&mut kept).await;
     let mut parked = connect(gw_parking.addr).await;
     exchange(&mut parked).await;
     wait_gauge(&gw_parking, PARKED, 1).await;
-    assert_eq!(gauge(&gw, PARKED).await, 0);
+    assert_eq!(gauge(&gw, PARKED).await, 0, "idle longer than the default, and not parked");
     let got = send_with(&client(), http::Request::get(gw.url("/")).body(full("")).expect("request")).await;
     assert_eq!(got.status, StatusCode::OK);
     assert!(exchange(&mut kept).await.starts_with("HTTP/1.1 200 OK\r\n"));
+}
+
+#[tokio::test]
+async fn a_reload_turns_parking_on_for_connections_that_go_idle_after_it() {
+    let backend = Backend::text("hello").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("gw.yaml");
+    let yaml = |limits: &str| {
+        format!(
+            "listeners: [{{ name: public, address: 127.0.0.1:0 }}]\naccess_log: {{ output: off }}\n\
+             admin: {{ address: 127.0.0.1:0 }}\nlimits: {{ {limits} }}\n{}",
+            single_route(backend.addr, "", ALL)
+        )
+    };
+    let gw = gateway_from_file(&path, &yaml("keepalive_park_after: off")).await;
+    std::fs::write(&path, yaml("keepalive_park_after: 50ms")).expect("write config");
+    gw.running.control.reload_from_file().await.expect("the reload applies");
+    let mut s = connect(gw.addr).await;
+    exchange(&mut s).await;
+    wait_gauge(&gw, PARKED, 1).await;
+    assert!(exchange(&mut s).await.starts_with("HTTP/1.1 200 OK\r\n"));
 }
 
 #[tokio::test]

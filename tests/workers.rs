@@ -185,12 +185,7 @@ async fn idle_connections_are_parked_and_woken_on_every_worker() {
         .filter(|l| l.contains("\"listener\":\"admin\""))
         .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["address"].as_str()?.parse().ok())
         .expect("the admin listener's address");
-    let parked = || async move {
-        let text = get(&format!("http://{admin}/metrics")).await.text();
-        text.lines()
-            .find_map(|l| l.strip_prefix("ferroway_client_connections_parked ")?.parse::<usize>().ok())
-            .expect("the parked gauge")
-    };
+    let parked = || async move { metric(admin, "ferroway_client_connections_parked").await as usize };
 
     // The kernel spreads the connections over the workers; each parks its own.
     let mut conns = Vec::new();

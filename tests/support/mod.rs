@@ -397,6 +397,15 @@ pub async fn get(url: &str) -> Got {
     send(Request::get(url).body(full("")).expect("request")).await
 }
 
+/// The value of the series `name` (exactly, labels included) in the admin listener's
+/// `/metrics` at `admin`; panics if it is not there.
+pub async fn metric(admin: SocketAddr, name: &str) -> u64 {
+    let text = get(&format!("http://{admin}/metrics")).await.text();
+    let line = text.lines().find(|l| l.rsplit_once(' ').map(|(n, _)| n) == Some(name));
+    let line = line.unwrap_or_else(|| panic!("{name} in {text}"));
+    line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("a number in {line}"))
+}
+
 /// Writes raw bytes to `addr` and reads the answer until the server closes or `limit` passes.
 pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
