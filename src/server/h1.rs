@@ -19,6 +19,7 @@
 
 use std::future::{Future, poll_fn};
 use std::io::{self, Write as _};
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -446,9 +447,11 @@ async fn read_head(reader: &mut Reader, max_head: usize) -> Result<Head, HeadErr
 /// Parses a complete head off the front of `buf`; `None` while it is incomplete.
 fn parse_head(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>, HeadError> {
     let bad = || HeadError::Refused(ErrorKind::BadRequest);
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Request::new(&mut slots);
-    let len = match parsed.parse(buf) {
+    // Left uninitialised: filling 100 empty slots (3.2 KiB) cost every request more than
+    // parsing its few fields.
+    let mut slots = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut []);
+    let len = match parsed.parse_with_uninit_headers(buf, &mut slots) {
         Ok(httparse::Status::Complete(len)) if len > max_head => {
             return Err(HeadError::Refused(ErrorKind::HeadersTooLarge));
         }

@@ -11,6 +11,7 @@
 
 use std::future::poll_fn;
 use std::io::{self, Cursor, Write as _};
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -631,9 +632,10 @@ impl Exchange {
 /// With a `raw` policy, a plain response's fields are kept as lines rather than in a map.
 fn parse_head(buf: &mut BytesMut, head_request: bool, raw: Option<&FieldPolicy>) -> Result<Option<Head>, ErrorKind> {
     let bad = ErrorKind::UpstreamBadResponse;
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut slots);
-    let len = match parsed.parse(buf) {
+    // Left uninitialised, as the server's request parser does (3.2 KiB filled per response).
+    let mut slots = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut parsed, buf, &mut slots) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(_) => return Err(bad),
