@@ -18,9 +18,30 @@
 
 use std::cell::Cell;
 use std::sync::OnceLock;
+use std::time::Instant;
 
 thread_local! {
     static INDEX: Cell<usize> = const { Cell::new(0) };
+    static RECENT: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// The time, as `Instant::now()`, also kept as this thread's [`recent`] reading. The request
+/// path's readings that measure something (a request's start and end, the upstream's answer)
+/// go through here.
+pub fn now() -> Instant {
+    let now = Instant::now();
+    RECENT.set(Some(now));
+    now
+}
+
+/// The last [`now`] read on this thread (or the time, if none was): for what only needs to
+/// know about when it is, where the caller knows a reading was just taken on its request's way
+/// (NGINX keeps its time the same way, read once per event loop turn). A reading costs ~25 ns
+/// here (the vDSO's TSC read, about 1% of a small request's CPU at seven a request, `perf`);
+/// the pool's idle stamps and the keep-alive deadline take this instead. It is never later
+/// than the time, so a deadline made from it comes early rather than late.
+pub fn recent() -> Instant {
+    RECENT.get().unwrap_or_else(now)
 }
 
 static COUNT: OnceLock<usize> = OnceLock::new();
@@ -63,4 +84,23 @@ pub fn start(workers: usize) -> std::io::Result<(tokio::runtime::Runtime, Vec<to
         started.recv().map_err(|_| std::io::Error::other("a worker thread ended at start"))?;
     }
     Ok((main, handles))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recent_is_the_last_reading_of_this_thread_and_never_ahead_of_the_time() {
+        // A thread that has read nothing gets the time itself.
+        let before = Instant::now();
+        let first = std::thread::spawn(recent).join().expect("thread");
+        assert!(first >= before);
+        let read = now();
+        assert_eq!(recent(), read, "recent() reads no clock once now() has been read");
+        assert!(recent() <= Instant::now());
+        let again = now();
+        assert!(again >= read);
+        assert_eq!(recent(), again);
+    }
 }

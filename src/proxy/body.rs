@@ -506,7 +506,7 @@ impl Body for ResponseBody {
 impl Drop for ResponseBody {
     fn drop(&mut self) {
         if let Some(d) = self.done.take() {
-            d.metrics.record(d.method, d.status, d.start.elapsed());
+            d.metrics.record(d.method, d.status, crate::worker::now().saturating_duration_since(d.start));
             if let Some(span) = d.span {
                 span.exporter.record(&crate::observe::otel::Finished {
                     ids: span.ids,

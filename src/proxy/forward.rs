@@ -99,14 +99,14 @@ pub async fn forward(
         // One clock reading for the start and the deadline, one for the end. The client keeps
         // the deadline (the own HTTP/1.1 client on a timer of the connection's, reset per
         // request rather than made and registered anew).
-        let sent = tokio::time::Instant::now();
+        let sent = tokio::time::Instant::from_std(crate::worker::now());
         let timeout = upstream.timeouts().response_header;
         let outcome = upstream
             .client
             .request(target, head, body, out.raw_response, &out.lines, sent + timeout)
             .await
             .map_err(|e| classify(&e));
-        let took = sent.elapsed();
+        let took = crate::worker::now().saturating_duration_since(sent.into_std());
         if let Some(e) = entry.as_deref_mut() {
             e.upstream_target = Some(target.address.clone());
             e.upstream_duration = Some(took);

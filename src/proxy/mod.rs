@@ -13,7 +13,7 @@ pub mod trace;
 mod upgrade;
 
 use std::sync::{Arc, LazyLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -56,7 +56,7 @@ pub async fn handle(req: Request<ClientBody>, peer: &Peer, gw: &Gateway) -> Resp
     let mut scan = headers::Scan::of(req.headers());
     let request_id = gw.ids.for_value(scan.request_id.take());
     let version = req.version();
-    let start = Instant::now();
+    let start = crate::worker::now();
     let method = metrics::method_index(req.method());
     let mut matched: Option<Arc<Route>> = None;
     let trace_ids = TraceIds::for_value(scan.traceparent.as_ref());

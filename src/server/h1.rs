@@ -269,12 +269,16 @@ pub fn serve(
         let mut drain_wait = drain.clone();
         let mut drained = std::pin::pin!(drain_wait.wait_for(|d| *d));
         let mut drain_registered = false;
+        // Whether a request was answered: its response's end read the clock (`proxy::handle`
+        // measures every response to its end), so the idle wait starts from that reading.
+        let mut answered = false;
         loop {
             if reader.buf.is_empty() {
                 // Idle: no buffer while waiting (a pipelined request keeps its bytes).
                 reader.buf = BytesMut::new();
                 let wait = settings.park_after.filter(|_| parks).unwrap_or(settings.keepalive_timeout);
-                idle.as_mut().reset(tokio::time::Instant::now() + wait);
+                let now = if answered { crate::worker::recent() } else { crate::worker::now() };
+                idle.as_mut().reset(tokio::time::Instant::from_std(now) + wait);
                 let woke = poll_fn(|cx| {
                     if !drain_registered || !matches!(drain.has_changed(), Ok(false)) {
                         if drained.as_mut().poll(cx).is_ready() {
@@ -307,7 +311,7 @@ pub fn serve(
             // Boxed so that an idle connection's task stays small: the request's state (about
             // 8.5 KiB) exists only while it is in flight.
             match boxed_in_place(|| one_request(reader, writer, &peer, &gw, &drain, settings)).await {
-                Some((r, w)) => (reader, writer) = (r, w),
+                Some((r, w)) => (reader, writer, answered) = (r, w, true),
                 None => return,
             }
         }

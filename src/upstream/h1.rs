@@ -80,19 +80,22 @@ impl IdleConns {
         lock(&self.lists[i])
     }
 
-    /// The most recently used idle connection that is still open.
+    /// The most recently used idle connection that is still open. Its age is told by the
+    /// worker's last clock reading (the request's send time, just read).
     fn take(&self) -> Option<Conn> {
+        let now = crate::worker::recent();
         loop {
             let conn = self.lock().pop()?;
-            if conn.usable(self.timeout) {
+            if conn.usable(self.timeout, now) {
                 return Some(conn);
             }
             // Dropped (closed) here, outside the lock.
         }
     }
 
-    fn put(&self, mut conn: Conn) {
-        conn.since = Instant::now();
+    /// `since`: when it went idle, or a little before (which at worst makes it look older).
+    fn put(&self, mut conn: Conn, since: Instant) {
+        conn.since = since;
         let mut conns = self.lock();
         if conns.len() < self.max {
             conns.push(conn);
@@ -103,7 +106,8 @@ impl IdleConns {
     /// Closes connections idle past the timeout, and those the peer closed.
     fn sweep(&self) {
         for list in &self.lists {
-            let stale: Vec<Conn> = lock(list).extract_if(.., |c| !c.usable(self.timeout)).collect();
+            let now = Instant::now();
+            let stale: Vec<Conn> = lock(list).extract_if(.., |c| !c.usable(self.timeout, now)).collect();
             drop(stale);
         }
     }
@@ -157,8 +161,8 @@ impl Conn {
     /// Not idle past `timeout`, and neither closed nor written to by the peer since its last
     /// exchange. The reactor's readiness tells without a system call: a connection that is not
     /// readable has seen no FIN; a readable one is read once to find out.
-    fn usable(&self, timeout: Duration) -> bool {
-        if self.since.elapsed() >= timeout {
+    fn usable(&self, timeout: Duration, now: Instant) -> bool {
+        if now.saturating_duration_since(self.since) >= timeout {
             return false;
         }
         let mut cx = Context::from_waker(std::task::Waker::noop());
@@ -623,7 +627,7 @@ impl Exchange {
             raw_date: raw.as_ref().is_some_and(|r| r.has_date),
             raw: raw.map(|r| r.lines),
         };
-        body.finish_if_done();
+        body.finish_if_done(true);
         Response::from_parts(parts, body)
     }
 }
@@ -851,8 +855,9 @@ impl Body {
     }
 
     /// Once the body has ended: the connection back to its pool when it can carry another
-    /// exchange, else closed.
-    fn finish_if_done(&mut self) {
+    /// exchange, else closed. `with_head`: the body ended with the head (the worker's last
+    /// clock reading, the request's send time, stamps the connection), not later (read anew).
+    fn finish_if_done(&mut self, with_head: bool) {
         if !matches!(self.decode, Decode::Done) {
             return;
         }
@@ -861,7 +866,7 @@ impl Body {
             && matches!(ex.send, Send::Done)
             && ex.buf.is_empty()
         {
-            home.put(ex.conn);
+            home.put(ex.conn, if with_head { crate::worker::recent() } else { crate::worker::now() });
         }
     }
 
@@ -893,7 +898,7 @@ impl Body {
         match self.decode.next(&mut ex.buf) {
             Ok(Some(Some(frame))) => {
                 let data = frame.into_data().unwrap_or_default();
-                self.finish_if_done();
+                self.finish_if_done(false);
                 data
             }
             _ => Bytes::new(),
@@ -913,7 +918,7 @@ impl Body {
         match result {
             Ok(()) => {
                 self.decode = Decode::Done;
-                self.finish_if_done();
+                self.finish_if_done(false);
             }
             // The connection is in an unknown place of its body: closed, never pooled.
             Err(_) => self.exchange = None,
@@ -938,7 +943,7 @@ impl http_body::Body for Body {
             match this.decode.next(&mut ex.buf) {
                 Err(e) => return this.fail(e),
                 Ok(Some(frame)) => {
-                    this.finish_if_done();
+                    this.finish_if_done(false);
                     return Poll::Ready(frame.map(Ok));
                 }
                 Ok(None) => {}
@@ -975,7 +980,7 @@ impl http_body::Body for Body {
 
 impl Drop for Body {
     fn drop(&mut self) {
-        self.finish_if_done();
+        self.finish_if_done(false);
     }
 }
 
