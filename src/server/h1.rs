@@ -29,6 +29,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body as _, Frame, SizeHint};
+use smallvec::SmallVec;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -47,6 +48,8 @@ use crate::snapshot::Gateway;
 
 /// More header fields than this is a 431, as with hyper before.
 const MAX_HEADERS: usize = 100;
+/// Fields of a request head parsed without an allocation; more go to the heap.
+const INLINE_FIELDS: usize = 24;
 /// A new request's buffer; heads are usually well under 1 KiB.
 const HEAD_BUFFER: usize = 4096;
 /// What a body read asks for at least, so large bodies move in large reads.
@@ -473,7 +476,8 @@ fn parse_head(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>, HeadE
     let method = Method::from_bytes(parsed.method.unwrap_or_default().as_bytes()).map_err(|_| bad())?;
     let version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
     let target = at(parsed.path.unwrap_or_default().as_bytes());
-    let mut fields: Vec<(HeaderName, std::ops::Range<usize>)> = Vec::with_capacity(parsed.headers.len());
+    // On the stack for the usual few fields (a `Vec` was an allocation per request).
+    let mut fields: SmallVec<[(HeaderName, std::ops::Range<usize>); INLINE_FIELDS]> = SmallVec::new();
     let mut connection = ConnectionTokens::default();
     let mut seen = Seen::default();
     for h in parsed.headers.iter() {
@@ -491,7 +495,7 @@ fn parse_head(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>, HeadE
     // few the route's middleware add (claims, header rules): growing a map mid-request cost
     // more than parsing the head (a JWT route with four fields from the client grew it at +8).
     let mut headers = HeaderMap::with_capacity(fields.len() + 12);
-    for (name, value) in fields {
+    for (name, value) in fields.drain(..) {
         headers.append(name, parsed_value(head.slice(value)).ok_or_else(bad)?);
     }
 
