@@ -69,7 +69,10 @@ pub struct Exchange {
 /// HTTP/1.1 bodies through the gateway's own codec (`server::h1`).
 pub enum ClientBody {
     Hyper(Incoming),
-    H1(crate::server::h1::Body),
+    /// Boxed: only a request with a body has one, and the request body is moved a dozen times
+    /// on its way to the upstream's connection; inline (its reader and decoder) it made every
+    /// request's body 144 bytes, each move a `memcpy` call, where 88 move in registers.
+    H1(Box<crate::server::h1::Body>),
     Empty,
 }
 

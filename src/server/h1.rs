@@ -574,7 +574,7 @@ async fn exchange(
     } else {
         let (tx, rx) = oneshot::channel();
         let body = Body { reader: Some(reader), decode: Decode::new(framing), back: Some(tx), continue_tx };
-        (None, Some(rx), ClientBody::H1(body))
+        (None, Some(rx), ClientBody::H1(Box::new(body)))
     };
 
     let request = Request::from_parts(request, body);
