@@ -333,6 +333,7 @@ def main():
     ap.add_argument("--cache", action="store_true", help="only Ferroway: a cache hit against proxying the same small response")
     ap.add_argument("--scale", action="store_true", help="only Ferroway: 10 000 routes and 1 000 targets against 1 route and 1 target")
     ap.add_argument("--workers", action="store_true", help="one worker against two, nothing pinned (Ferroway; NGINX for reference)")
+    ap.add_argument("--small", action="store_true", help="only the small keep-alive scenario, every proxy; per-round ratios to NGINX (many short rounds read best)")
     ap.add_argument("--ferroway", help="the Ferroway binary under test (default: target/release/ferroway)")
     ap.add_argument("--baseline", help="an earlier Ferroway binary, measured beside the others as ferroway-base")
     args = ap.parse_args()
@@ -354,6 +355,8 @@ def main():
         return scale_main(args, d, procs)
     if args.workers:
         return workers_main(args, d, procs)
+    if args.small:
+        return small_main(args, d, procs)
     if args.middleware:
         token = jwt(d)
         auth = (f"authorization: Bearer {token}", f"origin: {ORIGIN}")
@@ -602,6 +605,25 @@ def interleaved(args, d, procs, cases, conns, **load):
     finally:
         stop_all(procs, d)
     return results
+
+
+def small_main(args, d, procs):
+    """Small responses over 64 keep-alive connections, every proxy, in interleaved rounds. Besides
+    the medians, each proxy's CPU per request is divided by NGINX's of the same round: on a
+    machine whose speed drifts from round to round, the per-round ratio moves far less than the
+    figures it is made of."""
+    cases = [(name, "/small", (), name, port) for name, port in PROXIES]
+    results = interleaved(args, d, procs, cases, 64)
+    per = {n: [m["cpu"] / m["reqs"] * 1e6 for m in v] for n, v in results.items()}
+    print(f"# Small keep-alive requests, {datetime.date.today()} ({args.rounds} interleaved rounds of {args.duration}s; 64 conns; medians, min–max)\n")
+    print("| proxy | CPU per request | ratio to NGINX's, per round | p50 / p99 |")
+    print("|---|---|---|---|")
+    for name, _ in PROXIES:
+        ratios = [x / n for x, n in zip(per[name], per["nginx"])]
+        p50 = med([m["p50"] for m in results[name]])
+        p99 = med([m["p99"] for m in results[name]])
+        print(f"| {name} | {med(per[name]):.1f} µs ({min(per[name]):.1f}–{max(per[name]):.1f}) | {med(ratios):.3f}× ({min(ratios):.3f}–{max(ratios):.3f}) | {p50:.0f} / {p99:.0f} µs |")
+    report_errors(results)
 
 
 def ferroway_ab(args, d, procs, title, cases):
