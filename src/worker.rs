@@ -39,7 +39,8 @@ pub fn now() -> Instant {
 /// (NGINX keeps its time the same way, read once per event loop turn). A reading costs ~25 ns
 /// here (the vDSO's TSC read, about 1% of a small request's CPU at seven a request, `perf`);
 /// the pool's idle stamps and the keep-alive deadline take this instead. It is never later
-/// than the time, so a deadline made from it comes early rather than late.
+/// than the time, so a deadline made from it comes early rather than late. It is this thread's:
+/// a task that may move between threads (a multi-thread runtime) must not count on it.
 pub fn recent() -> Instant {
     RECENT.get().unwrap_or_else(now)
 }

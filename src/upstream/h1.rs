@@ -81,7 +81,8 @@ impl IdleConns {
     }
 
     /// The most recently used idle connection that is still open. Its age is told by the
-    /// worker's last clock reading (the request's send time, just read).
+    /// worker's last clock reading: every caller of `send` reads `worker::now()` as it sends
+    /// (the proxy for the upstream's timing, a health probe for its deadline).
     fn take(&self) -> Option<Conn> {
         let now = crate::worker::recent();
         loop {

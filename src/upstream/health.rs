@@ -187,7 +187,8 @@ async fn probe(upstream: &Upstream, target: &super::Target, def: &HealthCheckDef
         take: true,
         host: HostField::Target,
     };
-    let deadline = tokio::time::Instant::now() + def.timeout;
+    // Through the worker's clock: the pool judges its idle connections' age by this reading.
+    let deadline = tokio::time::Instant::from_std(crate::worker::now()) + def.timeout;
     match upstream.client.request(target, head, RequestBody::empty(), None, &[], deadline).await {
         Ok(resp) => (def.expect_status.0..=def.expect_status.1).contains(&resp.status().as_u16()),
         Err(_) => false,
