@@ -205,6 +205,30 @@ async fn a_request_longer_than_the_keepalive_timeout_keeps_its_connection() {
 }
 
 #[tokio::test]
+async fn each_idle_wait_gets_the_whole_keepalive_timeout() {
+    // Requests 200 ms apart on a 300 ms keep-alive timeout: the third comes after the first
+    // idle wait's deadline has passed, and the connection must still be open for it (the idle
+    // timer runs to the deadline it was set for and is then set again for the later one).
+    let backend = path_and_body().await;
+    let gw = gw_for(&backend, "limits: { keepalive_timeout: 300ms, keepalive_park_after: off }\n").await;
+    let mut s = TcpStream::connect(gw.addr).await.expect("connect");
+    let mut seen = Vec::new();
+    for path in ["/a", "/b", "/c"] {
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.expect("write");
+        assert!(
+            read_until(&mut s, &mut seen, format!("{path} ").as_bytes()).await,
+            "{path} answered on the same connection"
+        );
+        if path != "/c" {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let idle = tokio::time::Instant::now();
+    assert!(closed_by_server(&mut s).await, "then it closes when idle");
+    assert!(idle.elapsed() >= Duration::from_millis(250), "after a whole idle period: {:?}", idle.elapsed());
+}
+
+#[tokio::test]
 async fn a_head_that_stalls_is_cut_after_client_header_timeout() {
     let backend = path_and_body().await;
     let gw = gw_for(&backend, "limits: { client_header_timeout: 200ms }\n").await;
