@@ -23,6 +23,9 @@ use std::time::Instant;
 thread_local! {
     static INDEX: Cell<usize> = const { Cell::new(0) };
     static RECENT: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// This thread runs a worker's (current-thread) runtime, whose tasks never move to another
+    /// thread: only there is the thread's last reading the task's own.
+    static ON_WORKER: Cell<bool> = const { Cell::new(false) };
 }
 
 /// The time, as `Instant::now()`, also kept as this thread's [`recent`] reading. The request
@@ -39,10 +42,20 @@ pub fn now() -> Instant {
 /// (NGINX keeps its time the same way, read once per event loop turn). A reading costs ~25 ns
 /// here (the vDSO's TSC read, about 1% of a small request's CPU at seven a request, `perf`);
 /// the pool's idle stamps and the keep-alive deadline take this instead. It is never later
-/// than the time, so a deadline made from it comes early rather than late. It is this thread's:
-/// a task that may move between threads (a multi-thread runtime) must not count on it.
+/// than the time, so a deadline made from it comes early rather than late. Off a worker's
+/// thread (the gateway embedded in a multi-thread runtime, or a test's), where a task may
+/// resume on a thread that has not read the clock lately, it reads the time.
 pub fn recent() -> Instant {
-    RECENT.get().unwrap_or_else(now)
+    match RECENT.get() {
+        Some(read) if ON_WORKER.get() => read,
+        _ => now(),
+    }
+}
+
+/// Makes the calling thread worker `index`, the one its runtime runs on.
+fn become_worker(index: usize) {
+    INDEX.with(|c| c.set(index));
+    ON_WORKER.set(true);
 }
 
 static COUNT: OnceLock<usize> = OnceLock::new();
@@ -66,6 +79,8 @@ pub fn start(workers: usize) -> std::io::Result<(tokio::runtime::Runtime, Vec<to
         return Err(std::io::Error::other("the worker count is set once per process"));
     }
     let main = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    // Worker 0's runtime runs on this thread.
+    become_worker(0);
     let mut handles = Vec::with_capacity(workers - 1);
     let (running, started) = std::sync::mpsc::channel();
     for i in 1..workers {
@@ -74,7 +89,7 @@ pub fn start(workers: usize) -> std::io::Result<(tokio::runtime::Runtime, Vec<to
         let running = running.clone();
         // Linux shows 15 bytes of a thread's name (`top -H`, /proc/PID/task/TID/comm).
         std::thread::Builder::new().name(format!("ferroway-w{i}")).spawn(move || {
-            INDEX.with(|c| c.set(i));
+            become_worker(i);
             let _ = running.send(());
             // Runs the tasks spawned onto it until the process exits.
             runtime.block_on(std::future::pending::<()>());
@@ -92,16 +107,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn recent_is_the_last_reading_of_this_thread_and_never_ahead_of_the_time() {
-        // A thread that has read nothing gets the time itself.
-        let before = Instant::now();
-        let first = std::thread::spawn(recent).join().expect("thread");
-        assert!(first >= before);
-        let read = now();
-        assert_eq!(recent(), read, "recent() reads no clock once now() has been read");
-        assert!(recent() <= Instant::now());
-        let again = now();
-        assert!(again >= read);
-        assert_eq!(recent(), again);
+    fn recent_is_a_worker_threads_last_reading_and_never_ahead_of_the_time() {
+        std::thread::spawn(|| {
+            // A worker's thread that has read nothing gets the time itself.
+            become_worker(1);
+            let before = Instant::now();
+            assert!(recent() >= before);
+            let read = now();
+            assert_eq!(recent(), read, "recent() reads no clock once now() has been read");
+            assert!(recent() <= Instant::now());
+            let again = now();
+            assert_eq!(recent(), again);
+        })
+        .join()
+        .expect("worker thread");
+    }
+
+    #[test]
+    fn off_a_worker_thread_recent_reads_the_time() {
+        std::thread::spawn(|| {
+            let read = now();
+            // The clock has moved on since `read` (at its resolution).
+            while Instant::now() == read {}
+            let later = recent();
+            assert!(later >= read);
+            assert_ne!(later, read, "a thread that is no worker's does not trust its last reading");
+        })
+        .join()
+        .expect("thread");
     }
 }

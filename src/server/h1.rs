@@ -272,21 +272,14 @@ pub fn serve(
         let mut drained = std::pin::pin!(drain_wait.wait_for(|d| *d));
         let mut drain_registered = false;
         // Whether a request was answered: its response's end read the clock (`proxy::handle`
-        // measures every response to its end), so the idle wait starts from that reading. Only
-        // on a worker's own (current-thread) runtime: on a multi-thread one (the gateway
-        // embedded, or a test's runtime) the task may have moved to a thread whose last reading
-        // is old, and the idle wait would end early.
+        // measures every response to its end), so the idle wait starts from that reading.
         let mut answered = false;
-        let same_thread = matches!(
-            tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()),
-            Ok(tokio::runtime::RuntimeFlavor::CurrentThread)
-        );
         loop {
             if reader.buf.is_empty() {
                 // Idle: no buffer while waiting (a pipelined request keeps its bytes).
                 reader.buf = BytesMut::new();
                 let wait = settings.park_after.filter(|_| parks).unwrap_or(settings.keepalive_timeout);
-                let now = if answered && same_thread { crate::worker::recent() } else { crate::worker::now() };
+                let now = if answered { crate::worker::recent() } else { crate::worker::now() };
                 // The timer is moved now only if this wait ends before the one it is set for; else
                 // it fires at that one and is set again for this (`Sleep::reset` per request was
                 // ~0.1k instructions).
