@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod deadline;
 pub mod demo;
 pub mod http1;
 pub mod middleware;

@@ -134,10 +134,9 @@ struct Conn {
     since: Instant,
     _open: Open,
     /// The response-header deadline of its exchanges: one timer for the connection, made at its
-    /// first exchange, where a timeout made per request was registered in the timer wheel and
-    /// removed again each time (callgrind: ~0.4k instructions of a small request). It runs to
-    /// the deadline it was set for and is pushed back to `due` only then, if `due` is later:
-    /// resetting it per request cost ~0.1k instructions more (`Sleep::reset`'s tick arithmetic).
+    /// first exchange and aimed at each exchange's `due` (`crate::deadline`), where a timeout
+    /// made per request was registered in the timer wheel and removed again each time
+    /// (callgrind: ~0.4k instructions of a small request).
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     /// The current exchange's deadline.
     due: tokio::time::Instant,
@@ -148,28 +147,19 @@ impl Conn {
     fn arm(&mut self, deadline: tokio::time::Instant) {
         self.due = deadline;
         match &mut self.deadline {
-            // Only an earlier deadline (a shorter timeout after a reload) moves the timer now.
-            Some(timer) if deadline < timer.deadline() => timer.as_mut().reset(deadline),
-            Some(_) => {}
+            Some(timer) => crate::deadline::aim(timer.as_mut(), deadline),
             None => self.deadline = Some(Box::pin(tokio::time::sleep_until(deadline))),
         }
     }
 
-    /// Ready once the armed deadline has passed. The timer may have been set for an earlier
-    /// exchange's deadline: when it fires before this one's, it is set again for this one.
+    /// Ready once the armed deadline has passed.
     fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let Some(timer) = &mut self.deadline else { return Poll::Pending };
-        loop {
-            ready!(timer.as_mut().poll(cx));
-            if tokio::time::Instant::now() >= self.due {
-                return Poll::Ready(());
-            }
-            timer.as_mut().reset(self.due);
+        match &mut self.deadline {
+            Some(timer) => crate::deadline::poll(timer.as_mut(), self.due, cx),
+            None => Poll::Pending,
         }
     }
-}
 
-impl Conn {
     /// Not idle past `timeout`, and neither closed nor written to by the peer since its last
     /// exchange. The reactor's readiness tells without a system call: a connection that is not
     /// readable has seen no FIN; a readable one is read once to find out.
