@@ -13,6 +13,7 @@ pub mod observe;
 pub mod proxy;
 pub mod rewind;
 pub mod routing;
+pub mod send;
 pub mod server;
 pub mod snapshot;
 #[cfg(target_os = "linux")]

@@ -779,7 +779,7 @@ async fn write_response(
         && body.can_splice(n)
     {
         let buffered = body.take_buffered();
-        write_parts(writer, &buf, &buffered, b"").await?;
+        write_parts(writer, buf, &buffered, b"").await?;
         if let WriteSide::Tcp(w) = &*writer {
             body.splice_into(w.as_ref()).await?;
         }
@@ -841,10 +841,10 @@ async fn write_response(
                 if out == Out::Chunked {
                     // Into the prefix itself: no allocation per chunk.
                     let _ = write!(prefix, "{:x}\r\n", data.len());
-                    write_parts(writer, &prefix, &data, b"\r\n").await?;
+                    write_parts(writer, prefix, &data, b"\r\n").await?;
                 } else {
                     left -= data.len() as u64;
-                    write_parts(writer, &prefix, &data, b"").await?;
+                    write_parts(writer, prefix, &data, b"").await?;
                 }
             }
             Err(frame) => {
@@ -890,10 +890,13 @@ async fn write_response(
     Ok(())
 }
 
-/// Writes `a`, `b`, `c` in as few system calls as the stream allows.
-async fn write_parts(writer: &mut WriteSide, a: &[u8], b: &[u8], c: &[u8]) -> io::Result<()> {
-    let mut chain = a.chain(b).chain(c);
-    writer.write_all_buf(&mut chain).await
+/// Writes `prefix`, `data`, `suffix` in as few and as cheap system calls as it takes: a small
+/// `data` is copied behind the prefix and all of it goes in one `send` (`crate::send`).
+async fn write_parts(writer: &mut WriteSide, mut prefix: Vec<u8>, data: &[u8], suffix: &[u8]) -> io::Result<()> {
+    if crate::send::coalesce(&mut prefix, data, suffix) {
+        return writer.write_all(&prefix).await;
+    }
+    crate::send::write_all(writer, &mut prefix.chain(data).chain(suffix)).await
 }
 
 fn status_line(buf: &mut Vec<u8>, status: StatusCode) {

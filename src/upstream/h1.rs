@@ -356,21 +356,21 @@ fn encode_head(req: &OutHead<'_>, lines: &[u8], body: &RequestBody, target: &Tar
 }
 
 /// A piece of the request on its way out: a prefix (the head, a chunk-size line), data, and a
-/// suffix (a chunk's CRLF), written with one vectored write where the socket takes it whole.
+/// suffix (a chunk's CRLF), written in one system call where the socket takes it whole.
 type Piece = Chain<Chain<Cursor<Vec<u8>>, Bytes>, &'static [u8]>;
 
-fn piece(prefix: Vec<u8>, data: Bytes, suffix: &'static [u8]) -> Piece {
+/// A small `data` is copied behind the prefix, so that the piece is one `send` (`crate::send`).
+fn piece(mut prefix: Vec<u8>, data: Bytes, suffix: &'static [u8]) -> Piece {
+    if crate::send::coalesce(&mut prefix, &data, suffix) {
+        return Cursor::new(prefix).chain(Bytes::new()).chain(&b""[..]);
+    }
     Cursor::new(prefix).chain(data).chain(suffix)
 }
 
-/// Writes all of `buf` (vectored where it has several pieces); a write of nothing is an error.
+/// Writes all of `buf` (`crate::send`: one piece with `send`, several vectored); a write of
+/// nothing is an error.
 fn poll_write_all(io: &mut TcpStream, cx: &mut Context<'_>, buf: &mut impl Buf) -> Poll<io::Result<()>> {
-    while buf.has_remaining() {
-        if ready!(tokio_util::io::poll_write_buf(Pin::new(&mut *io), cx, buf))? == 0 {
-            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-        }
-    }
-    Poll::Ready(Ok(()))
+    crate::send::poll_write_all(Pin::new(io), cx, buf)
 }
 
 /// Why the request could not be sent whole.
