@@ -11,12 +11,12 @@
 //! behind its head costs far less than that.
 
 use std::future::poll_fn;
-use std::io;
+use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::Buf;
-use tokio::io::AsyncWrite;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Up to this many bytes of body (with its suffix) are copied behind the prefix that goes
 /// before them, so that both leave in one `send`; larger pieces go vectored, uncopied.
@@ -73,10 +73,62 @@ pub async fn write_all<W: AsyncWrite + Unpin + ?Sized>(io: &mut W, buf: &mut imp
     poll_fn(|cx| poll_write_all(Pin::new(&mut *io), cx, buf)).await
 }
 
+/// The one piece of `bufs` with data, if no other has any: a vectored write of it is better
+/// made as a plain one. For streams written by code that writes vectored whenever the stream
+/// allows (rustls' records, hyper's HTTP/2 frames): their wrappers route such writes to
+/// `poll_write`.
+pub fn one_piece<'a>(bufs: &'a [IoSlice<'a>]) -> Option<&'a [u8]> {
+    let mut pieces = bufs.iter().filter(|b| !b.is_empty());
+    match (pieces.next(), pieces.next()) {
+        (Some(one), None) => Some(one),
+        (None, _) => Some(&[]),
+        _ => None,
+    }
+}
+
+/// A stream written by someone else's code (rustls over a client's socket), whose vectored
+/// writes of one piece become plain writes ([`one_piece`]).
+pub struct PlainWrites<T>(pub T);
+
+impl<T: AsyncRead + Unpin> AsyncRead for PlainWrites<T> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for PlainWrites<T> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let inner = Pin::new(&mut self.get_mut().0);
+        match one_piece(bufs) {
+            Some(buf) => inner.poll_write(cx, buf),
+            None => inner.poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::IoSlice;
 
     /// Records how each write was made.
     #[derive(Default)]
@@ -143,6 +195,19 @@ mod tests {
         // "!" alone is one.
         assert_eq!(w.calls, [("writev", 4), ("writev", 4), ("write", 1)]);
         assert_eq!(w.out, b"headbody!");
+    }
+
+    #[test]
+    fn a_vectored_write_of_one_piece_through_plain_writes_is_a_plain_write() {
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let mut w = PlainWrites(Recorder::default());
+        let one = [IoSlice::new(b""), IoSlice::new(b"record"), IoSlice::new(b"")];
+        assert!(matches!(Pin::new(&mut w).poll_write_vectored(&mut cx, &one), Poll::Ready(Ok(6))));
+        let two = [IoSlice::new(b"frame"), IoSlice::new(b"data")];
+        assert!(matches!(Pin::new(&mut w).poll_write_vectored(&mut cx, &two), Poll::Ready(Ok(9))));
+        assert_eq!(w.0.calls, [("write", 6), ("writev", 9)]);
+        assert_eq!(w.0.out, b"recordframedata");
     }
 
     #[test]

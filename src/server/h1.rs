@@ -34,9 +34,8 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHa
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{oneshot, watch};
-use tokio_rustls::server::TlsStream;
 
-use super::Parking;
+use super::{Parking, TlsConn};
 use crate::http1::{
     BodyError, ConnectionTokens, Decode, Framing, Seen, is_framing_field, parsed_value, put_field, request_framing,
 };
@@ -76,13 +75,13 @@ pub struct Settings {
 /// The read side of a client connection.
 pub enum ReadSide {
     Tcp(OwnedReadHalf),
-    Tls(ReadHalf<TlsStream<TcpStream>>),
+    Tls(ReadHalf<TlsConn>),
 }
 
 /// The write side of a client connection.
 pub enum WriteSide {
     Tcp(OwnedWriteHalf),
-    Tls(WriteHalf<TlsStream<TcpStream>>),
+    Tls(WriteHalf<TlsConn>),
 }
 
 impl AsyncRead for ReadSide {

@@ -35,6 +35,7 @@ use crate::config::{self, Config, ConfigError, Limits};
 use crate::observe::access_log::AccessLog;
 use crate::proxy::headers::Peer;
 use crate::rewind::Rewind;
+use crate::send::PlainWrites;
 use crate::snapshot::{CompileError, Gateway};
 
 #[derive(Debug, thiserror::Error)]
@@ -554,7 +555,9 @@ async fn accept_loop(listener: TcpListener, name: Arc<str>, control: Arc<Control
                         let _guard = guard;
                         let mut peer = peer_of(addr, true, redirect, &control);
                         let tls_stream =
-                            match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream)).await {
+                            match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(PlainWrites(stream)))
+                                .await
+                            {
                                 Ok(Ok(s)) => s,
                                 Ok(Err(e)) => {
                                     control.gateway.metrics().tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
@@ -586,6 +589,10 @@ async fn accept_loop(listener: TcpListener, name: Arc<str>, control: Arc<Control
         tokio::spawn(task);
     }
 }
+
+/// A client's TLS connection. rustls writes its records vectored whenever the socket allows,
+/// nearly always one record at a time: `PlainWrites` makes those `send`s (`crate::send`).
+pub type TlsConn = tokio_rustls::server::TlsStream<PlainWrites<TcpStream>>;
 
 /// The client preface of HTTP/2 with prior knowledge (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -729,7 +736,7 @@ async fn sniff(stream: &TcpStream, mut buf: BytesMut, timeout: Duration) -> Opti
 }
 
 /// Serves a TLS connection: HTTP/2 when ALPN chose it, else HTTP/1.1.
-async fn serve_tls(stream: tokio_rustls::server::TlsStream<TcpStream>, peer: Peer, control: &Control) {
+async fn serve_tls(stream: TlsConn, peer: Peer, control: &Control) {
     let protocols = control.protocols.load_full();
     let peer = Arc::new(peer);
     if stream.get_ref().1.alpn_protocol() == Some(b"h2") {

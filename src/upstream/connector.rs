@@ -106,6 +106,10 @@ impl<T: Write + Unpin> Write for Counted<T> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        // hyper writes vectored whenever it may: one piece goes as a plain write (`send`).
+        match crate::send::one_piece(bufs) {
+            Some(buf) => Pin::new(&mut self.io).poll_write(cx, buf),
+            None => Pin::new(&mut self.io).poll_write_vectored(cx, bufs),
+        }
     }
 }
