@@ -338,7 +338,10 @@ fn boxed_in_place<F: Future>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
 }
 
 /// Reads one request's head and answers it (or refuses it); the connection back when it is
-/// kept alive. Closing, it lingers first, so that the client sees the answer.
+/// kept alive. Closing, it lingers first, so that the client sees the answer. One `async fn`
+/// from the head to the response: the head handed to another (`exchange`, before) was copied
+/// with its arguments into that one's future and again into this one's (224 to 384 bytes,
+/// four times a request, `bench/memcpy_sites.c`).
 async fn one_request(
     mut reader: Reader,
     mut writer: WriteSide,
@@ -371,37 +374,105 @@ async fn one_request(
             return None;
         }
     };
-    let draining = *drain.borrow();
-    match exchange(head, reader, writer, peer, gw, draining, settings).await {
-        Next::Continue(r, w) => Some((r, w)),
-        Next::Close(r, mut w, true) => {
+    let Head { mut request, framing, mut keep_alive, client_closes, expect_continue, wants_upgrade } = head;
+    // Whether the client's body was read to its end.
+    let mut complete = true;
+    keep_alive &= !*drain.borrow();
+    let is_head = request.method == Method::HEAD;
+    let version = request.version;
+    let upgrade = wants_upgrade.then(|| {
+        let (tx, rx) = oneshot::channel();
+        request.extensions.insert(PendingUpgrade(Arc::new(std::sync::Mutex::new(Some(rx)))));
+        tx
+    });
+    let (continue_tx, continue_rx) = if expect_continue {
+        let (tx, rx) = oneshot::channel();
+        (Some(tx), Some(rx))
+    } else {
+        (None, None)
+    };
+    let (mut reader, mut returned, body) = if framing == Framing::Length(0) {
+        (Some(reader), None, ClientBody::Empty)
+    } else {
+        let (tx, rx) = oneshot::channel();
+        let body = Body { reader: Some(reader), decode: Decode::new(framing), back: Some(tx), continue_tx };
+        (None, Some(rx), ClientBody::H1(Box::new(body)))
+    };
+
+    let request = Request::from_parts(request, body);
+    let resp = match continue_rx {
+        None => crate::proxy::handle(request, peer, gw).await,
+        // Boxed: the rare case should not add the request path's size to every exchange.
+        Some(asked) => match with_continue(Box::pin(crate::proxy::handle(request, peer, gw)), asked, &mut writer).await
+        {
+            Some(resp) => resp,
+            None => return None,
+        },
+    };
+
+    // A body handed back before the response is written decides keep-alive in its head.
+    if let Some(rx) = returned.as_mut()
+        && let Ok(r) = rx.try_recv()
+    {
+        keep_alive &= r.complete;
+        complete &= r.complete;
+        reader = Some(r.reader);
+        returned = None;
+    }
+    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS && upgrade.is_some();
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS && !switching {
+        return None;
+    }
+    if write_response(&mut writer, resp, is_head, version, &mut keep_alive).await.is_err() {
+        return None;
+    }
+    if let Some(rx) = returned {
+        // The response went out before the body was read to its end (an upload the upstream
+        // answered early): wait for the rest, as long as the client keeps sending it.
+        match tokio::time::timeout(settings.body_timeout, rx).await {
+            Ok(Ok(r)) => {
+                keep_alive &= r.complete;
+                complete &= r.complete;
+                reader = Some(r.reader);
+            }
+            _ => return None,
+        }
+    }
+    let reader = reader?;
+    if let Some(tx) = upgrade.filter(|_| switching) {
+        // The connection now belongs to the tunnel, with whatever the client sent after the
+        // request (the first bytes of the new protocol).
+        let Reader { io, buf } = reader;
+        let _ = tx.send(Switched::new(buf.freeze(), tokio::io::join(io, writer), ()));
+        return None;
+    }
+    if keep_alive {
+        return Some((reader, writer));
+    }
+    // Lingering (reading until the client closes) is for a client that may still be sending:
+    // the rest of a body, or requests after this one. A client that said this was its last
+    // request, and whose request was read to its end, has nothing more to send.
+    let linger = !(client_closes && complete && reader.buf.is_empty());
+    close(reader, writer, linger).await;
+    None
+}
+
+/// Closes the connection after an answer; with `linger_first`, after reading and dropping
+/// what the client may still send.
+async fn close(reader: Reader, writer: WriteSide, linger_first: bool) {
+    match (writer, linger_first) {
+        (mut w, true) => {
             let _ = w.shutdown().await;
-            linger(r).await;
-            None
+            linger(reader).await;
         }
         // Over TCP, closing the socket sends the FIN (`forget`: no separate `shutdown` call on
         // drop); TLS first sends its close_notify, which tells a body ended by the close from a
         // cut one.
-        Next::Close(_, WriteSide::Tcp(w), false) => {
-            w.forget();
-            None
-        }
-        Next::Close(_, mut w @ WriteSide::Tls(_), false) => {
+        (WriteSide::Tcp(w), false) => w.forget(),
+        (mut w @ WriteSide::Tls(_), false) => {
             let _ = w.shutdown().await;
-            None
         }
-        Next::Done => None,
     }
-}
-
-/// What an exchange leaves the connection with.
-enum Next {
-    /// Keep-alive: read the next request.
-    Continue(Reader, WriteSide),
-    /// Close; with `true`, after reading and dropping what the client may still send.
-    Close(Reader, WriteSide, bool),
-    /// The connection was handed on (an upgrade) or is broken.
-    Done,
 }
 
 enum HeadError {
@@ -538,98 +609,6 @@ async fn refuse(writer: &mut WriteSide, kind: ErrorKind, gw: &Gateway) -> io::Re
     h.insert(X_REQUEST_ID.clone(), id);
     write_response(writer, resp, false, Version::HTTP_11, &mut false).await?;
     writer.shutdown().await
-}
-
-/// One request and its response.
-async fn exchange(
-    head: Head,
-    reader: Reader,
-    mut writer: WriteSide,
-    peer: &Peer,
-    gw: &Gateway,
-    draining: bool,
-    settings: Settings,
-) -> Next {
-    let Head { mut request, framing, mut keep_alive, client_closes, expect_continue, wants_upgrade } = head;
-    // Whether the client's body was read to its end.
-    let mut complete = true;
-    keep_alive &= !draining;
-    let is_head = request.method == Method::HEAD;
-    let version = request.version;
-    let upgrade = wants_upgrade.then(|| {
-        let (tx, rx) = oneshot::channel();
-        request.extensions.insert(PendingUpgrade(Arc::new(std::sync::Mutex::new(Some(rx)))));
-        tx
-    });
-    let (continue_tx, continue_rx) = if expect_continue {
-        let (tx, rx) = oneshot::channel();
-        (Some(tx), Some(rx))
-    } else {
-        (None, None)
-    };
-    let (mut reader, mut returned, body) = if framing == Framing::Length(0) {
-        (Some(reader), None, ClientBody::Empty)
-    } else {
-        let (tx, rx) = oneshot::channel();
-        let body = Body { reader: Some(reader), decode: Decode::new(framing), back: Some(tx), continue_tx };
-        (None, Some(rx), ClientBody::H1(Box::new(body)))
-    };
-
-    let request = Request::from_parts(request, body);
-    let resp = match continue_rx {
-        None => crate::proxy::handle(request, peer, gw).await,
-        // Boxed: the rare case should not add the request path's size to every exchange.
-        Some(asked) => match with_continue(Box::pin(crate::proxy::handle(request, peer, gw)), asked, &mut writer).await
-        {
-            Some(resp) => resp,
-            None => return Next::Done,
-        },
-    };
-
-    // A body handed back before the response is written decides keep-alive in its head.
-    if let Some(rx) = returned.as_mut()
-        && let Ok(r) = rx.try_recv()
-    {
-        keep_alive &= r.complete;
-        complete &= r.complete;
-        reader = Some(r.reader);
-        returned = None;
-    }
-    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS && upgrade.is_some();
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS && !switching {
-        return Next::Done;
-    }
-    if write_response(&mut writer, resp, is_head, version, &mut keep_alive).await.is_err() {
-        return Next::Done;
-    }
-    if let Some(rx) = returned {
-        // The response went out before the body was read to its end (an upload the upstream
-        // answered early): wait for the rest, as long as the client keeps sending it.
-        match tokio::time::timeout(settings.body_timeout, rx).await {
-            Ok(Ok(r)) => {
-                keep_alive &= r.complete;
-                complete &= r.complete;
-                reader = Some(r.reader);
-            }
-            _ => return Next::Done,
-        }
-    }
-    let Some(reader) = reader else { return Next::Done };
-    if let Some(tx) = upgrade.filter(|_| switching) {
-        // The connection now belongs to the tunnel, with whatever the client sent after the
-        // request (the first bytes of the new protocol).
-        let Reader { io, buf } = reader;
-        let _ = tx.send(Switched::new(buf.freeze(), tokio::io::join(io, writer), ()));
-        return Next::Done;
-    }
-    if keep_alive {
-        return Next::Continue(reader, writer);
-    }
-    // Lingering (reading until the client closes) is for a client that may still be sending:
-    // the rest of a body, or requests after this one. A client that said this was its last
-    // request, and whose request was read to its end, has nothing more to send.
-    let linger = !(client_closes && complete && reader.buf.is_empty());
-    Next::Close(reader, writer, linger)
 }
 
 /// Awaits the response, writing `100 Continue` when the body is first wanted; `None` if that
