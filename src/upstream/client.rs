@@ -119,7 +119,7 @@ impl UpstreamClient {
                 return c
                     .send(target, &head, body, raw, lines, deadline)
                     .await
-                    .map(|r| r.map(|b| UpstreamBody::H1(Box::new(b))))
+                    .map(|r| r.map(UpstreamBody::H1))
                     .map_err(SendError::Gateway);
             }
             UpstreamClient::Plain(c) => c.request(head.into_request(target, self.scheme(), body)?),

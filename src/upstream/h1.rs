@@ -210,7 +210,7 @@ impl Client {
         raw: Option<&FieldPolicy>,
         lines: &[u8],
         deadline: tokio::time::Instant,
-    ) -> Result<Response<Body>, ErrorKind> {
+    ) -> Result<Response<Box<Body>>, ErrorKind> {
         let head_request = *req.method == Method::HEAD;
         let (mut head, framing) = encode_head(req, lines, &body, target);
         let mut again = if super::retry::is_idempotent(req.method) { body.replay() } else { None };
@@ -616,18 +616,21 @@ impl Exchange {
         }
     }
 
-    fn into_response(self, head: Head, target: &Target) -> Response<Body> {
+    /// The body is boxed where it is made: the response then moves up the awaits as its head
+    /// and a pointer, where a `Body` moved with it was 319 bytes a move, and boxing it later
+    /// copied it once more.
+    fn into_response(self, head: Head, target: &Target) -> Response<Box<Body>> {
         let Head { parts, framing, keep_alive, raw } = head;
         if parts.status == StatusCode::SWITCHING_PROTOCOLS {
             // The connection now belongs to the tunnel, with what the upstream sent after the
             // 101 (the new protocol's first bytes).
             let Exchange { conn, buf, .. } = self;
             let upgraded = Upgraded::new(buf.freeze(), conn.io, conn._open);
-            let mut resp = Response::from_parts(parts, Body::done());
+            let mut resp = Response::from_parts(parts, Box::new(Body::done()));
             resp.extensions_mut().insert(UpstreamUpgrade(Arc::new(Mutex::new(Some(upgraded)))));
             return resp;
         }
-        let mut body = Body {
+        let mut body = Box::new(Body {
             decode: Decode::new(framing),
             keep_alive,
             read_size: MIN_READ,
@@ -635,7 +638,7 @@ impl Exchange {
             home: Some(target.idle.clone()),
             raw_date: raw.as_ref().is_some_and(|r| r.has_date),
             raw: raw.map(|r| r.lines),
-        };
+        });
         body.finish_if_done(true);
         Response::from_parts(parts, body)
     }
