@@ -44,12 +44,7 @@ impl<T: AsyncWrite + Unpin, G: Unpin> AsyncWrite for Rewind<T, G> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        // hyper's HTTP/2 writes vectored whenever it may: one piece goes as a plain write.
-        let inner = Pin::new(&mut self.get_mut().inner);
-        match crate::send::one_piece(bufs) {
-            Some(buf) => inner.poll_write(cx, buf),
-            None => inner.poll_write_vectored(cx, bufs),
-        }
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -86,8 +86,10 @@ pub fn one_piece<'a>(bufs: &'a [IoSlice<'a>]) -> Option<&'a [u8]> {
     }
 }
 
-/// A stream written by someone else's code (rustls over a client's socket), whose vectored
-/// writes of one piece become plain writes ([`one_piece`]).
+/// A stream written by someone else's code (rustls over a client's socket, hyper's HTTP/2 on
+/// an h2c one), whose vectored writes of one piece become plain writes ([`one_piece`]).
+/// hyper's upstream connections do the same in `upstream::connector::Counted` (hyper's own
+/// `Write` trait, not tokio's).
 pub struct PlainWrites<T>(pub T);
 
 impl<T: AsyncRead + Unpin> AsyncRead for PlainWrites<T> {

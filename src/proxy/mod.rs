@@ -372,6 +372,7 @@ async fn route_and_forward(
     };
     let mut out = Outgoing {
         path_and_query: upstream_path(&parts.uri, &path, route.strip_prefix)?,
+        // Taken out of the lent parts: nothing reads the client's method or fields after this.
         method: std::mem::take(&mut parts.method),
         headers: std::mem::take(&mut parts.headers),
         host_from_target: route.host_header == HostHeader::Upstream,

@@ -630,7 +630,9 @@ fn serve_plain(
         let Some(buf) = sniff(&stream, buf, protocols.h1.header_timeout).await else { return };
         if buf.starts_with(H2_PREFACE) {
             let _guard = guard;
-            let io = TokioIo::new(Rewind::new(buf.freeze(), stream, ()));
+            // hyper's HTTP/2 writes vectored whenever it may: `PlainWrites` sends one piece with
+            // `send` (`crate::send`), as under rustls.
+            let io = TokioIo::new(Rewind::new(buf.freeze(), PlainWrites(stream), ()));
             Box::pin(serve_h2(io, peer, &control, &protocols.h2)).await;
         } else {
             serve_h1(stream, buf, peer, control, guard, drain, protocols.h1).await;
