@@ -133,3 +133,46 @@ async fn http1_and_http2_prior_knowledge_share_one_port() {
     assert_eq!(seen.headers["host"], gw.addr.to_string());
     assert_eq!(seen.headers["via"], "2 ferroway");
 }
+
+/// Body pieces on both sides of the size up to which the gateway copies a piece behind its head
+/// or chunk-size line so that both leave in one write (4 KiB, `crate::send::COALESCE`), and one
+/// far above it.
+const PIECES: [usize; 7] = [1, 4093, 4094, 4096, 4097, 70_000, 3];
+
+fn piece(index: usize, len: usize) -> Bytes {
+    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(index as u8)).collect::<Vec<u8>>().into()
+}
+
+fn pieces() -> Frames {
+    PIECES.iter().enumerate().map(|(i, &n)| Ok(http_body::Frame::data(piece(i, n)))).collect()
+}
+
+#[tokio::test]
+async fn streamed_bodies_arrive_whole_whatever_the_size_of_their_pieces() {
+    let expected: Vec<u8> = PIECES.iter().enumerate().flat_map(|(i, &n)| piece(i, n)).collect();
+    // Down: the backend streams without a length, so the gateway sends it on chunked.
+    let backend = Backend::serve(|_req| async {
+        Response::new(BodyExt::boxed(http_body_util::StreamBody::new(futures_stream(pieces()))))
+    })
+    .await;
+    let gw = gateway(&one_route(&backend)).await;
+    let got = get(&gw.url("/down")).await;
+    assert_eq!(got.status, StatusCode::OK);
+    assert_eq!(got.header("transfer-encoding"), Some("chunked"));
+    assert!(got.body == expected, "the body as the backend sent it ({} of {} bytes)", got.body.len(), expected.len());
+    // Up: the client sends the same pieces chunked; the upstream gets every byte.
+    let echo = Backend::echo().await;
+    let gw = gateway(&one_route(&echo)).await;
+    let upload = BodyExt::boxed(http_body_util::StreamBody::new(futures_stream(pieces())));
+    let got = send(Request::post(gw.url("/up")).body(upload).expect("request")).await;
+    assert_eq!(got.status, StatusCode::OK);
+    let seen = echo.last();
+    assert_eq!(seen.headers.get("transfer-encoding").map(|v| v.as_bytes()), Some(&b"chunked"[..]));
+    assert!(
+        seen.body == expected,
+        "the upload as the client sent it ({} of {} bytes)",
+        seen.body.len(),
+        expected.len()
+    );
+    assert!(got.body == expected, "and echoed back whole");
+}
