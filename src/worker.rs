@@ -52,8 +52,13 @@ pub fn recent() -> Instant {
     }
 }
 
+/// The calling thread is a worker's, whose runtime lasts as long as the thread.
+pub fn on_worker() -> bool {
+    ON_WORKER.get()
+}
+
 /// Makes the calling thread worker `index`, the one its runtime runs on.
-fn become_worker(index: usize) {
+pub(crate) fn become_worker(index: usize) {
     INDEX.with(|c| c.set(index));
     ON_WORKER.set(true);
 }

@@ -133,33 +133,9 @@ struct Conn {
     io: TcpStream,
     since: Instant,
     _open: Open,
-    /// The response-header deadline of its exchanges: one timer for the connection, made at its
-    /// first exchange and aimed at each exchange's `due` (`crate::deadline`), where a timeout
-    /// made per request was registered in the timer wheel and removed again each time
-    /// (callgrind: ~0.4k instructions of a small request).
-    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// The current exchange's deadline.
-    due: tokio::time::Instant,
 }
 
 impl Conn {
-    /// Arms the connection's timer for `deadline`.
-    fn arm(&mut self, deadline: tokio::time::Instant) {
-        self.due = deadline;
-        match &mut self.deadline {
-            Some(timer) => crate::deadline::aim(timer.as_mut(), deadline),
-            None => self.deadline = Some(Box::pin(tokio::time::sleep_until(deadline))),
-        }
-    }
-
-    /// Ready once the armed deadline has passed.
-    fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        match &mut self.deadline {
-            Some(timer) => crate::deadline::poll(timer.as_mut(), self.due, cx),
-            None => Poll::Pending,
-        }
-    }
-
     /// Not idle past `timeout`, and neither closed nor written to by the peer since its last
     /// exchange. The reactor's readiness tells without a system call: a connection that is not
     /// readable has seen no FIN; a readable one is read once to find out.
@@ -215,6 +191,10 @@ impl Client {
         let (mut head, framing) = encode_head(req, lines, &body, target);
         let mut again = if super::retry::is_idempotent(req.method) { body.replay() } else { None };
         let mut body = Some(body);
+        // The response-header deadline, on a timer the worker lends (`crate::deadline`): made
+        // and registered anew per request it cost ~0.4k instructions (callgrind), kept by each
+        // connection it was cold whenever the targets were many.
+        let mut timer = crate::deadline::Lent::new(deadline);
         loop {
             let (conn, reused) = match target.idle.take() {
                 Some(conn) => (conn, true),
@@ -236,9 +216,8 @@ impl Client {
                 }
             };
             let mut ex = Exchange::new(conn, std::mem::take(&mut head), b, framing);
-            ex.conn.arm(deadline);
             let polled = poll_fn(|cx| match ex.poll_head(cx, head_request, raw) {
-                Poll::Pending => ex.conn.poll_deadline(cx).map(|()| Err(ErrorKind::UpstreamResponseTimeout)),
+                Poll::Pending => timer.poll(cx).map(|()| Err(ErrorKind::UpstreamResponseTimeout)),
                 done => done,
             })
             .await;
@@ -267,13 +246,7 @@ impl Client {
         target.idle.open.fetch_add(1, Ordering::Relaxed);
         self.start_sweeper();
         let now = Instant::now();
-        Ok(Conn {
-            io,
-            since: now,
-            _open: Open(target.idle.open.clone()),
-            deadline: None,
-            due: tokio::time::Instant::from_std(now),
-        })
+        Ok(Conn { io, since: now, _open: Open(target.idle.open.clone()) })
     }
 
     /// One task per upstream closes idle connections past the idle timeout or closed by their
