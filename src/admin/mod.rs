@@ -209,7 +209,7 @@ fn metrics(control: &Control) -> Response<Full<Bytes>> {
         target_latency: snapshot
             .upstreams
             .iter()
-            .flat_map(|u| u.targets.iter().map(move |t| (u.name.clone(), t.address.clone(), &t.stats.latency)))
+            .flat_map(|u| u.targets.iter().map(move |t| (u.name.clone(), t.address.clone(), &t.state.latency)))
             .collect(),
         active_connections: control.open_connections(),
         parked_connections: control.parked_connections(),

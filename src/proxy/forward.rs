@@ -114,9 +114,9 @@ pub async fn forward(
         // A failure counts as slow, so latency-aware balancing does not favour a target that
         // fails fast.
         if outcome.is_ok() {
-            target.stats.latency.observe(took);
+            target.state.latency.observe(took);
         }
-        target.stats.observe(if outcome.is_ok() { took } else { timeout });
+        target.state.observe(if outcome.is_ok() { took } else { timeout });
         upstream.report(
             target,
             match &outcome {

@@ -2,30 +2,56 @@
 //! EWMA latency, consistent hashing, and random.
 //!
 //! Every balancer picks with atomics only (no lock on the request path). Per-target counters
-//! (`TargetStats`) belong to the upstream, so they survive reloads that leave it unchanged.
+//! (`TargetState`) belong to the upstream, so they survive reloads that leave it unchanged.
 
 use std::cell::Cell;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-/// Live counters of one target, read by the balancers and (later) by metrics.
-#[derive(Default)]
-pub struct TargetStats {
+/// What the requests to one target share, in one allocation: the balancers' counters, its
+/// health, its idle connections and its latency histogram. With many targets taking turns a
+/// request finds its target's state cold, so the fields every request touches come first
+/// (`repr(C)` keeps the order) and fill the allocation's first cache line with `Arc`'s
+/// counts: in-flight count, EWMA, the idle lists' pointer, the health verdict and ejection
+/// time. The latency histogram's count, sum and low buckets follow in the second. (The line
+/// boundary holds where the allocator aligns the allocation to 64 bytes, as jemalloc's size
+/// classes from 256 bytes do; elsewhere the same fields span one line more.)
+#[repr(C)]
+pub struct TargetState {
     /// Requests holding a slot on this target (bounded by `max_connections_per_target`).
     pub in_flight: AtomicU32,
     /// Requests waiting for a slot; a release wakes one only when this is non-zero.
     waiting: AtomicU32,
-    freed: tokio::sync::Notify,
     /// Exponentially weighted moving average of time to response headers, in nanoseconds
     /// (0 until the first response).
     pub ewma_ns: AtomicU64,
+    /// Idle connections of the own HTTP/1.1 client (hyper-util's pools its own).
+    pub idle: super::h1::IdleConns,
     pub health: super::health::Health,
     /// Time from sending a try to its response headers.
     pub latency: crate::observe::metrics::Histogram,
+    freed: tokio::sync::Notify,
+    /// Connections open to the target, idle or not, by whichever client opened them
+    /// (hyper-util's connector counts into the same number): for metrics.
+    pub open: std::sync::Arc<AtomicUsize>,
 }
 
-impl TargetStats {
+impl TargetState {
+    /// `max_idle`: the upstream's `max_idle_per_target`.
+    pub fn new(max_idle: u32) -> Self {
+        TargetState {
+            in_flight: AtomicU32::new(0),
+            waiting: AtomicU32::new(0),
+            ewma_ns: AtomicU64::new(0),
+            idle: super::h1::IdleConns::new(max_idle),
+            health: super::health::Health::default(),
+            latency: crate::observe::metrics::Histogram::default(),
+            freed: tokio::sync::Notify::new(),
+            open: std::sync::Arc::default(),
+        }
+    }
+
     /// Folds one observed latency into the average (weight 1/5 for the new sample). Updates
     /// may race; a lost sample only delays convergence slightly.
     pub fn observe(&self, latency: Duration) {
@@ -39,12 +65,12 @@ impl TargetStats {
 /// Holds one in-flight slot of a target, and its connection permit, until dropped (when the
 /// response has ended).
 pub struct InFlight {
-    stats: std::sync::Arc<TargetStats>,
+    stats: std::sync::Arc<TargetState>,
 }
 
 impl InFlight {
     /// Takes a slot if fewer than `max` are held: one compare-and-swap, no lock.
-    pub fn try_start(stats: &std::sync::Arc<TargetStats>, max: u32) -> Option<Self> {
+    pub fn try_start(stats: &std::sync::Arc<TargetState>, max: u32) -> Option<Self> {
         stats
             .in_flight
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
@@ -54,7 +80,7 @@ impl InFlight {
 
     /// Waits until a slot frees and takes it. The lock inside `Notify` is taken only on this
     /// slow path and by releases while someone waits, never by an uncontended request.
-    pub async fn wait_start(stats: &std::sync::Arc<TargetStats>, max: u32) -> Self {
+    pub async fn wait_start(stats: &std::sync::Arc<TargetState>, max: u32) -> Self {
         stats.waiting.fetch_add(1, Ordering::AcqRel);
         let _waiting = WaitingGuard(stats);
         loop {
@@ -71,7 +97,7 @@ impl InFlight {
 }
 
 /// Keeps `waiting` right even when a wait is abandoned (timed out or cancelled).
-struct WaitingGuard<'a>(&'a TargetStats);
+struct WaitingGuard<'a>(&'a TargetState);
 
 impl Drop for WaitingGuard<'_> {
     fn drop(&mut self) {
@@ -153,7 +179,7 @@ pub fn pick_random(cumulative: &[u64]) -> usize {
 
 /// Fewest requests in flight relative to weight. Exact (a scan) for pools up to 32 targets;
 /// larger pools compare two random targets, which keeps the cost flat in the pool size.
-pub fn pick_least_request<'a>(stats: impl Fn(usize) -> &'a TargetStats, weights: &[u32], rr: &AtomicUsize) -> usize {
+pub fn pick_least_request<'a>(stats: impl Fn(usize) -> &'a TargetState, weights: &[u32], rr: &AtomicUsize) -> usize {
     let n = weights.len();
     let load = |i: usize| u64::from(stats(i).in_flight.load(Ordering::Relaxed)) * 1_000_000 / u64::from(weights[i]);
     if n <= 32 {
@@ -168,7 +194,7 @@ pub fn pick_least_request<'a>(stats: impl Fn(usize) -> &'a TargetStats, weights:
 
 /// Power of two choices: of two random targets, the one with the lower expected cost,
 /// EWMA latency × (in flight + 1). Targets without a latency yet are tried first.
-pub fn pick_p2c_ewma<'a>(stats: impl Fn(usize) -> &'a TargetStats, weights: &[u32]) -> usize {
+pub fn pick_p2c_ewma<'a>(stats: impl Fn(usize) -> &'a TargetState, weights: &[u32]) -> usize {
     let n = weights.len();
     if n == 1 {
         return 0;
@@ -241,6 +267,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn what_every_request_touches_of_a_target_fills_two_cache_lines() {
+        use std::mem::{offset_of, size_of};
+        // `Arc` puts its two counts (16 bytes) before the state.
+        let first_line = 64 - 16;
+        assert!(offset_of!(TargetState, idle) + size_of::<super::super::h1::IdleConns>() <= first_line);
+        assert!(offset_of!(TargetState, health) + super::super::health::HOT_BYTES <= first_line);
+        // The histogram's count, sum and buckets up to 10 ms in the second line.
+        assert!(offset_of!(TargetState, latency) + 16 + 4 * 8 <= 2 * 64 - 16);
+        // jemalloc's size classes above 224 bytes are multiples of 64, so the allocation
+        // starts a cache line.
+        assert!(16 + size_of::<TargetState>() > 224);
+    }
+
+    #[test]
     fn round_robin_spreads_equal_targets_evenly() {
         let rr = RoundRobin::new(&[1, 1, 1]);
         let mut counts = [0usize; 3];
@@ -267,7 +307,7 @@ mod tests {
 
     #[tokio::test]
     async fn slots_are_capped_and_a_release_wakes_a_waiter() {
-        let stats = std::sync::Arc::new(TargetStats::default());
+        let stats = std::sync::Arc::new(TargetState::new(0));
         let a = InFlight::try_start(&stats, 2).expect("first slot");
         let _b = InFlight::try_start(&stats, 2).expect("second slot");
         assert!(InFlight::try_start(&stats, 2).is_none(), "the cap holds");
@@ -289,7 +329,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_abandoned_wait_leaves_no_trace() {
-        let stats = std::sync::Arc::new(TargetStats::default());
+        let stats = std::sync::Arc::new(TargetState::new(0));
         let _held = InFlight::try_start(&stats, 1).expect("slot");
         let waited = tokio::time::timeout(Duration::from_millis(20), InFlight::wait_start(&stats, 1)).await;
         assert!(waited.is_err());
@@ -298,7 +338,7 @@ mod tests {
 
     #[test]
     fn least_request_prefers_the_idle_target() {
-        let stats: Vec<TargetStats> = (0..3).map(|_| TargetStats::default()).collect();
+        let stats: Vec<TargetState> = (0..3).map(|_| TargetState::new(0)).collect();
         stats[0].in_flight.store(5, Ordering::Relaxed);
         stats[2].in_flight.store(1, Ordering::Relaxed);
         let rr = AtomicUsize::new(0);
@@ -309,7 +349,7 @@ mod tests {
 
     #[test]
     fn p2c_ewma_prefers_the_faster_target() {
-        let stats: Vec<TargetStats> = (0..2).map(|_| TargetStats::default()).collect();
+        let stats: Vec<TargetState> = (0..2).map(|_| TargetState::new(0)).collect();
         stats[0].observe(Duration::from_millis(50));
         stats[1].observe(Duration::from_millis(5));
         let fast = (0..1000).filter(|_| pick_p2c_ewma(|i| &stats[i], &[1, 1]) == 1).count();

@@ -25,8 +25,8 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio::time::Instant;
 
 use super::Target;
+use super::balance::TargetState;
 use super::connector::CountingConnector;
-use super::h1::IdleConns;
 use crate::config::{UpstreamDef, UpstreamProtocol, UpstreamTlsDef};
 use crate::proxy::body::RequestBody;
 use crate::proxy::error::ErrorKind;
@@ -40,11 +40,11 @@ pub enum UpstreamClient {
 
 impl UpstreamClient {
     /// `open` counts connections per target authority (see [`CountingConnector`]); `pools` are
-    /// the targets' idle lists, which the own HTTP/1.1 client keeps its connections in.
+    /// the targets' states, in whose idle lists the own HTTP/1.1 client keeps its connections.
     pub fn new(
         def: &UpstreamDef,
         open: Arc<HashMap<String, Arc<AtomicUsize>>>,
-        pools: &[Arc<IdleConns>],
+        pools: &[Arc<TargetState>],
     ) -> Result<UpstreamClient, String> {
         if def.tls.is_none() && def.protocol == UpstreamProtocol::Http1 {
             return Ok(UpstreamClient::H1(super::h1::Client::new(def.timeouts.connect, def.timeouts.idle, pools)));

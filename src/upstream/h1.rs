@@ -26,6 +26,7 @@ use http_body::{Body as _, Frame, SizeHint};
 use tokio::net::TcpStream;
 
 use super::Target;
+use super::balance::TargetState;
 use super::client::{HostField, OutHead};
 use crate::http1::{BodyError, ConnectionTokens, Decode, Framing, Seen, parsed_value, put_field};
 use crate::proxy::body::{RequestBody, RequestBodyError};
@@ -44,50 +45,51 @@ const MIN_READ: usize = 16 << 10;
 const MAX_READ: usize = 256 << 10;
 
 /// The idle connections of one target, most recently used last (taken first, so a quiet
-/// period lets the surplus reach the idle timeout).
+/// period lets the surplus reach the idle timeout). Part of the target's state
+/// (`TargetState`), where only its pointer sits among the fields every request reads.
 pub struct IdleConns {
     /// One list per worker (`crate::worker`): a connection's socket is registered with the
     /// reactor of the worker that opened it, so only that worker's requests take it (another
     /// worker's task would be woken from this worker's thread). Each lock is held only to
     /// push or pop (never across an await or a system call), and only by its own worker's
     /// requests to this one target, so it is never contended; the sweep takes each in turn.
-    lists: Box<[Mutex<Vec<Conn>>]>,
-    /// Open connections to the target, idle or not (for metrics); the one count of them.
-    open: Arc<AtomicUsize>,
-    /// Per worker: `max_idle_per_target` shared among the workers (rounded up), so the
-    /// target sees about as many idle connections as configured, however many workers.
+    lists: Box<[List]>,
+}
+
+/// One worker's idle connections to a target, on a cache line of its own (workers' lists
+/// side by side would share one, which every request of each worker would pull over).
+#[repr(align(64))]
+struct List {
+    conns: Mutex<Vec<Conn>>,
+    /// `max_idle_per_target` shared among the workers (rounded up), so the target sees about
+    /// as many idle connections as configured, however many workers.
     max: usize,
-    timeout: Duration,
 }
 
 impl IdleConns {
-    pub fn new(max: u32, timeout: Duration) -> Self {
+    pub fn new(max: u32) -> Self {
         let workers = crate::worker::count();
         let max = usize::try_from(max).unwrap_or(usize::MAX).div_ceil(workers);
-        let lists = (0..workers).map(|_| Mutex::new(Vec::new())).collect();
-        IdleConns { lists, open: Arc::default(), max, timeout }
-    }
-
-    /// Connections open to the target, by whichever client opened them (hyper-util's
-    /// connector counts into the same number).
-    pub fn open(&self) -> &Arc<AtomicUsize> {
-        &self.open
+        let lists = (0..workers).map(|_| List { conns: Mutex::new(Vec::new()), max }).collect();
+        IdleConns { lists }
     }
 
     /// The calling worker's list.
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Conn>> {
+    fn list(&self) -> &List {
         let i = crate::worker::index().min(self.lists.len() - 1);
-        lock(&self.lists[i])
+        &self.lists[i]
     }
 
-    /// The most recently used idle connection that is still open. Its age is told by the
-    /// worker's last clock reading: every caller of `send` reads `worker::now()` as it sends
-    /// (the proxy for the upstream's timing, a health probe for its deadline).
-    fn take(&self) -> Option<Conn> {
+    /// The most recently used idle connection that is still open and idle for less than
+    /// `timeout`. Its age is told by the worker's last clock reading: every caller of `send`
+    /// reads `worker::now()` as it sends (the proxy for the upstream's timing, a health probe
+    /// for its deadline).
+    fn take(&self, timeout: Duration) -> Option<Conn> {
         let now = crate::worker::recent();
+        let list = self.list();
         loop {
-            let conn = self.lock().pop()?;
-            if conn.usable(self.timeout, now) {
+            let conn = lock(&list.conns).pop()?;
+            if conn.usable(timeout, now) {
                 return Some(conn);
             }
             // Dropped (closed) here, outside the lock.
@@ -97,18 +99,19 @@ impl IdleConns {
     /// `since`: when it went idle, or a little before (which at worst makes it look older).
     fn put(&self, mut conn: Conn, since: Instant) {
         conn.since = since;
-        let mut conns = self.lock();
-        if conns.len() < self.max {
+        let list = self.list();
+        let mut conns = lock(&list.conns);
+        if conns.len() < list.max {
             conns.push(conn);
         }
         // Else dropped after the guard: more idle connections than `max_idle_per_target`.
     }
 
-    /// Closes connections idle past the timeout, and those the peer closed.
-    fn sweep(&self) {
+    /// Closes connections idle past `timeout`, and those the peer closed.
+    fn sweep(&self, timeout: Duration) {
         for list in &self.lists {
             let now = Instant::now();
-            let stale: Vec<Conn> = lock(list).extract_if(.., |c| !c.usable(self.timeout, now)).collect();
+            let stale: Vec<Conn> = lock(&list.conns).extract_if(.., |c| !c.usable(timeout, now)).collect();
             drop(stale);
         }
     }
@@ -160,12 +163,12 @@ impl Conn {
 pub struct Client {
     connect_timeout: Duration,
     idle_timeout: Duration,
-    pools: Arc<[Weak<IdleConns>]>,
+    pools: Arc<[Weak<TargetState>]>,
     sweeping: AtomicBool,
 }
 
 impl Client {
-    pub fn new(connect_timeout: Duration, idle_timeout: Duration, pools: &[Arc<IdleConns>]) -> Self {
+    pub fn new(connect_timeout: Duration, idle_timeout: Duration, pools: &[Arc<TargetState>]) -> Self {
         let pools = pools.iter().map(Arc::downgrade).collect();
         Client { connect_timeout, idle_timeout, pools, sweeping: AtomicBool::new(false) }
     }
@@ -196,7 +199,7 @@ impl Client {
         // connection it was cold whenever the targets were many.
         let mut timer = crate::deadline::Lent::new(deadline);
         loop {
-            let (conn, reused) = match target.idle.take() {
+            let (conn, reused) = match target.state.idle.take(self.idle_timeout) {
                 Some(conn) => (conn, true),
                 // Boxed: connecting (name lookup, timer) is the rare path; its state should not
                 // be carried by every request that finds a pooled connection.
@@ -243,10 +246,10 @@ impl Client {
         };
         // Heads and small bodies leave in one write each; Nagle would hold the next one back.
         let _ = io.set_nodelay(true);
-        target.idle.open.fetch_add(1, Ordering::Relaxed);
+        target.state.open.fetch_add(1, Ordering::Relaxed);
         self.start_sweeper();
         let now = Instant::now();
-        Ok(Conn { io, since: now, _open: Open(target.idle.open.clone()) })
+        Ok(Conn { io, since: now, _open: Open(target.state.open.clone()) })
     }
 
     /// One task per upstream closes idle connections past the idle timeout or closed by their
@@ -260,14 +263,15 @@ impl Client {
             return;
         };
         let pools = self.pools.clone();
-        let tick = (self.idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        let timeout = self.idle_timeout;
+        let tick = (timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
         runtime.spawn(async move {
             loop {
                 tokio::time::sleep(tick).await;
                 let mut live = false;
-                for pool in pools.iter().filter_map(Weak::upgrade) {
+                for target in pools.iter().filter_map(Weak::upgrade) {
                     live = true;
-                    pool.sweep();
+                    target.idle.sweep(timeout);
                 }
                 if !live {
                     return;
@@ -608,7 +612,7 @@ impl Exchange {
             keep_alive,
             read_size: MIN_READ,
             exchange: Some(self),
-            home: Some(target.idle.clone()),
+            home: Some(target.state.clone()),
             raw_date: raw.as_ref().is_some_and(|r| r.has_date),
             raw: raw.map(|r| r.lines),
         });
@@ -806,7 +810,7 @@ pub struct Body {
     keep_alive: bool,
     read_size: usize,
     exchange: Option<Exchange>,
-    home: Option<Arc<IdleConns>>,
+    home: Option<Arc<TargetState>>,
     /// The response's fields, when they were kept as lines, and whether they hold a Date (apart:
     /// the flag packs beside `keep_alive`, and a body is moved several times on its way out).
     raw: Option<Vec<u8>>,
@@ -851,7 +855,7 @@ impl Body {
             && matches!(ex.send, Send::Done)
             && ex.buf.is_empty()
         {
-            home.put(ex.conn, if with_head { crate::worker::recent() } else { crate::worker::now() });
+            home.idle.put(ex.conn, if with_head { crate::worker::recent() } else { crate::worker::now() });
         }
     }
 

@@ -2,7 +2,7 @@
 //! ejection from real traffic (consecutive failures, growing ejection time, a cap on how much
 //! of a pool may be ejected at once).
 //!
-//! State lives in each target's `TargetStats` as atomics, so the request path only reads it and
+//! State lives in each target's `TargetState` as atomics, so the request path only reads it and
 //! it survives reloads that keep the upstream. Checker tasks hold a `Weak` reference and end
 //! when their upstream is dropped.
 
@@ -24,17 +24,24 @@ pub fn now_ms() -> u64 {
     u64::try_from(START.get_or_init(Instant::now).elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
+/// `repr(C)`, what every request reads first: the verdict and the ejection time (and the
+/// failure count, written per request under passive checks) lie in the first cache line of
+/// the target's state (`TargetState`).
+#[repr(C)]
 pub struct Health {
     /// The active checker's verdict; targets start healthy.
     active_up: AtomicBool,
-    /// Consecutive probe results: > 0 successes, < 0 failures (written by one checker task).
-    streak: AtomicI32,
     passive_failures: AtomicU32,
     ejected_until_ms: AtomicU64,
+    /// Consecutive probe results: > 0 successes, < 0 failures (written by one checker task).
+    streak: AtomicI32,
     ejections: AtomicU32,
     /// When the active checker last found the target healthy again (0: never).
     healthy_again_ms: AtomicU64,
 }
+
+/// Bytes from the start of [`Health`] to the end of what every request reads.
+pub const HOT_BYTES: usize = std::mem::offset_of!(Health, ejected_until_ms) + 8;
 
 impl Default for Health {
     fn default() -> Self {
@@ -115,8 +122,11 @@ impl Health {
         may_eject: impl FnOnce() -> bool,
     ) -> Option<Duration> {
         if ok {
-            self.passive_failures.store(0, Ordering::Relaxed);
-            if !self.is_ejected(now_ms) {
+            // Written only when they change: every request of every worker comes here.
+            if self.passive_failures.load(Ordering::Relaxed) != 0 {
+                self.passive_failures.store(0, Ordering::Relaxed);
+            }
+            if self.ejections.load(Ordering::Relaxed) != 0 && !self.is_ejected(now_ms) {
                 self.ejections.store(0, Ordering::Relaxed);
             }
             return None;
@@ -166,7 +176,7 @@ async fn probe_once(weak: &Weak<Upstream>, index: usize, def: &HealthCheckDef) -
     let Some(upstream) = weak.upgrade() else { return false };
     let target = &upstream.targets[index];
     let ok = probe(&upstream, target, def).await;
-    if let Some(up) = target.stats.health.record_probe(ok, def) {
+    if let Some(up) = target.state.health.record_probe(ok, def) {
         if up {
             tracing::info!(upstream = %upstream.name, target = %target.address, "health check: target healthy again");
         } else {

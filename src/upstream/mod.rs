@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, Weak};
 use http::uri::Authority;
 use http::{HeaderMap, HeaderValue};
 
-use self::balance::{Ring, RoundRobin, TargetStats};
+use self::balance::{Ring, RoundRobin, TargetState};
 use crate::config::{Balance, HashOn, Timeouts, UpstreamDef};
 
 pub struct Target {
@@ -29,10 +29,8 @@ pub struct Target {
     pub authority: Authority,
     /// The value sent as Host when a route says `host_header: upstream`.
     pub host_value: HeaderValue,
-    pub stats: Arc<TargetStats>,
-    /// Idle connections of the own HTTP/1.1 client (hyper-util's pools its own), and the count
-    /// of open connections, which both clients keep.
-    idle: Arc<h1::IdleConns>,
+    /// Its balancing counters, health, idle connections and latency, in one allocation.
+    pub state: Arc<TargetState>,
 }
 
 enum Balancer {
@@ -106,18 +104,16 @@ impl Upstream {
                 let authority =
                     Authority::try_from(t.address.as_str()).map_err(|e| format!("target {}: {e}", t.address))?;
                 let host_value = HeaderValue::from_str(&t.address).map_err(|e| format!("target {}: {e}", t.address))?;
-                let idle = h1::IdleConns::new(def.max_idle_per_target, def.timeouts.idle);
                 Ok(Target {
                     address: t.address.as_str().into(),
                     authority,
                     host_value,
-                    stats: Arc::default(),
-                    idle: Arc::new(idle),
+                    state: Arc::new(TargetState::new(def.max_idle_per_target)),
                 })
             })
             .collect::<Result<Vec<_>, String>>()?;
-        let open = targets.iter().map(|t| (t.authority.as_str().to_owned(), t.idle.open().clone())).collect();
-        let pools: Vec<Arc<h1::IdleConns>> = targets.iter().map(|t| t.idle.clone()).collect();
+        let open = targets.iter().map(|t| (t.authority.as_str().to_owned(), t.state.open.clone())).collect();
+        let pools: Vec<Arc<TargetState>> = targets.iter().map(|t| t.state.clone()).collect();
         let client =
             client::UpstreamClient::new(def, Arc::new(open), &pools).map_err(|e| format!("upstream {name}: {e}"))?;
         let weights: Vec<u32> = def.targets.iter().map(|t| t.weight).collect();
@@ -171,11 +167,11 @@ impl Upstream {
         let clock = std::cell::OnceCell::new();
         let now = || *clock.get_or_init(health::now_ms);
         let n = self.targets.len();
-        let healthy = |i: usize| self.targets[i].stats.health.is_available(now);
+        let healthy = |i: usize| self.targets[i].state.health.is_available(now);
         let untried = |i: usize| healthy(i) && !tried.contains(&i);
         // A retry never goes to a target already tried, unless no other is left.
         let usable: &dyn Fn(usize) -> bool = if tried.is_empty() || !(0..n).any(untried) { &healthy } else { &untried };
-        let stats = |i: usize| &*self.targets[i].stats;
+        let stats = |i: usize| &*self.targets[i].state;
         let i = match &self.balancer {
             Balancer::RoundRobin(rr) => rr.pick(),
             Balancer::LeastRequest { weights, rotate } => balance::pick_least_request(stats, weights, rotate),
@@ -199,7 +195,7 @@ impl Upstream {
         let Some(window) = self.def.slow_start else { return true };
         let now = now();
         let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX).max(1);
-        match self.targets[i].stats.health.back_for_ms(now) {
+        match self.targets[i].state.health.back_for_ms(now) {
             Some(t) if t < window_ms => balance::random_u64() % window_ms < t.max(window_ms / 10),
             _ => true,
         }
@@ -212,15 +208,15 @@ impl Upstream {
             .targets
             .iter()
             .map(|t| {
-                let in_flight = t.stats.in_flight.load(Ordering::Relaxed);
-                let open = t.idle.open().load(Ordering::Relaxed);
+                let in_flight = t.state.in_flight.load(Ordering::Relaxed);
+                let open = t.state.open.load(Ordering::Relaxed);
                 TargetView {
                     address: t.address.clone(),
-                    healthy: t.stats.health.passes_checks(),
-                    ejected: t.stats.health.is_ejected(now),
-                    ejections: t.stats.health.ejections(),
+                    healthy: t.state.health.passes_checks(),
+                    ejected: t.state.health.is_ejected(now),
+                    ejections: t.state.health.ejections(),
                     in_flight,
-                    ewma_latency: std::time::Duration::from_nanos(t.stats.ewma_ns.load(Ordering::Relaxed)),
+                    ewma_latency: std::time::Duration::from_nanos(t.state.ewma_ns.load(Ordering::Relaxed)),
                     open_connections: open,
                     idle_connections: open.saturating_sub(in_flight as usize),
                 }
@@ -251,7 +247,7 @@ impl Upstream {
     /// bound the request is refused instead of queueing without limit (the circuit breaker).
     pub async fn acquire_slot(&self, target: &Target) -> Result<balance::InFlight, SlotError> {
         let max = self.def.max_connections_per_target;
-        if let Some(slot) = balance::InFlight::try_start(&target.stats, max) {
+        if let Some(slot) = balance::InFlight::try_start(&target.state, max) {
             return Ok(slot);
         }
         if self.pending.fetch_add(1, Ordering::AcqRel) >= self.def.max_pending as usize {
@@ -259,7 +255,7 @@ impl Upstream {
             return Err(SlotError::Saturated);
         }
         let waited =
-            tokio::time::timeout(self.def.timeouts.connect, balance::InFlight::wait_start(&target.stats, max)).await;
+            tokio::time::timeout(self.def.timeouts.connect, balance::InFlight::wait_start(&target.state, max)).await;
         self.pending.fetch_sub(1, Ordering::AcqRel);
         waited.map_err(|_| SlotError::Saturated)
     }
@@ -270,10 +266,10 @@ impl Upstream {
         let Some(def) = &self.def.passive_health else { return };
         let now = health::now_ms();
         let may_eject = || {
-            let ejected = self.targets.iter().filter(|t| t.stats.health.is_ejected(now)).count();
+            let ejected = self.targets.iter().filter(|t| t.state.health.is_ejected(now)).count();
             (ejected + 1) * 100 <= def.max_ejected_percent as usize * self.targets.len()
         };
-        if let Some(time) = target.stats.health.record_outcome(ok, def, now, may_eject) {
+        if let Some(time) = target.state.health.record_outcome(ok, def, now, may_eject) {
             tracing::warn!(upstream = %self.name, target = %target.address, seconds = time.as_secs_f64(), "passive health: target ejected");
         }
     }
