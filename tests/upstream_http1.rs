@@ -133,6 +133,52 @@ async fn a_response_without_a_length_runs_until_the_upstream_closes_and_its_conn
 }
 
 #[tokio::test]
+async fn a_chunked_response_ends_with_its_last_chunk_whenever_that_arrives_and_not_when_it_never_does() {
+    // The upstream's end: with the last data in one write, after the client has seen the data,
+    // or never (the upstream closes after the data).
+    let release = Arc::new(tokio::sync::Notify::new());
+    let later = release.clone();
+    let addr = raw_backend(move |mut s| {
+        let later = later.clone();
+        async move {
+            let mut head = Vec::new();
+            if !read_until(&mut s, &mut head, b"\r\n\r\n").await {
+                return;
+            }
+            let head = String::from_utf8_lossy(&head).into_owned();
+            let start = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n";
+            if head.starts_with("GET /together ") {
+                let _ = s.write_all(&[&start[..], b"0\r\n\r\n"].concat()).await;
+            } else if head.starts_with("GET /later ") {
+                let _ = s.write_all(start).await;
+                later.notified().await;
+                let _ = s.write_all(b"0\r\n\r\n").await;
+            } else {
+                let _ = s.write_all(start).await;
+            }
+        }
+    })
+    .await;
+    let gw = gateway(&single_route(addr, "", ALL)).await;
+    let request = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+
+    let got = raw_exchange(gw.addr, request("/together").as_bytes()).await;
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    assert!(got.ends_with("\r\n\r\n5\r\nhello\r\n0\r\n\r\n"), "{got:?}");
+
+    let mut s = TcpStream::connect(gw.addr).await.expect("connect");
+    s.write_all(request("/later").as_bytes()).await.expect("write");
+    let mut seen = Vec::new();
+    assert!(read_until(&mut s, &mut seen, b"hello\r\n").await, "the chunk comes before the end");
+    release.notify_one();
+    assert!(read_until(&mut s, &mut seen, b"0\r\n\r\n").await, "{:?}", String::from_utf8_lossy(&seen));
+    assert!(String::from_utf8_lossy(&seen).ends_with("\r\n\r\n5\r\nhello\r\n0\r\n\r\n"));
+
+    let got = raw_exchange(gw.addr, request("/cut").as_bytes()).await;
+    assert!(got.starts_with("HTTP/1.1 200") && got.ends_with("5\r\nhello\r\n"), "{got:?}");
+}
+
+#[tokio::test]
 async fn responses_whose_length_cannot_be_known_are_bad_gateways() {
     for answer in [
         &b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!"[..],

@@ -769,25 +769,30 @@ async fn write_response(
         _ => u64::MAX,
     };
     let mut pending_head = Some(buf);
+    // A frame polled early, to see whether the chunk before it was the last.
+    let mut next = None;
     loop {
-        if left == 0 || body.is_end_stream() {
+        if next.is_none() && (left == 0 || body.is_end_stream()) {
             break;
         }
         // The head waits for the first piece of the body only if it is already there, so a
         // small response leaves in one write and a slow one still gets its head at once.
-        let frame = match pending_head.take() {
-            Some(head) => match poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await {
-                Poll::Ready(frame) => {
-                    pending_head = Some(head);
-                    frame
-                }
-                Poll::Pending => {
-                    writer.write_all(&head).await?;
-                    writer.flush().await?;
-                    http_body_util::BodyExt::frame(&mut body).await
-                }
+        let frame = match next.take() {
+            Some(frame) => frame,
+            None => match pending_head.take() {
+                Some(head) => match poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await {
+                    Poll::Ready(frame) => {
+                        pending_head = Some(head);
+                        frame
+                    }
+                    Poll::Pending => {
+                        writer.write_all(&head).await?;
+                        writer.flush().await?;
+                        http_body_util::BodyExt::frame(&mut body).await
+                    }
+                },
+                None => http_body_util::BodyExt::frame(&mut body).await,
             },
-            None => http_body_util::BodyExt::frame(&mut body).await,
         };
         let frame = match frame {
             None => break,
@@ -819,7 +824,23 @@ async fn write_response(
                 if out == Out::Chunked {
                     // Into the prefix itself: no allocation per chunk.
                     let _ = write!(prefix, "{:x}\r\n", data.len());
+                    // When the body's end is already there (a relayed chunked body's last chunk
+                    // comes with its data, an encoder's last output with its end), the last
+                    // chunk goes in the same write: one system call, one wake-up of the client.
+                    let after = if body.is_end_stream() {
+                        Poll::Ready(None)
+                    } else {
+                        poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await
+                    };
+                    if let Poll::Ready(None) = after {
+                        write_parts(writer, prefix, &data, b"\r\n0\r\n\r\n").await?;
+                        writer.flush().await?;
+                        return Ok(());
+                    }
                     write_parts(writer, prefix, &data, b"\r\n").await?;
+                    if let Poll::Ready(frame) = after {
+                        next = Some(frame);
+                    }
                 } else {
                     left -= data.len() as u64;
                     write_parts(writer, prefix, &data, b"").await?;
