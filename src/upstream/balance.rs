@@ -137,17 +137,41 @@ pub fn smooth_schedule(weights: &[u32]) -> Vec<u32> {
 
 pub struct RoundRobin {
     order: Vec<u32>,
-    next: AtomicUsize,
+    /// One cursor per worker (`crate::worker`), each on a cache line of its own, as NGINX keeps
+    /// round robin per worker process: one shared counter was a line every request of every
+    /// core wrote, and a worker's own cursor tells which targets its next requests take (which
+    /// `Upstream::pick_target` loads ahead). The cursors start spread over the schedule.
+    cursors: Box<[Cursor]>,
 }
+
+#[repr(align(64))]
+struct Cursor(AtomicUsize);
 
 impl RoundRobin {
     pub fn new(weights: &[u32]) -> Self {
-        RoundRobin { order: smooth_schedule(weights), next: AtomicUsize::new(0) }
+        Self::for_workers(weights, crate::worker::count())
     }
 
-    pub fn pick(&self) -> usize {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.order.len();
-        self.order[i] as usize
+    fn for_workers(weights: &[u32], workers: usize) -> Self {
+        let order = smooth_schedule(weights);
+        let workers = workers.max(1);
+        let cursors = (0..workers).map(|w| Cursor(AtomicUsize::new(w * order.len() / workers))).collect();
+        RoundRobin { order, cursors }
+    }
+
+    /// The target to take, and its place in the schedule (for [`Self::ahead`]).
+    pub fn pick(&self) -> (usize, usize) {
+        let n = self.order.len().max(1);
+        let cursor = &self.cursors[crate::worker::index().min(self.cursors.len() - 1)].0;
+        let place = cursor.fetch_add(1, Ordering::Relaxed) % n;
+        (self.ahead(place, 0), place)
+    }
+
+    /// The target `k` places after `place`: the one the calling worker takes `k` requests later
+    /// (if no other thread shares its cursor: threads that are no worker's share worker 0's).
+    pub fn ahead(&self, place: usize, k: usize) -> usize {
+        let n = self.order.len().max(1);
+        self.order.get((place + k) % n).map_or(0, |&t| t as usize)
     }
 }
 
@@ -285,7 +309,7 @@ mod tests {
         let rr = RoundRobin::new(&[1, 1, 1]);
         let mut counts = [0usize; 3];
         for _ in 0..10_000 {
-            counts[rr.pick()] += 1;
+            counts[rr.pick().0] += 1;
         }
         for c in counts {
             assert!((3300..=3367).contains(&c), "{counts:?}");
@@ -293,9 +317,24 @@ mod tests {
     }
 
     #[test]
+    fn each_worker_goes_round_on_its_own_from_its_own_start() {
+        let rr = std::sync::Arc::new(RoundRobin::for_workers(&[1, 1, 1, 1], 2));
+        // This thread is no worker's: it takes worker 0's cursor.
+        assert_eq!(rr.pick(), (0, 0));
+        let other = rr.clone();
+        let worker_1 = std::thread::spawn(move || {
+            crate::worker::become_worker(1);
+            (0..6).map(|_| other.pick().0).collect::<Vec<_>>()
+        });
+        assert_eq!(worker_1.join().expect("worker thread"), [2, 3, 0, 1, 2, 3], "from half way round");
+        // Worker 1's picks did not move worker 0 on.
+        assert_eq!((rr.pick().0, rr.ahead(1, 1), rr.ahead(1, 3)), (1, 2, 0));
+    }
+
+    #[test]
     fn weights_are_honoured_smoothly() {
         let rr = RoundRobin::new(&[3, 1]);
-        let picks: Vec<usize> = (0..10_000).map(|_| rr.pick()).collect();
+        let picks: Vec<usize> = (0..10_000).map(|_| rr.pick().0).collect();
         let a = picks.iter().filter(|&&p| p == 0).count();
         assert!((7300..=7700).contains(&a), "{a}");
         // No run of one target longer than its weight.

@@ -74,6 +74,11 @@ impl IdleConns {
         IdleConns { lists }
     }
 
+    /// Starts loading the calling worker's list (`Upstream::load_ahead`).
+    pub fn load_ahead(&self) {
+        super::prefetch(self.list());
+    }
+
     /// The calling worker's list.
     fn list(&self) -> &List {
         let i = crate::worker::index().min(self.lists.len() - 1);

@@ -41,6 +41,23 @@ enum Balancer {
     Random { cumulative: Vec<u64> },
 }
 
+/// Round robin loads its next targets ahead (`Upstream::load_ahead`) from this many targets
+/// on; fewer stay in the cache.
+const LOAD_AHEAD_FROM: usize = 64;
+
+/// Asks the CPU to start loading the cache line at `p`: a hint, which reads nothing and
+/// cannot fault. A no-op off x86-64.
+pub(crate) fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `prefetcht0` is an SSE instruction (every x86-64 CPU has SSE), and it neither
+    // reads nor writes memory as the program sees it; any address is allowed.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 /// One target as metrics see it.
 #[derive(Debug, Clone)]
 pub struct TargetView {
@@ -173,7 +190,13 @@ impl Upstream {
         let usable: &dyn Fn(usize) -> bool = if tried.is_empty() || !(0..n).any(untried) { &healthy } else { &untried };
         let stats = |i: usize| &*self.targets[i].state;
         let i = match &self.balancer {
-            Balancer::RoundRobin(rr) => rr.pick(),
+            Balancer::RoundRobin(rr) => {
+                let (i, place) = rr.pick();
+                if n >= LOAD_AHEAD_FROM {
+                    self.load_ahead([1, 2, 3].map(|k| rr.ahead(place, k)));
+                }
+                i
+            }
             Balancer::LeastRequest { weights, rotate } => balance::pick_least_request(stats, weights, rotate),
             Balancer::P2cEwma { weights } => balance::pick_p2c_ewma(stats, weights),
             Balancer::ConsistentHash { ring, on } => {
@@ -187,6 +210,24 @@ impl Upstream {
         let first = candidates.next()?;
         let chosen = std::iter::once(first).chain(candidates).find(|&j| self.admits(j, now)).unwrap_or(first);
         Some((chosen, &self.targets[chosen]))
+    }
+
+    /// Starts loading what this worker's next requests will touch of the targets round robin
+    /// gives them, a stage per request: the target after next-but-one, the state of the one
+    /// after next (its address read from the target loaded one request ago), the idle list of
+    /// the next (from the state loaded one request ago). With many targets taking turns each
+    /// request found these cold, a wait for memory each (`perf`: ~0.1 µs a line here); loaded
+    /// ahead, they come while the requests in between run.
+    fn load_ahead(&self, [next, after, then]: [usize; 3]) {
+        if let (Some(next), Some(after), Some(then)) =
+            (self.targets.get(next), self.targets.get(after), self.targets.get(then))
+        {
+            prefetch(&raw const then.state);
+            let state: &TargetState = &after.state;
+            prefetch(state);
+            prefetch((&raw const state.latency).cast::<u8>());
+            next.state.idle.load_ahead();
+        }
     }
 
     /// Slow start: a target back from unhealthy or ejection `t` ago takes a request with
