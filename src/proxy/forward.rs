@@ -97,8 +97,8 @@ pub async fn forward(
         };
 
         // One clock reading for the start and the deadline, one for the end. The client keeps
-        // the deadline (the own HTTP/1.1 client on a timer of the connection's, aimed at each
-        // request's deadline rather than made and registered anew).
+        // the deadline (the own HTTP/1.1 client on a timer its worker lends, aimed at each
+        // request's deadline rather than made and registered anew: `crate::deadline::Lent`).
         let sent = tokio::time::Instant::from_std(crate::worker::now());
         let timeout = upstream.timeouts().response_header;
         let outcome = upstream

@@ -65,7 +65,7 @@ impl TargetState {
 /// Holds one in-flight slot of a target, and its connection permit, until dropped (when the
 /// response has ended).
 pub struct InFlight {
-    stats: std::sync::Arc<TargetState>,
+    state: std::sync::Arc<TargetState>,
 }
 
 impl InFlight {
@@ -75,7 +75,7 @@ impl InFlight {
             .in_flight
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
             .ok()
-            .map(|_| InFlight { stats: stats.clone() })
+            .map(|_| InFlight { state: stats.clone() })
     }
 
     /// Waits until a slot frees and takes it. The lock inside `Notify` is taken only on this
@@ -107,9 +107,9 @@ impl Drop for WaitingGuard<'_> {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.stats.in_flight.fetch_sub(1, Ordering::AcqRel);
-        if self.stats.waiting.load(Ordering::Acquire) > 0 {
-            self.stats.freed.notify_one();
+        self.state.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if self.state.waiting.load(Ordering::Acquire) > 0 {
+            self.state.freed.notify_one();
         }
     }
 }
