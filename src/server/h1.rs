@@ -39,7 +39,7 @@ use super::{Parking, TlsConn};
 use crate::http1::{
     BodyError, ConnectionTokens, Decode, Framing, Seen, is_framing_field, parsed_value, put_field, request_framing,
 };
-use crate::proxy::body::{ClientBody, ResponseBody};
+use crate::proxy::body::{ClientBody, ResponseBody, UpstreamBodyError};
 use crate::proxy::error::{ErrorKind, json_body};
 use crate::proxy::headers::{Peer, X_REQUEST_ID, content_length};
 use crate::rewind::Rewind;
@@ -744,7 +744,7 @@ async fn write_response(
         // The body is not sent, but it still runs to its end if it is already there, so the
         // access log and the metrics see a complete response.
         if body.is_end_stream() || status == StatusCode::SWITCHING_PROTOCOLS {
-            let _ = poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await;
+            let _ = frame_now(&mut body).await;
         }
         return Ok(());
     }
@@ -777,22 +777,22 @@ async fn write_response(
         }
         // The head waits for the first piece of the body only if it is already there, so a
         // small response leaves in one write and a slow one still gets its head at once.
-        let frame = match next.take() {
-            Some(frame) => frame,
-            None => match pending_head.take() {
-                Some(head) => match poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await {
-                    Poll::Ready(frame) => {
-                        pending_head = Some(head);
-                        frame
-                    }
-                    Poll::Pending => {
-                        writer.write_all(&head).await?;
-                        writer.flush().await?;
-                        http_body_util::BodyExt::frame(&mut body).await
-                    }
-                },
-                None => http_body_util::BodyExt::frame(&mut body).await,
-            },
+        let frame = if let Some(frame) = next.take() {
+            frame
+        } else if let Some(head) = pending_head.take() {
+            match frame_now(&mut body).await {
+                Poll::Ready(frame) => {
+                    pending_head = Some(head);
+                    frame
+                }
+                Poll::Pending => {
+                    writer.write_all(&head).await?;
+                    writer.flush().await?;
+                    http_body_util::BodyExt::frame(&mut body).await
+                }
+            }
+        } else {
+            http_body_util::BodyExt::frame(&mut body).await
         };
         let frame = match frame {
             None => break,
@@ -827,11 +827,7 @@ async fn write_response(
                     // When the body's end is already there (a relayed chunked body's last chunk
                     // comes with its data, an encoder's last output with its end), the last
                     // chunk goes in the same write: one system call, one wake-up of the client.
-                    let after = if body.is_end_stream() {
-                        Poll::Ready(None)
-                    } else {
-                        poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await
-                    };
+                    let after = if body.is_end_stream() { Poll::Ready(None) } else { frame_now(&mut body).await };
                     if let Poll::Ready(None) = after {
                         write_parts(writer, prefix, &data, b"\r\n0\r\n\r\n").await?;
                         writer.flush().await?;
@@ -884,9 +880,15 @@ async fn write_response(
     writer.flush().await?;
     // Run the body to its end (it has no more data), so logs and metrics see it complete.
     if !body.is_end_stream() {
-        let _ = poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await;
+        let _ = frame_now(&mut body).await;
     }
     Ok(())
+}
+
+/// The body's next frame if it is already there, without waiting for it (the task is woken
+/// when it comes).
+async fn frame_now(body: &mut ResponseBody) -> Poll<Option<Result<Frame<Bytes>, UpstreamBodyError>>> {
+    poll_fn(|cx| Poll::Ready(Pin::new(&mut *body).poll_frame(cx))).await
 }
 
 /// Writes `prefix`, `data`, `suffix` in as few and as cheap system calls as it takes: a small

@@ -32,6 +32,7 @@ use crate::http1::{BodyError, ConnectionTokens, Decode, Framing, Seen, parsed_va
 use crate::proxy::body::{RequestBody, RequestBodyError};
 use crate::proxy::error::ErrorKind;
 use crate::proxy::headers::{is_hop_by_hop, list_items};
+use crate::send;
 
 /// A response head longer than this is a bad response (hyper's client allowed more, but no
 /// sane upstream sends 64 KiB of header fields).
@@ -343,16 +344,10 @@ type Piece = Chain<Chain<Cursor<Vec<u8>>, Bytes>, &'static [u8]>;
 
 /// A small `data` is copied behind the prefix, so that the piece is one `send` (`crate::send`).
 fn piece(mut prefix: Vec<u8>, data: Bytes, suffix: &'static [u8]) -> Piece {
-    if crate::send::coalesce(&mut prefix, &data, suffix) {
+    if send::coalesce(&mut prefix, &data, suffix) {
         return Cursor::new(prefix).chain(Bytes::new()).chain(&b""[..]);
     }
     Cursor::new(prefix).chain(data).chain(suffix)
-}
-
-/// Writes all of `buf` (`crate::send`: one piece with `send`, several vectored); a write of
-/// nothing is an error.
-fn poll_write_all(io: &mut TcpStream, cx: &mut Context<'_>, buf: &mut impl Buf) -> Poll<io::Result<()>> {
-    crate::send::poll_write_all(Pin::new(io), cx, buf)
 }
 
 /// Why the request could not be sent whole.
@@ -474,7 +469,7 @@ impl Exchange {
             let w = match &mut self.send {
                 Send::Writing(w) => &mut **w,
                 Send::Head(head) => {
-                    if ready!(poll_write_all(&mut self.conn.io, cx, head)).is_err() {
+                    if ready!(send::poll_write_all(Pin::new(&mut self.conn.io), cx, head)).is_err() {
                         self.send = Send::Broken;
                         return Poll::Ready(Err(SendFailed::Io));
                     }
@@ -486,7 +481,7 @@ impl Exchange {
             };
             let Writing { head, pending, body, framing, left, finished } = w;
             if let Some(p) = pending {
-                if ready!(poll_write_all(&mut self.conn.io, cx, p)).is_err() {
+                if ready!(send::poll_write_all(Pin::new(&mut self.conn.io), cx, p)).is_err() {
                     self.send = Send::Broken;
                     return Poll::Ready(Err(SendFailed::Io));
                 }
