@@ -47,7 +47,7 @@ pub fn now() -> Instant {
 /// resume on a thread that has not read the clock lately, it reads the time.
 pub fn recent() -> Instant {
     match RECENT.get() {
-        Some(read) if ON_WORKER.get() => read,
+        Some(read) if on_worker() => read,
         _ => now(),
     }
 }

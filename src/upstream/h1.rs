@@ -994,6 +994,13 @@ mod tests {
 
     use super::*;
 
+    #[test]
+    fn an_idle_pooled_connection_is_its_socket_and_its_stamp() {
+        // A timer, a buffer or a task of its own would be paid by every idle connection of
+        // every target (the response deadline's timer is lent by the worker instead).
+        assert!(std::mem::size_of::<Conn>() <= 64, "{} bytes", std::mem::size_of::<Conn>());
+    }
+
     fn head(text: &str, head_request: bool) -> Result<Option<Head>, ErrorKind> {
         parse_head(&mut BytesMut::from(text), head_request, None)
     }
