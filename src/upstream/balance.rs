@@ -164,7 +164,7 @@ impl RoundRobin {
         let n = self.order.len().max(1);
         let cursor = &self.cursors[crate::worker::index().min(self.cursors.len() - 1)].0;
         let place = cursor.fetch_add(1, Ordering::Relaxed) % n;
-        (self.ahead(place, 0), place)
+        (self.order.get(place).map_or(0, |&t| t as usize), place)
     }
 
     /// The target `k` places after `place`: the one the calling worker takes `k` requests later
