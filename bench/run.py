@@ -373,7 +373,7 @@ def main():
         cases = [("bare", "/small", ()), ("bare, the chain's request", "/small", ("x-bench: bare", *auth)),
                  ("middleware", "/small", ("x-bench: mw", *auth)),
                  ("middleware, no JWT cache", "/small", ("x-bench: mw-nocache", *auth))]
-        cpu = ferroway_ab(args, d, procs, "Ferroway middleware cost", cases)
+        cpu, _ = ferroway_ab(args, d, procs, "Ferroway middleware cost", cases)
         same = cpu["bare, the chain's request"] / cpu["middleware"] * 100
         print(f"\nThe chain against the bare route with the same request: {same:.0f}% of its throughput per core.")
         return
@@ -458,12 +458,13 @@ def h2_main(args, d, procs):
 
 def cache_main(args, d, procs):
     """The small response proxied, and answered from the cache."""
-    return ferroway_ab(args, d, procs, "Ferroway cache bench", [("proxied", "/small", ()), ("cache hit", "/c/small", ())])
+    ferroway_ab(args, d, procs, "Ferroway cache bench", [("proxied", "/small", ()), ("cache hit", "/c/small", ())])
 
 
 SCALE_TARGETS, SCALE_ROUTES = 1000, 10000
 WIDE_BASE = 20000  # the wide backend's first port
 NGINX_SCALE = (18101, 18102)
+FLOOR_SCALE = (18110, 18111)  # bench/floor.c in front of 1 and of 1 000 targets
 SCALE_PORTS = {(1, 1): FERRO, (SCALE_ROUTES, 1): 18098, (1, SCALE_TARGETS): 18099, (SCALE_ROUTES, SCALE_TARGETS): 18100}
 # With --baseline: the earlier build on the 1-route cases, in the same rounds.
 SCALE_BASE_PORTS = {(1, 1): 18108, (1, SCALE_TARGETS): 18109}
@@ -520,8 +521,17 @@ http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 300s;
 """)
         procs[name] = subprocess.Popen(["taskset", "-c", "0", "nginx", "-c", conf, "-p", d], **quiet)
         cases.append((name, "/small", (), name, port))
+    # The floor (bench/floor.c): the four system calls per request and nothing else, in front of
+    # the same 1 or 1 000 targets; what the width costs it is the kernel's share, which any
+    # proxy pays.
+    floor = os.path.join(d, "floor")
+    subprocess.run(["cc", "-O2", "-o", floor, os.path.join(ROOT, "bench", "floor.c")], check=True)
+    for ntargets, port in ((1, FLOOR_SCALE[0]), (SCALE_TARGETS, FLOOR_SCALE[1])):
+        name = f"floor, {ntargets} target{'s' if ntargets > 1 else ''}"
+        procs[name] = subprocess.Popen(["taskset", "-c", "0", floor, str(port), str(WIDE_BASE), str(ntargets)], **quiet)
+        cases.append((name, "/small", (), name, port))
     base_ports = SCALE_BASE_PORTS.values() if BASELINE else ()
-    for port in (WIDE_BASE, WIDE_BASE + SCALE_TARGETS - 1, *SCALE_PORTS.values(), *base_ports, *NGINX_SCALE):
+    for port in (WIDE_BASE, WIDE_BASE + SCALE_TARGETS - 1, *SCALE_PORTS.values(), *base_ports, *NGINX_SCALE, *FLOOR_SCALE):
         wait_port(port, timeout=60)
     # Memory per idle pooled upstream connection: one client connection's requests go round
     # robin over the 1 000 targets, so each target ends with one pooled connection; RSS grown
@@ -533,8 +543,38 @@ http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 300s;
     time.sleep(1.0)
     rss1, fds1 = rss_bytes(wide_proc.pid), fds()
     upstream_idle = (rss1 - rss0) / max(fds1 - fds0, 1)
-    ferroway_ab(args, d, procs, "Ferroway cost in configuration size", cases)
+    _, results = ferroway_ab(args, d, procs, "Ferroway cost in configuration size", cases)
+    width_report(results)
     print(f"\nMemory per idle pooled upstream connection: {upstream_idle / 1024:.2f} KiB ({fds1 - fds0} connections opened, RSS +{(rss1 - rss0) / 1024:.0f} KiB).")
+
+
+def width_report(results):
+    """What 1 000 targets add per request over 1, for each proxy in the scale run, paired by
+    round (each round's 1 000-target figure against the same round's 1-target figure: the
+    machine's drift between rounds cancels), and Ferroway's part of it beyond the floor's."""
+    wide = f"{SCALE_TARGETS} targets"
+    pairs = [("ferroway", "1 route, 1 target", f"1 route, {wide}"),
+             ("ferroway-base", "ferroway-base, 1 route, 1 target", f"ferroway-base, 1 route, {wide}"),
+             ("nginx", "nginx, 1 target", f"nginx, {wide}"), ("floor", "floor, 1 target", f"floor, {wide}")]
+    per = lambda label, key: [m[key] / m["reqs"] * 1e6 for m in results[label]]
+    added = {}
+    print(f"\n## What {SCALE_TARGETS} targets add per request (paired by round; medians, min–max)\n")
+    print("| proxy | CPU per request, 1 target | added by the width | ratio | user space added |")
+    print("|---|---|---|---|---|")
+    for name, one, many in pairs:
+        if one not in results or many not in results:
+            continue
+        a, b = per(one, "cpu"), per(many, "cpu")
+        deltas = [y - x for x, y in zip(a, b)]
+        ratios = [y / x for x, y in zip(a, b)]
+        users = [y - x for x, y in zip(per(one, "user"), per(many, "user"))]
+        added[name] = deltas
+        print(f"| {name} | {med(a):.2f} µs | {med(deltas):+.2f} µs ({min(deltas):+.2f}–{max(deltas):+.2f}) | {med(ratios):.3f}× ({min(ratios):.3f}–{max(ratios):.3f}) | {med(users):+.2f} µs |")
+    if "ferroway" in added and "floor" in added:
+        beyond = [f - k for f, k in zip(added["ferroway"], added["floor"])]
+        share = [x / c for x, c in zip(beyond, per("1 route, 1 target", "cpu"))]
+        print(f"\nFerroway's width cost beyond the floor's (the kernel's share, which any proxy pays): {med(beyond):+.2f} µs "
+              f"per request ({min(beyond):+.2f}–{max(beyond):+.2f}), {med(share) * 100:+.1f}% of its 1-target CPU per request.")
 
 
 WORKER_PORTS = {"ferroway, 1 worker": 18103, "ferroway, 2 workers": 18104, "ferroway-base, 2 workers": 18105,
@@ -651,7 +691,7 @@ def ferroway_ab(args, d, procs, title, cases):
         p99 = med([m["p99"] for m in results[label]])
         print(f"| {label} | {cpu[label]:.1f} µs | {cpu[label] / cpu[base]:.2f}× | {user[label]:.2f} µs ({user[label] / user[base]:.2f}×) | {cpu[base] / cpu[label] * 100:.0f}% | {p50:.0f} / {p99:.0f} µs |")
     report_errors(results)
-    return cpu
+    return cpu, results
 
 
 def compress_main(args, d, procs):
