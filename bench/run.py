@@ -341,6 +341,7 @@ def main():
     ap.add_argument("--scale", action="store_true", help="only Ferroway: 10 000 routes and 1 000 targets against 1 route and 1 target")
     ap.add_argument("--workers", action="store_true", help="one worker against two, nothing pinned (Ferroway; NGINX for reference)")
     ap.add_argument("--small", action="store_true", help="only the small keep-alive scenario, every proxy; per-round ratios to NGINX (many short rounds read best)")
+    ap.add_argument("--close", action="store_true", help="like --small, but a new connection for each request (16 at once)")
     ap.add_argument("--ferroway", help="the Ferroway binary under test (default: target/release/ferroway)")
     ap.add_argument("--baseline", help="an earlier Ferroway binary, measured beside the others as ferroway-base")
     args = ap.parse_args()
@@ -362,8 +363,8 @@ def main():
         return scale_main(args, d, procs)
     if args.workers:
         return workers_main(args, d, procs)
-    if args.small:
-        return small_main(args, d, procs)
+    if args.small or args.close:
+        return small_main(args, d, procs, close=args.close)
     if args.middleware:
         token = jwt(d)
         auth = (f"authorization: Bearer {token}", f"origin: {ORIGIN}")
@@ -654,15 +655,17 @@ def interleaved(args, d, procs, cases, conns, **load):
     return results
 
 
-def small_main(args, d, procs):
-    """Small responses over 64 keep-alive connections, every proxy, in interleaved rounds. Besides
-    the medians, each proxy's CPU per request is divided by NGINX's of the same round: on a
-    machine whose speed drifts from round to round, the per-round ratio moves far less than the
-    figures it is made of."""
+def small_main(args, d, procs, close=False):
+    """Small responses over 64 keep-alive connections (with `close`: a new connection for each
+    request, 16 at once), every proxy, in interleaved rounds. Besides the medians, each proxy's
+    CPU per request is divided by NGINX's of the same round: on a machine whose speed drifts
+    from round to round, the per-round ratio moves far less than the figures it is made of."""
     cases = [(name, "/small", (), name, port) for name, port in PROXIES]
-    results = interleaved(args, d, procs, cases, 64)
+    conns = 16 if close else 64
+    results = interleaved(args, d, procs, cases, conns, close=close)
     per = {n: [m["cpu"] / m["reqs"] * 1e6 for m in v] for n, v in results.items()}
-    print(f"# Small keep-alive requests, {datetime.date.today()} ({args.rounds} interleaved rounds of {args.duration}s; 64 conns; medians, min–max)\n")
+    what = "Small requests, a new connection each" if close else "Small keep-alive requests"
+    print(f"# {what}, {datetime.date.today()} ({args.rounds} interleaved rounds of {args.duration}s; {conns} conns; medians, min–max)\n")
     print("| proxy | CPU per request | ratio to NGINX's, per round | p50 / p99 |")
     print("|---|---|---|---|")
     for name, _ in PROXIES:
