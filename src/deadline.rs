@@ -107,11 +107,17 @@ mod tests {
         poll_fn(|cx| Poll::Ready(lent.poll(cx).is_ready())).await
     }
 
+    /// On a paused clock (it moves only when the runtime has nothing else to do), so a slow
+    /// machine cannot make a deadline pass between two lines of the test.
+    fn paused_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+        tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build()
+    }
+
     #[test]
     fn a_lent_timer_goes_back_to_its_worker_and_keeps_each_borrowers_deadline() {
         std::thread::spawn(|| {
             crate::worker::become_worker(1);
-            let rt = tokio::runtime::Builder::new_current_thread().enable_time().build();
+            let rt = paused_runtime();
             rt.expect("runtime").block_on(async {
                 let mut first = Lent::new(Instant::now() + Duration::from_secs(10));
                 assert!(!fired(&mut first).await);
@@ -144,7 +150,7 @@ mod tests {
     #[test]
     fn off_a_worker_thread_no_timer_is_kept() {
         std::thread::spawn(|| {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_time().build();
+            let rt = paused_runtime();
             rt.expect("runtime").block_on(async {
                 let mut lent = Lent::new(Instant::now() + Duration::from_secs(1));
                 assert!(!fired(&mut lent).await);
