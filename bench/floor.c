@@ -72,11 +72,13 @@ static void drop(int fd) {
     close(fd);
 }
 
+/* The sockets are blocking (only the listener is not): a write that does not fit in the
+ * socket buffer stalls the whole loop, which is beyond this floor (small bodies only). */
 static int write_all(int fd, const char *p, long n) {
     while (n > 0) {
         long w = write(fd, p, n);
         if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) return -1; /* a full socket buffer is beyond this floor: small bodies only */
+        if (w <= 0) return -1;
         p += w;
         n -= w;
     }

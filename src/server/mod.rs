@@ -448,6 +448,8 @@ async fn bind(address: SocketAddr, workers: usize) -> std::io::Result<(Vec<std::
 /// here. A client that connects and stays silent is handed over after about a second anyway
 /// (when the kernel retransmits its SYN-ACK), and then meets the header timeout as before.
 /// Best effort: where the option is missing, connections are accepted at once, as before.
+/// A `setsockopt` by hand: socket2, which sets the listeners' other options, has no setter
+/// for this one.
 fn defer_accept(listener: &std::net::TcpListener) {
     #[cfg(target_os = "linux")]
     {
