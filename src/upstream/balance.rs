@@ -70,25 +70,25 @@ pub struct InFlight {
 
 impl InFlight {
     /// Takes a slot if fewer than `max` are held: one compare-and-swap, no lock.
-    pub fn try_start(stats: &std::sync::Arc<TargetState>, max: u32) -> Option<Self> {
-        stats
+    pub fn try_start(state: &std::sync::Arc<TargetState>, max: u32) -> Option<Self> {
+        state
             .in_flight
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
             .ok()
-            .map(|_| InFlight { state: stats.clone() })
+            .map(|_| InFlight { state: state.clone() })
     }
 
     /// Waits until a slot frees and takes it. The lock inside `Notify` is taken only on this
     /// slow path and by releases while someone waits, never by an uncontended request.
-    pub async fn wait_start(stats: &std::sync::Arc<TargetState>, max: u32) -> Self {
-        stats.waiting.fetch_add(1, Ordering::AcqRel);
-        let _waiting = WaitingGuard(stats);
+    pub async fn wait_start(state: &std::sync::Arc<TargetState>, max: u32) -> Self {
+        state.waiting.fetch_add(1, Ordering::AcqRel);
+        let _waiting = WaitingGuard(state);
         loop {
-            let freed = stats.freed.notified();
+            let freed = state.freed.notified();
             tokio::pin!(freed);
             // Register before re-checking, so a release between the check and the wait is seen.
             freed.as_mut().enable();
-            if let Some(slot) = InFlight::try_start(stats, max) {
+            if let Some(slot) = InFlight::try_start(state, max) {
                 return slot;
             }
             freed.await;
@@ -203,9 +203,9 @@ pub fn pick_random(cumulative: &[u64]) -> usize {
 
 /// Fewest requests in flight relative to weight. Exact (a scan) for pools up to 32 targets;
 /// larger pools compare two random targets, which keeps the cost flat in the pool size.
-pub fn pick_least_request<'a>(stats: impl Fn(usize) -> &'a TargetState, weights: &[u32], rr: &AtomicUsize) -> usize {
+pub fn pick_least_request<'a>(state: impl Fn(usize) -> &'a TargetState, weights: &[u32], rr: &AtomicUsize) -> usize {
     let n = weights.len();
-    let load = |i: usize| u64::from(stats(i).in_flight.load(Ordering::Relaxed)) * 1_000_000 / u64::from(weights[i]);
+    let load = |i: usize| u64::from(state(i).in_flight.load(Ordering::Relaxed)) * 1_000_000 / u64::from(weights[i]);
     if n <= 32 {
         // Start the scan at a rotating offset so ties spread instead of piling on target 0.
         let start = rr.fetch_add(1, Ordering::Relaxed) % n;
@@ -218,15 +218,15 @@ pub fn pick_least_request<'a>(stats: impl Fn(usize) -> &'a TargetState, weights:
 
 /// Power of two choices: of two random targets, the one with the lower expected cost,
 /// EWMA latency × (in flight + 1). Targets without a latency yet are tried first.
-pub fn pick_p2c_ewma<'a>(stats: impl Fn(usize) -> &'a TargetState, weights: &[u32]) -> usize {
+pub fn pick_p2c_ewma<'a>(state: impl Fn(usize) -> &'a TargetState, weights: &[u32]) -> usize {
     let n = weights.len();
     if n == 1 {
         return 0;
     }
     let (a, b) = two_distinct(n);
     let cost = |i: usize| {
-        let ewma = stats(i).ewma_ns.load(Ordering::Relaxed);
-        let pending = u64::from(stats(i).in_flight.load(Ordering::Relaxed)) + 1;
+        let ewma = state(i).ewma_ns.load(Ordering::Relaxed);
+        let pending = u64::from(state(i).in_flight.load(Ordering::Relaxed)) + 1;
         ewma.saturating_mul(pending) / u64::from(weights[i])
     };
     if cost(b) < cost(a) { b } else { a }

@@ -188,7 +188,7 @@ impl Upstream {
         let untried = |i: usize| healthy(i) && !tried.contains(&i);
         // A retry never goes to a target already tried, unless no other is left.
         let usable: &dyn Fn(usize) -> bool = if tried.is_empty() || !(0..n).any(untried) { &healthy } else { &untried };
-        let stats = |i: usize| &*self.targets[i].state;
+        let state = |i: usize| &*self.targets[i].state;
         let i = match &self.balancer {
             Balancer::RoundRobin(rr) => {
                 let (i, place) = rr.pick();
@@ -197,8 +197,8 @@ impl Upstream {
                 }
                 i
             }
-            Balancer::LeastRequest { weights, rotate } => balance::pick_least_request(stats, weights, rotate),
-            Balancer::P2cEwma { weights } => balance::pick_p2c_ewma(stats, weights),
+            Balancer::LeastRequest { weights, rotate } => balance::pick_least_request(state, weights, rotate),
+            Balancer::P2cEwma { weights } => balance::pick_p2c_ewma(state, weights),
             Balancer::ConsistentHash { ring, on } => {
                 return ring.pick_available(hash_key(on, input), usable).map(|i| (i, &self.targets[i]));
             }
