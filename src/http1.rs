@@ -91,6 +91,12 @@ pub fn parsed_value(bytes: Bytes) -> Option<HeaderValue> {
 /// A chunk-size line (with extensions) longer than this is refused.
 const MAX_CHUNK_LINE: usize = 4096;
 
+/// A chunk's closing CRLF and the last chunk without trailers (RFC 9112 §7.1): the end of a
+/// chunked body whose end comes with its last data, in one write.
+pub const CHUNK_END_AND_LAST: &[u8] = b"\r\n0\r\n\r\n";
+/// The last chunk without trailers.
+pub const LAST_CHUNK: &[u8] = CHUNK_END_AND_LAST.split_at(2).1;
+
 /// How a message's body is delimited.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Framing {

@@ -37,7 +37,8 @@ use tokio::sync::{oneshot, watch};
 
 use super::{Parking, TlsConn};
 use crate::http1::{
-    BodyError, ConnectionTokens, Decode, Framing, Seen, is_framing_field, parsed_value, put_field, request_framing,
+    BodyError, CHUNK_END_AND_LAST, ConnectionTokens, Decode, Framing, LAST_CHUNK, Seen, is_framing_field, parsed_value,
+    put_field, request_framing,
 };
 use crate::proxy::body::{ClientBody, ResponseBody, UpstreamBodyError};
 use crate::proxy::error::{ErrorKind, json_body};
@@ -829,7 +830,7 @@ async fn write_response(
                     // chunk goes in the same write: one system call, one wake-up of the client.
                     let after = if body.is_end_stream() { Poll::Ready(None) } else { frame_now(&mut body).await };
                     if let Poll::Ready(None) = after {
-                        write_parts(writer, prefix, &data, b"\r\n0\r\n\r\n").await?;
+                        write_parts(writer, prefix, &data, CHUNK_END_AND_LAST).await?;
                         writer.flush().await?;
                         return Ok(());
                     }
@@ -864,7 +865,7 @@ async fn write_response(
     }
     let mut tail = pending_head.unwrap_or_default();
     match out {
-        Out::Chunked => tail.extend_from_slice(b"0\r\n\r\n"),
+        Out::Chunked => tail.extend_from_slice(LAST_CHUNK),
         Out::Length(_) if left > 0 => {
             // Shorter than announced: the client can only tell from the connection closing.
             if !tail.is_empty() {

@@ -508,7 +508,7 @@ impl Exchange {
                         ))));
                     }
                     *finished = true;
-                    let tail: &'static [u8] = if chunked { b"0\r\n\r\n" } else { b"" };
+                    let tail: &'static [u8] = if chunked { crate::http1::LAST_CHUNK } else { b"" };
                     *pending = Some(piece(head.take().unwrap_or_default(), Bytes::new(), tail));
                 }
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
